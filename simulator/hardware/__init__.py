@@ -1,0 +1,1 @@
+"""GPU datasheet specs and per-GPU-type calibration profiles."""

@@ -1,0 +1,1 @@
+"""Model catalog and per-layer op shapes."""

@@ -1,0 +1,64 @@
+"""Transformer model shapes: the typed record every later stage reads."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Mixture-of-experts FFN: ``experts`` routed experts, ``top_k`` per token, on every ``every``-th layer."""
+
+    experts: int
+    top_k: int
+    capacity_factor: float | None = None  # None = dropless (tokens are never dropped)
+    every: int = 1
+    shared_experts: int = 0
+    expert_ffn_hidden: int | None = None  # None = the model's ffn_hidden
+    first_dense_layers: int = 0  # leading layers with a dense FFN (DeepSeek-V3 has 3)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Decoder-only transformer shape. ``kv_heads < heads`` is GQA; ``gated_mlp`` is SwiGLU (3 matrices)."""
+
+    name: str
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    ffn_hidden: int
+    vocab: int
+    gated_mlp: bool = False
+    moe: MoESpec | None = None
+    head_dim: int | None = None  # None = hidden // heads
+    tied_embeddings: bool = False
+    linear_bias: bool = True  # GPT-2/3 and Megatron GPT have biases; Llama has none
+    source: str = ""
+
+    @property
+    def d_head(self) -> int:
+        """Per-head dimension."""
+        return self.head_dim if self.head_dim is not None else self.hidden // self.heads
+
+    @property
+    def kv_hidden(self) -> int:
+        """Width of the K (or V) projection: kv_heads × head dim."""
+        return self.kv_heads * self.d_head
+
+    @property
+    def q_hidden(self) -> int:
+        """Width of the Q projection and of the attention output: heads × head dim."""
+        return self.heads * self.d_head
+
+    def is_moe_layer(self, layer: int) -> bool:
+        """Whether 0-based ``layer`` has a mixture-of-experts FFN."""
+        if self.moe is None or layer < self.moe.first_dense_layers:
+            return False
+        return (layer - self.moe.first_dense_layers) % self.moe.every == 0
+
+    @property
+    def expert_ffn(self) -> int:
+        """FFN width of one routed expert."""
+        assert self.moe is not None
+        return self.moe.expert_ffn_hidden or self.ffn_hidden

@@ -1,0 +1,1 @@
+"""Network: collective algorithms → flows on routed paths → timing (flow-level or analytical)."""

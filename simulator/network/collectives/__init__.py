@@ -1,0 +1,1 @@
+"""Collective algorithms (registered by name): ring, tree, halving-doubling, hierarchical, direct, nvls."""

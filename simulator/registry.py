@@ -1,0 +1,73 @@
+"""Name → implementation registries for every extension point (strategies, schedules, topology
+builders, collective algorithms, network models, executors).
+
+Each extension is one module that registers itself with a decorator; the registry imports every module
+of its package on first lookup, so adding a variant is adding one file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from simulator.errors import ScenarioError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A named set of implementations of one extension point.
+
+    ``package`` is the dotted name of the package whose modules register into this registry; they are
+    imported lazily so that importing the registry itself stays cheap and free of cycles.
+    """
+
+    def __init__(self, kind: str, package: str | None = None) -> None:
+        self.kind = kind
+        self._package = package
+        self._items: dict[str, T] = {}
+        self._discovered = package is None
+
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator: register ``obj`` under ``name``; a duplicate name is a bug and raises."""
+
+        def deco(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"duplicate {self.kind} {name!r}")
+            self._items[name] = obj
+            return obj
+
+        return deco
+
+    def _discover(self) -> None:
+        if self._discovered or self._package is None:
+            return
+        self._discovered = True
+        pkg = importlib.import_module(self._package)
+        for info in pkgutil.iter_modules(pkg.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{self._package}.{info.name}")
+
+    def get(self, name: str, *, file: str | None = None, field: str | None = None) -> T:
+        """The implementation called ``name``; an unknown name is a user error listing the valid ones."""
+        self._discover()
+        try:
+            return self._items[name]
+        except KeyError:
+            raise ScenarioError(
+                f"unknown {self.kind} {name!r}; valid: {', '.join(self.names())}", file=file, field=field
+            ) from None
+
+    def names(self) -> list[str]:
+        """Every registered name, sorted."""
+        self._discover()
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        self._discover()
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())

@@ -1,0 +1,1 @@
+"""Metrics and reports: terminal table, JSON, CSV, charts, traces."""

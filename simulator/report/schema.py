@@ -1,0 +1,106 @@
+"""The JSON report of one simulated step (the contract of DESIGN.md, "JSON report").
+
+``clustersim run S.yaml --json`` prints exactly one ``StepReport`` object. Fields beyond the contract
+(``comm_bytes``, ``links``, ``warnings``, ``layout`` ...) are additions; the contract's fields never change
+meaning. Times are seconds of one optimizer step; memory is GiB (2**30 bytes) per GPU.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Breakdown(_Frozen):
+    """Where the critical rank's step time goes: compute_s + exposed_comm_s + bubble_s + other_s = step_time_s.
+
+    ``overlapped_comm_s`` is communication hidden under compute, outside that sum.
+    """
+
+    compute_s: float
+    exposed_comm_s: float
+    overlapped_comm_s: float
+    bubble_s: float
+    other_s: float
+
+
+class CommTimes(_Frozen):
+    """Time the critical rank spends in each kind of communication (exposed or hidden), seconds."""
+
+    tp_s: float = 0.0
+    dp_s: float = 0.0
+    pp_s: float = 0.0
+    ep_s: float = 0.0
+    cp_s: float = 0.0
+
+
+class MemoryGiB(_Frozen):
+    """Peak memory per GPU of the most loaded rank, GiB."""
+
+    weights: float
+    grads: float
+    optimizer: float
+    activations: float
+    other: float
+    total: float
+
+
+class LinkUse(_Frozen):
+    """One directed link's load over the step."""
+
+    link: str
+    link_type: str
+    bytes: float
+    utilization: float  # busy bytes / (capacity × step time)
+
+
+class Layout(_Frozen):
+    """The parallel layout that was simulated (after defaults were derived)."""
+
+    tp: int
+    pp: int
+    dp: int
+    cp: int
+    ep: int
+    zero: int
+    sequence_parallel: bool
+    schedule: str
+    virtual_stages: int
+    micro_batch: int
+    micro_batches: int  # per pipeline per step (gradient-accumulation steps)
+    global_batch: int
+    seq_len: int
+    precision: str
+    recompute: str
+
+
+class StepReport(_Frozen):
+    """Everything one ``clustersim run`` reports about a training step."""
+
+    scenario: str
+    gpus: int
+    step_time_s: float
+    tokens_per_s: float
+    samples_per_s: float
+    model_tflops_per_gpu: float
+    mfu: float
+    hfu: float
+    breakdown: Breakdown
+    comm: CommTimes
+    memory_gib_per_gpu: MemoryGiB
+    fits_memory: bool
+    simulated_ranks: int
+    events: int
+    wall_s: float
+    # ---- additions beyond the DESIGN.md contract ----
+    model: str = ""
+    gpu: str = ""
+    cluster: str = ""
+    layout: Layout | None = None
+    exposed_comm: CommTimes = Field(default_factory=CommTimes)  # the exposed part, per kind
+    links: list[LinkUse] = Field(default_factory=list)  # busiest links, most loaded first
+    warnings: list[str] = Field(default_factory=list)
+    version: str = ""

@@ -1,0 +1,376 @@
+"""Scenario files: schema, loading, ``--set`` overrides, and errors that name the file and the field.
+
+A scenario is parsed once into frozen, typed objects (STYLE.md, point 2). Unknown keys are errors. Values
+derived from the input (the data-parallel degree, the resolved model shape) live in the resolved
+``Scenario``, never written back into the user's mapping.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from simulator.errors import ScenarioError
+from simulator.models.catalog import model_catalog, model_names
+from simulator.models.spec import ModelSpec, MoESpec
+
+PosInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+PosFloat = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+# ---------------------------------------------------------------------------------------------- schema
+class MoEConfig(_Strict):
+    """Mixture-of-experts settings of an inline model."""
+
+    experts: PosInt
+    top_k: PosInt
+    capacity_factor: PosFloat | None = None
+    every: PosInt = 1
+    shared_experts: NonNegInt = 0
+    expert_ffn_hidden: PosInt | None = None
+    first_dense_layers: NonNegInt = 0
+
+    @model_validator(mode="after")
+    def _k_le_e(self) -> MoEConfig:
+        if self.top_k > self.experts:
+            raise ValueError(f"top_k={self.top_k} exceeds experts={self.experts}")
+        return self
+
+
+class ModelConfig(_Strict):
+    """An inline model shape (or a catalog entry after lookup)."""
+
+    name: str = "custom"
+    layers: PosInt
+    hidden: PosInt
+    heads: PosInt
+    kv_heads: PosInt | None = None
+    ffn_hidden: PosInt | None = None
+    vocab: PosInt
+    gated_mlp: bool = False
+    moe: MoEConfig | None = None
+    head_dim: PosInt | None = None
+    tied_embeddings: bool = False
+    linear_bias: bool = True
+    source: str = ""
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelConfig:
+        if self.head_dim is None and self.hidden % self.heads:
+            raise ValueError(f"heads={self.heads} does not divide hidden={self.hidden}; give head_dim")
+        kv = self.kv_heads or self.heads
+        if self.heads % kv:
+            raise ValueError(f"kv_heads={kv} does not divide heads={self.heads}")
+        return self
+
+    def to_spec(self) -> ModelSpec:
+        """The immutable model record the later stages use."""
+        moe = None
+        if self.moe is not None:
+            moe = MoESpec(**self.moe.model_dump())
+        return ModelSpec(
+            name=self.name,
+            layers=self.layers,
+            hidden=self.hidden,
+            heads=self.heads,
+            kv_heads=self.kv_heads or self.heads,
+            ffn_hidden=self.ffn_hidden or 4 * self.hidden,
+            vocab=self.vocab,
+            gated_mlp=self.gated_mlp,
+            moe=moe,
+            head_dim=self.head_dim,
+            tied_embeddings=self.tied_embeddings,
+            linear_bias=self.linear_bias,
+            source=self.source,
+        )
+
+
+class ExpertLoadConfig(_Strict):
+    """How tokens spread over experts: uniform, or Zipf-skewed with exponent ``skew``."""
+
+    distribution: Literal["uniform", "zipf"] = "uniform"
+    skew: Annotated[float, Field(ge=0)] = 1.0
+
+
+class TrainingConfig(_Strict):
+    """Batch, sequence, precision and recomputation."""
+
+    seq_len: PosInt
+    global_batch: PosInt
+    micro_batch: PosInt = 1
+    precision: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    recompute: Literal["none", "selective", "full"] = "none"
+    flash_attention: bool = True
+    optimizer: Literal["adam", "sgd"] = "adam"
+    expert_load: ExpertLoadConfig = ExpertLoadConfig()
+
+
+class ParallelismConfig(_Strict):
+    """The parallel layout and the framework options that change its communication."""
+
+    tp: PosInt = 1
+    pp: PosInt = 1
+    dp: PosInt | None = None  # None: gpus / (tp * pp * cp)
+    cp: PosInt = 1
+    ep: PosInt = 1
+    zero: Literal[0, 1, 2, 3] = 1
+    sequence_parallel: bool = False
+    schedule: str = "1f1b"
+    virtual_stages: PosInt = 1
+    pp_layers: list[NonNegInt] | None = None  # layers per pipeline stage, for uneven splits
+    dp_overlap: bool = True  # bucketed gradient reduction overlapped with backward (PyTorch DDP)
+    param_gather_overlap: bool = True  # ZeRO-3 / distributed-optimizer all-gathers prefetched
+    tp_comm_overlap: bool = False  # Megatron --tp-comm-overlap
+    pp_scatter_gather: bool = True  # Megatron: send 1/tp of the activation, all-gather on NVLink
+    cp_algorithm: Literal["ring", "all_gather"] = "ring"
+    grad_bucket_mb: PosFloat = 25.0  # PyTorch DDP default bucket_cap_mb
+
+
+class NetworkConfig(_Strict):
+    """Which network model times the communication, and which collective algorithm to use."""
+
+    model: str = "flow"
+    algorithm: str = "auto"
+
+
+class EngineConfig(_Strict):
+    """Simulation options: ``symmetric`` simulates one rank per class, ``full`` every rank."""
+
+    mode: Literal["symmetric", "full"] = "symmetric"
+    seed: NonNegInt = 0
+
+
+class CostConfig(_Strict):
+    """Prices used for cost estimates (cloud prices move; make them explicit)."""
+
+    usd_per_gpu_hour: Annotated[float, Field(ge=0)] = 2.5
+
+
+class ClusterRef(_Strict):
+    """A cluster: a topology file plus overrides of its top-level keys (``nodes`` above all)."""
+
+    topology: str | dict[str, Any]
+    nodes: PosInt | None = None
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class ScenarioConfig(_Strict):
+    """The scenario file, as written by the user."""
+
+    name: str | None = None
+    description: str = ""
+    model: str | ModelConfig
+    cluster: str | ClusterRef
+    training: TrainingConfig
+    parallelism: ParallelismConfig = ParallelismConfig()
+    network: NetworkConfig = NetworkConfig()
+    engine: EngineConfig = EngineConfig()
+    cost: CostConfig = CostConfig()
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str | ModelConfig) -> str | ModelConfig:
+        if isinstance(v, str) and v not in model_catalog():
+            raise ValueError(f"unknown model {v!r}; valid: {', '.join(model_names())}, or an inline mapping")
+        return v
+
+
+# --------------------------------------------------------------------------------------- resolved form
+class Scenario(BaseModel):
+    """A validated scenario with its model resolved and its paths made absolute."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    name: str
+    file: str  # where it came from ("<inline>" for programmatic scenarios)
+    config: ScenarioConfig
+    model: ModelSpec
+    topology: dict[str, Any]  # the topology document with overrides applied (built by simulator.topology)
+    topology_file: str
+
+    @property
+    def training(self) -> TrainingConfig:
+        """Shortcut to the training section."""
+        return self.config.training
+
+    @property
+    def parallelism(self) -> ParallelismConfig:
+        """Shortcut to the parallelism section."""
+        return self.config.parallelism
+
+    def content_hash(self) -> str:
+        """Stable hash of everything that determines the simulation result (for the results store)."""
+        doc = {
+            "config": self.config.model_dump(mode="json"),
+            "model": self.model.__dict__ | {"moe": self.model.moe.__dict__ if self.model.moe else None},
+            "topology": self.topology,
+        }
+        doc["config"].pop("name", None)
+        doc["config"].pop("description", None)
+        blob = json.dumps(doc, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+
+# ----------------------------------------------------------------------------------------------- errors
+def _describe_error(err: dict[str, Any]) -> tuple[str, str]:
+    """(field path, message) of one pydantic error, in words a user understands."""
+    loc = [str(p) for p in err.get("loc", ()) if not str(p).startswith(("function-", "union["))]
+    # pydantic puts the union member name in the location ("str", "ModelConfig"); drop it
+    loc = [p for p in loc if p not in {"str", "ModelConfig", "ClusterRef", "dict[str,any]", "int", "float"}]
+    field = ".".join(loc)
+    kind = err.get("type", "")
+    value = err.get("input")
+    msg = str(err.get("msg", "invalid value"))
+    if kind == "extra_forbidden":
+        return field, "unknown key"
+    if kind == "missing":
+        return field, "required key is missing"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    return field, f"{msg} (got {shown})"
+
+
+def _raise_validation(e: ValidationError, file: str) -> None:
+    errors = e.errors()
+    # A union (str | mapping) reports one error per member; show the most specific one.
+    errors.sort(key=lambda er: (er.get("type") == "string_type", -len(er.get("loc", ()))))
+    field, msg = _describe_error(errors[0])
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    raise ScenarioError(msg + more, file=file, field=field or None) from None
+
+
+# ---------------------------------------------------------------------------------------------- loading
+def read_yaml(path: Path, what: str = "file") -> Any:
+    """``yaml.safe_load`` of a file, with user-facing errors for a missing file or bad YAML."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ScenarioError(f"{what} not found", file=str(path)) from None
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
+        raise ScenarioError(f"cannot read {what}: {e.__class__.__name__}", file=str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(e, "problem", None) or "invalid syntax"
+        raise ScenarioError(f"not valid YAML: {where}{problem}", file=str(path)) from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"parallelism.tp=4"`` → (``["parallelism", "tp"]``, ``4``); the value is parsed as YAML."""
+    if "=" not in text:
+        raise ScenarioError(f"override {text!r} is not KEY=VALUE (e.g. parallelism.tp=4)", field="--set")
+    key, _, raw = text.partition("=")
+    path = [p for p in key.strip().split(".") if p]
+    if not path:
+        raise ScenarioError(f"override {text!r} has an empty key", field="--set")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_override(doc: dict[str, Any], path: list[str], value: Any, *, file: str = "--set") -> None:
+    """Set ``doc[path] = value`` in place, expanding a catalog model name or a cluster path into a
+    mapping when the override reaches inside it (``model.layers=48``, ``cluster.nodes=64``)."""
+    node: Any = doc
+    for i, key in enumerate(path[:-1]):
+        nxt = node.get(key) if isinstance(node, dict) else None
+        if nxt is None:
+            nxt = {}
+        elif isinstance(nxt, str) and i == 0 and key == "model":
+            entry = model_catalog().get(nxt)
+            if entry is None:
+                raise ScenarioError(f"unknown model {nxt!r}", file=file, field="model")
+            nxt = {"name": nxt, **copy.deepcopy(entry)}
+        elif isinstance(nxt, str) and i == 0 and key == "cluster":
+            nxt = {"topology": nxt}
+        elif not isinstance(nxt, dict):
+            dotted = ".".join(path[: i + 1])
+            raise ScenarioError(f"cannot set {'.'.join(path)}: {dotted} is not a mapping", field=dotted)
+        node[key] = nxt
+        node = nxt
+    if not isinstance(node, dict):
+        raise ScenarioError(f"cannot set {'.'.join(path)}", field=".".join(path))
+    node[path[-1]] = value
+
+
+def _resolve_path(ref: str, base_dir: Path) -> Path:
+    """A topology reference: a path relative to the scenario file, to the working directory, or the name
+    of a shipped topology (``dgx-h100``)."""
+    from simulator.topology.loader import shipped_topology
+
+    for cand in (base_dir / ref, Path(ref)):
+        if cand.is_file():
+            return cand.resolve()
+    shipped = shipped_topology(ref)
+    if shipped is not None:
+        return shipped
+    raise ScenarioError(f"topology file {ref!r} not found (relative to {base_dir})", field="cluster")
+
+
+def _load_topology(cluster: str | ClusterRef, base_dir: Path, file: str) -> tuple[dict[str, Any], str]:
+    ref = cluster if isinstance(cluster, ClusterRef) else ClusterRef(topology=cluster)
+    if isinstance(ref.topology, dict):
+        doc, where = copy.deepcopy(ref.topology), f"{file} (inline cluster)"
+    else:
+        path = _resolve_path(ref.topology, base_dir)
+        raw = read_yaml(path, "topology file")
+        if not isinstance(raw, dict):
+            raise ScenarioError("a topology file must be a mapping", file=str(path))
+        doc, where = raw, str(path)
+    for key, value in ref.overrides.items():
+        doc[key] = value
+    if ref.nodes is not None:
+        doc["nodes"] = ref.nodes
+    return doc, where
+
+
+def scenario_from_dict(raw: Any, *, file: str = "<inline>", base_dir: Path | None = None) -> Scenario:
+    """Validate a scenario mapping (already overridden) into a resolved ``Scenario``."""
+    if not isinstance(raw, dict):
+        raise ScenarioError("a scenario must be a YAML mapping of keys to values", file=file)
+    try:
+        cfg = ScenarioConfig.model_validate(raw)
+    except ValidationError as e:
+        _raise_validation(e, file)
+    if isinstance(cfg.model, str):
+        entry = {"name": cfg.model, **model_catalog()[cfg.model]}
+        try:
+            spec = ModelConfig.model_validate(entry).to_spec()
+        except ValidationError as e:
+            _raise_validation(e, f"model catalog entry {cfg.model}")
+    else:
+        spec = cfg.model.to_spec()
+    base = base_dir if base_dir is not None else Path.cwd()
+    topology, topology_file = _load_topology(cfg.cluster, base, file)
+    name = cfg.name or (Path(file).stem if file != "<inline>" else spec.name)
+    return Scenario(name=name, file=file, config=cfg, model=spec, topology=topology, topology_file=topology_file)
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    """Read, override and validate a scenario file."""
+    p = Path(path)
+    raw = read_yaml(p, "scenario file")
+    if raw is None:
+        raise ScenarioError("the scenario file is empty", file=str(p))
+    if not isinstance(raw, dict):
+        raise ScenarioError("a scenario must be a YAML mapping of keys to values", file=str(p))
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        apply_override(raw, keys, value)
+    return scenario_from_dict(raw, file=str(p), base_dir=p.resolve().parent)

@@ -1,0 +1,1 @@
+"""Cluster topologies: YAML descriptions → networkx graphs (``Cluster``), plus routing."""

@@ -1,0 +1,155 @@
+"""The built cluster: GPU specs plus the interconnect as a networkx graph.
+
+Graph conventions (every builder follows them; the network model and the reports rely on them):
+
+* node attribute ``kind``: ``"gpu"``, ``"nvswitch"``, ``"nic"``, ``"switch"`` or ``"pcie"``;
+  GPU nodes also carry ``gpu_id`` (global index), ``host``, ``local`` (index in the host) and ``gpu_type``;
+  NIC nodes carry ``host`` and ``rail``; fabric switches carry ``tier`` (1 = leaf, 2 = spine, 3 = core).
+* an edge is a full-duplex link: ``bandwidth_bytes_per_s`` is the capacity of EACH direction,
+  ``latency_s`` the one-way latency, ``link_type`` the hardware kind (``nvlink3``, ``nvlink4``,
+  ``pcie4``, ``ib-hdr``, ``ib-ndr`` ...) that selects the calibrated efficiency.
+
+Directed links are numbered once here (``link_*`` arrays) so that routing and max-min sharing can work on
+integer arrays instead of the graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import networkx as nx
+import numpy as np
+
+from simulator.hardware.gpu import GpuSpec
+
+
+@dataclass(frozen=True, eq=False)
+class Cluster:
+    """GPUs, their hosts and the interconnect graph. Immutable once built."""
+
+    name: str
+    graph: nx.Graph
+    gpu_specs: tuple[GpuSpec, ...]  # indexed by global GPU id
+    source: str = ""
+    description: str = ""
+    meta: dict[str, object] = field(default_factory=dict)  # builder facts (fabric kind, oversubscription ...)
+
+    # ---- derived indexes (computed once, lazily) ----
+    @cached_property
+    def node_names(self) -> tuple[str, ...]:
+        """Graph nodes in a fixed order; a node's position is its integer index."""
+        return tuple(self.graph.nodes)
+
+    @cached_property
+    def node_index(self) -> dict[str, int]:
+        """Graph node name → integer index."""
+        return {n: i for i, n in enumerate(self.node_names)}
+
+    @cached_property
+    def gpu_node_index(self) -> np.ndarray:
+        """Integer node index of each GPU, by global GPU id."""
+        idx = np.empty(self.num_gpus, dtype=np.int64)
+        for name, data in self.graph.nodes(data=True):
+            if data.get("kind") == "gpu":
+                idx[data["gpu_id"]] = self.node_index[name]
+        return idx
+
+    @property
+    def num_gpus(self) -> int:
+        """Number of GPUs."""
+        return len(self.gpu_specs)
+
+    @cached_property
+    def host_of_gpu(self) -> np.ndarray:
+        """Host (server) index of each GPU."""
+        out = np.empty(self.num_gpus, dtype=np.int64)
+        for _, data in self.graph.nodes(data=True):
+            if data.get("kind") == "gpu":
+                out[data["gpu_id"]] = data["host"]
+        return out
+
+    @cached_property
+    def local_of_gpu(self) -> np.ndarray:
+        """Index of each GPU inside its host."""
+        out = np.empty(self.num_gpus, dtype=np.int64)
+        for _, data in self.graph.nodes(data=True):
+            if data.get("kind") == "gpu":
+                out[data["gpu_id"]] = data["local"]
+        return out
+
+    @property
+    def num_hosts(self) -> int:
+        """Number of hosts (servers)."""
+        return int(self.host_of_gpu.max()) + 1 if self.num_gpus else 0
+
+    @cached_property
+    def nvlink_domain_of_gpu(self) -> np.ndarray:
+        """Id of the NVLink (scale-up) domain of each GPU: GPUs joined by NVLink/NVSwitch links alone."""
+        scale_up = nx.Graph()
+        for u, v, d in self.graph.edges(data=True):
+            if str(d.get("link_type", "")).startswith(("nvlink", "ici")):
+                scale_up.add_edge(u, v)
+        out = np.arange(self.num_gpus, dtype=np.int64) + self.num_gpus  # alone unless linked
+        gpu_name = {d["gpu_id"]: n for n, d in self.graph.nodes(data=True) if d.get("kind") == "gpu"}
+        comp_of: dict[str, int] = {}
+        for i, comp in enumerate(nx.connected_components(scale_up)):
+            for n in comp:
+                comp_of[n] = i
+        for g in range(self.num_gpus):
+            if gpu_name[g] in comp_of:
+                out[g] = comp_of[gpu_name[g]]
+        _, dense = np.unique(out, return_inverse=True)
+        return dense.astype(np.int64)
+
+    @cached_property
+    def _links(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+        src, dst, cap, lat, typ = [], [], [], [], []
+        for u, v, d in self.graph.edges(data=True):
+            for a, b in ((u, v), (v, u)):
+                src.append(self.node_index[a])
+                dst.append(self.node_index[b])
+                cap.append(float(d["bandwidth_bytes_per_s"]))
+                lat.append(float(d.get("latency_s", 0.0)))
+                typ.append(str(d.get("link_type", "unknown")))
+        return (
+            np.asarray(src, dtype=np.int64),
+            np.asarray(dst, dtype=np.int64),
+            np.asarray(cap, dtype=np.float64),
+            np.asarray(lat, dtype=np.float64),
+            tuple(typ),
+        )
+
+    @property
+    def link_src(self) -> np.ndarray:
+        """Source node index of each directed link."""
+        return self._links[0]
+
+    @property
+    def link_dst(self) -> np.ndarray:
+        """Destination node index of each directed link."""
+        return self._links[1]
+
+    @property
+    def link_capacity_bytes_per_s(self) -> np.ndarray:
+        """Raw (datasheet) capacity of each directed link."""
+        return self._links[2]
+
+    @property
+    def link_latency_s(self) -> np.ndarray:
+        """One-way latency of each directed link."""
+        return self._links[3]
+
+    @property
+    def link_type(self) -> tuple[str, ...]:
+        """Hardware kind of each directed link."""
+        return self._links[4]
+
+    @cached_property
+    def link_id(self) -> dict[tuple[int, int], int]:
+        """(source node index, destination node index) → directed link id."""
+        return {(int(a), int(b)): i for i, (a, b) in enumerate(zip(self.link_src, self.link_dst, strict=True))}
+
+    def link_name(self, link: int) -> str:
+        """Readable ``a -> b`` name of a directed link."""
+        return f"{self.node_names[self.link_src[link]]} -> {self.node_names[self.link_dst[link]]}"

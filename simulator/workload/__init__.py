@@ -1,0 +1,1 @@
+"""Op types and per-rank programs: what each GPU does in one training step."""
