@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from simulator.errors import ScenarioError
+from simulator.units import GiB
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
 
@@ -45,7 +46,8 @@ def _spec_from_yaml(name: str, raw: dict[str, Any]) -> GpuSpec:
         name=name,
         display_name=raw["display_name"],
         peak_flops_per_s={k: float(v) * 1e12 for k, v in raw["peak_tflops"].items()},
-        hbm_bytes=float(raw["hbm_gb"]) * 1e9,
+        hbm_bytes=float(raw["hbm_gib"])
+        * GiB,  # "80GB" HBM is 80 GiB of addressable memory (nvidia-smi: 81920 MiB on A100 80GB)
         hbm_bytes_per_s=float(raw["hbm_gbps"]) * 1e9,
         nvlink_bytes_per_s=float(raw["nvlink_bidirectional_gbps"]) * 1e9 / 2,
         sm_count=int(raw["sm_count"]),
