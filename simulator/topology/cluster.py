@@ -17,11 +17,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
 
 from simulator.hardware.gpu import GpuSpec
+
+if TYPE_CHECKING:
+    from simulator.topology.routing import Router
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,7 +152,16 @@ class Cluster:
     @cached_property
     def link_id(self) -> dict[tuple[int, int], int]:
         """(source node index, destination node index) → directed link id."""
-        return {(int(a), int(b)): i for i, (a, b) in enumerate(zip(self.link_src, self.link_dst, strict=True))}
+        return {
+            (int(a), int(b)): i for i, (a, b) in enumerate(zip(self.link_src, self.link_dst, strict=True))
+        }
+
+    @cached_property
+    def router(self) -> Router:
+        """The cluster's router (built on first use): flow paths as directed link ids."""
+        from simulator.topology.routing import Router
+
+        return Router(self)
 
     def link_name(self, link: int) -> str:
         """Readable ``a -> b`` name of a directed link."""

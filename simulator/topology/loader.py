@@ -1,11 +1,39 @@
-"""Topology files → ``Cluster``. (Stub: to be implemented by the topology work.)"""
+"""Topology files → ``Cluster``.
+
+A topology document (``topologies/*.yaml``, format in ``docs/topologies.md``) names a host builder for
+its servers (``host:``, or ``host_groups:`` for a heterogeneous cluster) and a fabric builder that joins
+them. ``build_cluster`` validates it (unknown keys, bad values → ``ScenarioError`` naming the file and
+the field) and builds the graph with the conventions of ``simulator/topology/cluster.py``.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import networkx as nx
+import numpy as np
+from pydantic import model_validator
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
 import simulator
+from simulator.errors import ScenarioError
+from simulator.hardware.gpu import GpuSpec, get_gpu
+from simulator.topology.builders.base import (
+    FABRIC_BUILDERS,
+    HOST_BUILDERS,
+    BuildContext,
+    FabricBuilder,
+    GraphBuilder,
+    HostBuilder,
+    HostPorts,
+    PosInt,
+    Strict,
+    _FieldError,
+    validate,
+)
 from simulator.topology.cluster import Cluster
 
 
@@ -29,6 +57,180 @@ def shipped_topology(name: str) -> Path | None:
     return cand if cand.is_file() else None
 
 
+# ---------------------------------------------------------------------------------------------- schema
+class HostGroup(Strict):
+    """``count`` identical hosts described by ``host``."""
+
+    host: dict[str, Any]
+    count: PosInt
+    name: str = ""
+
+
+class TopologyDoc(Strict):
+    """The top level of a topology file; ``host``/``fabric`` are checked by their builders' schemas."""
+
+    name: str | None = None
+    description: str = ""
+    source: str | list[str] = ""
+    nodes: PosInt | None = None  # hosts; a scenario overrides it (cluster: {topology: ..., nodes: 128})
+    host: dict[str, Any] | None = None
+    host_groups: list[HostGroup] | None = None
+    fabric: dict[str, Any] = {"builder": "none"}
+
+    @model_validator(mode="after")
+    def _one_host_kind(self) -> TopologyDoc:
+        if (self.host is None) == (self.host_groups is None):
+            raise _FieldError(
+                "host", "give exactly one of host (all hosts alike) or host_groups (heterogeneous)"
+            )
+        if self.host_groups is not None and not self.host_groups:
+            raise _FieldError("host_groups", "must list at least one group")
+        return self
+
+
+@dataclass(frozen=True)
+class _Group:
+    builder: HostBuilder
+    spec: Any
+    count: int
+    gpu: GpuSpec
+    field: str
+
+
+# ---------------------------------------------------------------------------------------------- build
+def _builder_name(raw: Any, *, file: str, field: str) -> str:
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"must be a mapping (got {type(raw).__name__})", file=file, field=field)
+    name = raw.get("builder")
+    if name is None:
+        raise ScenarioError("required key is missing", file=file, field=f"{field}.builder")
+    return str(name)
+
+
+def _host_group(raw: dict[str, Any], count: int, *, file: str, field: str) -> _Group:
+    """Validate one host spec with its builder's schema."""
+    builder_cls = HOST_BUILDERS.get(
+        _builder_name(raw, file=file, field=field), file=file, field=f"{field}.builder"
+    )
+    spec = validate(builder_cls.schema, raw, file=file, field=field)
+    gpu = get_gpu(spec.gpu, file=file, field=f"{field}.gpu")
+    return _Group(builder_cls(), spec, count, gpu, field)
+
+
+def _groups(top: TopologyDoc, *, file: str) -> list[_Group]:
+    """The host groups of the document, with ``nodes`` applied."""
+    if top.host is not None:
+        return [_host_group(top.host, top.nodes or 1, file=file, field="host")]
+    assert top.host_groups is not None
+    groups = [
+        _host_group(hg.host, hg.count, file=file, field=f"host_groups[{i}].host")
+        for i, hg in enumerate(top.host_groups)
+    ]
+    total = sum(g.count for g in groups)
+    if top.nodes is not None and top.nodes != total:
+        raise ScenarioError(
+            f"{top.nodes} does not match the {total} hosts of host_groups; valid: {total} "
+            "(change the groups' count to resize a heterogeneous cluster)",
+            file=file,
+            field="nodes",
+        )
+    return groups
+
+
+def _to_graph(g: GraphBuilder) -> nx.Graph:
+    graph = nx.Graph()
+    graph.add_nodes_from(g.nodes.items())
+    graph.add_edges_from((a, b, d) for (a, b), d in g.edges.items())
+    return graph
+
+
+def _check_connected(g: GraphBuilder, *, file: str) -> None:
+    """Every node must reach every other (an unconnected NIC or host is a topology mistake)."""
+    index = {n: i for i, n in enumerate(g.nodes)}
+    if len(index) < 2:
+        return
+    a = np.fromiter((index[u] for u, _ in g.edges), dtype=np.int64, count=len(g.edges))
+    b = np.fromiter((index[v] for _, v in g.edges), dtype=np.int64, count=len(g.edges))
+    adj = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(index), len(index)))
+    count, labels = connected_components(adj, directed=False)
+    if count > 1:
+        names = list(g.nodes)
+        lonely = names[int(np.flatnonzero(labels != labels[0])[0])]
+        raise ScenarioError(
+            f"the graph is not connected: {lonely} cannot reach {names[0]}; link it or remove it",
+            file=file,
+            field="fabric",
+        )
+
+
+def _meta(
+    fabric_name: str, fabric_spec: Any, facts: dict[str, object], groups: list[_Group]
+) -> dict[str, object]:
+    """Builder facts for ``Cluster.meta``."""
+    host_groups: list[dict[str, object]] = []
+    first = 0
+    for grp in groups:
+        info = {"hosts": [first, first + grp.count], "builder": grp.spec.builder, "gpu": grp.spec.gpu}
+        info |= {"gpus": grp.spec.gpus, "nics": getattr(grp.spec, "nics", 0)} | grp.builder.facts(grp.spec)
+        host_groups.append(info)
+        first += grp.count
+    any_nics = any(getattr(grp.spec, "nics", 0) for grp in groups)
+    gpus_per_host = {grp.spec.gpus for grp in groups}
+    return {
+        "fabric": fabric_name,
+        "routing": "switched" if any_nics else "direct",
+        "ecmp": getattr(fabric_spec, "ecmp", "destination"),
+        **facts,
+        "hosts": first,
+        "gpus_per_host": gpus_per_host.pop() if len(gpus_per_host) == 1 else None,
+        "nvls": all(bool(h.get("nvls")) for h in host_groups),
+        "host_groups": host_groups,
+    }
+
+
 def build_cluster(doc: dict[str, Any], *, file: str) -> Cluster:
     """Build the cluster a topology document describes (``nodes`` already overridden)."""
-    raise NotImplementedError
+    top = validate(TopologyDoc, doc, file=file, field="")
+    groups = _groups(top, file=file)
+    fabric_name = _builder_name(top.fabric, file=file, field="fabric")
+    fabric_cls = FABRIC_BUILDERS.get(fabric_name, file=file, field="fabric.builder")
+    fabric_spec = validate(fabric_cls.schema, top.fabric, file=file, field="fabric")
+    total_gpus = sum(grp.count * grp.spec.gpus for grp in groups)
+    g = GraphBuilder()
+    hosts: list[HostPorts] = []
+    gpu_specs: list[GpuSpec] = []
+    for grp in groups:
+        ctx = BuildContext(file, total_gpus, grp.field)
+        for _ in range(grp.count):
+            hosts.append(grp.builder.build(grp.spec, g, len(hosts), len(gpu_specs), ctx))
+            gpu_specs.extend([grp.gpu] * grp.spec.gpus)
+    fabric: FabricBuilder = fabric_cls()
+    facts = fabric.build(fabric_spec, g, hosts, BuildContext(file, total_gpus))
+    _check_connected(g, file=file)
+    source = top.source if isinstance(top.source, str) else "; ".join(top.source)
+    return Cluster(
+        name=top.name or Path(file).stem,
+        graph=_to_graph(g),
+        gpu_specs=tuple(gpu_specs),
+        source=source,
+        description=top.description,
+        meta=_meta(fabric_name, fabric_spec, facts, groups),
+    )
+
+
+def load_topology(path: str | Path, *, nodes: int | None = None) -> Cluster:
+    """Read a topology file (a path or a shipped name such as ``dgx-h100``) and build it."""
+    from simulator.scenario import read_yaml
+
+    p = Path(path)
+    if not p.is_file():
+        shipped = shipped_topology(str(path))
+        if shipped is None:
+            raise ScenarioError("topology file not found", file=str(path))
+        p = shipped
+    raw = read_yaml(p, "topology file")
+    if not isinstance(raw, dict):
+        raise ScenarioError("a topology file must be a mapping", file=str(p))
+    if nodes is not None:
+        raw["nodes"] = nodes
+    return build_cluster(raw, file=str(p))
