@@ -24,14 +24,26 @@ class CollectiveAlgorithm(ABC):
 
     name: ClassVar[str]
     kinds: ClassVar[frozenset[CollectiveKind]]
+    # Kinds for which ``network.algorithm: auto`` considers this algorithm. Auto chooses among what NCCL
+    # itself runs (ring, tree, NVLS; pairwise all-to-all; send/recv), as its tuner does; other algorithms
+    # run when a scenario names them.
+    auto_kinds: ClassVar[frozenset[CollectiveKind] | None] = None  # None: every supported kind
 
     def supports(self, kind: CollectiveKind, groups: np.ndarray, cluster: Cluster) -> bool:
         """Whether this algorithm can run ``kind`` on these groups (e.g. NVLS needs an NVSwitch)."""
         return kind in self.kinds
 
+    def auto_candidate(self, kind: CollectiveKind) -> bool:
+        """Whether ``auto`` may pick this algorithm for ``kind``."""
+        return self.auto_kinds is None or kind in self.auto_kinds
+
     @abstractmethod
-    def phases(self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster) -> list[Phase]:
+    def phases(
+        self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
+    ) -> list[Phase]:
         """The phases, in order, of one run of the collective."""
 
 
-ALGORITHMS: Registry[type[CollectiveAlgorithm]] = Registry("collective algorithm", "simulator.network.collectives")
+ALGORITHMS: Registry[type[CollectiveAlgorithm]] = Registry(
+    "collective algorithm", "simulator.network.collectives"
+)
