@@ -359,7 +359,9 @@ def scenario_from_dict(raw: Any, *, file: str = "<inline>", base_dir: Path | Non
     base = base_dir if base_dir is not None else Path.cwd()
     topology, topology_file = _load_topology(cfg.cluster, base, file)
     name = cfg.name or (Path(file).stem if file != "<inline>" else spec.name)
-    return Scenario(name=name, file=file, config=cfg, model=spec, topology=topology, topology_file=topology_file)
+    return Scenario(
+        name=name, file=file, config=cfg, model=spec, topology=topology, topology_file=topology_file
+    )
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:

@@ -1,1 +1,1 @@
-"""parallel/schedules."""
+"""Pipeline schedules (registered by name): gpipe, 1f1b, interleaved, zero-bubble."""

@@ -1,0 +1,159 @@
+"""The network-model extension point and what every model shares: collective requests, the choice of
+algorithm, and routed phases with their link loads (computed once per distinct collective, then reused).
+
+A request carries ``groups`` (``[instances, members]`` GPU ids: every concurrent copy of the collective
+that the simulated rank stands for) and a hashable ``key`` naming those groups, so that geometry work
+(routing, link loads) is done once per distinct collective shape, not once per call.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import simpy
+
+from simulator.errors import ScenarioError
+from simulator.hardware.calibration import LinkCalibration
+from simulator.network.collectives.base import ALGORITHMS, CollectiveAlgorithm
+from simulator.network.maxmin import coflow_link_loads, maxmin_rates
+from simulator.network.phases import Phase
+from simulator.registry import Registry
+from simulator.topology.cluster import Cluster
+from simulator.workload.ops import CollectiveKind
+
+
+@dataclass(frozen=True, eq=False)
+class CollectiveRequest:
+    """One collective (or point-to-point transfer) to time, over every instance it stands for."""
+
+    kind: CollectiveKind
+    groups: np.ndarray  # [instances, members] global GPU ids
+    nbytes: float  # per-rank buffer size S (nccl-tests definition)
+    key: tuple[object, ...]  # hashable identity of ``groups``
+
+
+@dataclass(frozen=True, eq=False)
+class RoutedPhase:
+    """A phase with its flows routed: link loads relative to its largest flow, and its fixed latency."""
+
+    phase: Phase
+    link_ids: np.ndarray  # links the phase touches
+    load: np.ndarray  # bytes crossing each link ÷ bytes of the largest flow, ÷ protocol efficiency
+    max_flow_bytes: float
+    latency_s: float
+    link_bytes: np.ndarray  # raw bytes crossing each of ``link_ids`` (for link reports)
+    alone_rate: float  # bytes/s of the largest flow when nothing else runs
+
+
+class PhaseCache:
+    """Routes the phases of each distinct collective once; picks algorithms like NCCL's tuner."""
+
+    def __init__(self, cluster: Cluster, calib: LinkCalibration, algorithm: str) -> None:
+        self.cluster = cluster
+        self.calib = calib
+        self.algorithm = algorithm
+        self.capacity = cluster.link_capacity_bytes_per_s
+        self._phases: dict[tuple[object, ...], tuple[RoutedPhase, ...]] = {}
+        self._algos: dict[str, CollectiveAlgorithm] = {}
+        self._choice: dict[tuple[object, ...], str] = {}
+        if algorithm != "auto":
+            ALGORITHMS.get(algorithm, field="network.algorithm")
+
+    def _algo(self, name: str) -> CollectiveAlgorithm:
+        if name not in self._algos:
+            self._algos[name] = ALGORITHMS.get(name)()
+        return self._algos[name]
+
+    def routed(self, req: CollectiveRequest) -> tuple[RoutedPhase, ...]:
+        """The routed phases of ``req``, computed once per (kind, groups, size, algorithm)."""
+        name = self.choose(req)
+        key = (req.kind, req.key, req.nbytes, name)
+        hit = self._phases.get(key)
+        if hit is None:
+            phases = self._algo(name).phases(req.kind, req.groups, req.nbytes, self.cluster)
+            hit = tuple(self._route(p) for p in phases)
+            self._phases[key] = hit
+        return hit
+
+    def choose(self, req: CollectiveRequest) -> str:
+        """The algorithm to use: the configured one, or (``auto``) the fastest alone, as NCCL's tuner."""
+        fixed = self._fixed_choice(req)
+        if fixed is not None:
+            return fixed
+        key = (req.kind, req.key, req.nbytes)
+        if key not in self._choice:
+            best, best_t = "", float("inf")
+            for name in ALGORITHMS.names():
+                algo = self._algo(name)
+                if not algo.auto_candidate(req.kind) or not algo.supports(req.kind, req.groups, self.cluster):
+                    continue
+                phases = [self._route(p) for p in algo.phases(req.kind, req.groups, req.nbytes, self.cluster)]
+                t = alone_time(phases)
+                if t < best_t:
+                    best, best_t = name, t
+            if not best:
+                raise ScenarioError(
+                    f"no collective algorithm supports {req.kind.value}", field="network.algorithm"
+                )
+            self._choice[key] = best
+        return self._choice[key]
+
+    def _fixed_choice(self, req: CollectiveRequest) -> str | None:
+        if req.kind is CollectiveKind.SEND_RECV:
+            return "p2p"
+        if self.algorithm == "auto":
+            return None
+        # a configured algorithm that cannot run this kind (e.g. ring all-to-all) defers to auto
+        if self._algo(self.algorithm).supports(req.kind, req.groups, self.cluster):
+            return self.algorithm
+        return None
+
+    def _route(self, phase: Phase) -> RoutedPhase:
+        router = self.cluster.router
+        indptr, links = router.paths(phase.src, phase.dst)
+        link_ids, k = coflow_link_loads(indptr, links, phase.bytes)
+        max_bytes = float(phase.bytes.max()) if phase.bytes.size else 0.0
+        eff = np.array(
+            [self.calib.link_efficiency(self.cluster.link_type[i], phase.efficiency_key) for i in link_ids]
+        )
+        load = k / np.maximum(eff, 1e-9)
+        types = {self.cluster.link_type[i] for i in link_ids}
+        alpha = max((self.calib.step_latency(t) for t in types), default=0.0)
+        rate = float(maxmin_rates(self.capacity, [(link_ids, load)])[0]) if link_ids.size else float("inf")
+        return RoutedPhase(phase, link_ids, load, max_bytes, phase.steps * alpha, k * max_bytes, rate)
+
+
+def alone_time(phases: list[RoutedPhase] | tuple[RoutedPhase, ...]) -> float:
+    """Duration of a collective on an otherwise idle network (the α-β fast path)."""
+    total = 0.0
+    for p in phases:
+        total += p.latency_s
+        if p.max_flow_bytes > 0 and np.isfinite(p.alone_rate):
+            total += p.max_flow_bytes / p.alone_rate
+    return total
+
+
+class NetworkModel(ABC):
+    """Times collectives inside a simpy environment."""
+
+    name: ClassVar[str]
+
+    def __init__(self, env: simpy.Environment, cache: PhaseCache) -> None:
+        self.env = env
+        self.cache = cache
+        self.link_bytes = np.zeros(cache.capacity.size)  # bytes carried per directed link (all instances)
+
+    @abstractmethod
+    def run(self, req: CollectiveRequest, on_done: Callable[[], None]) -> None:
+        """Start ``req`` now; call ``on_done`` when its last phase ends."""
+
+    def _account(self, phases: tuple[RoutedPhase, ...]) -> None:
+        for p in phases:
+            np.add.at(self.link_bytes, p.link_ids, p.link_bytes)
+
+
+NETWORK_MODELS: Registry[type[NetworkModel]] = Registry("network model", "simulator.network.models")

@@ -1,0 +1,167 @@
+"""The flow-level network model: concurrent phases share link bandwidth max-min fairly.
+
+Every phase in flight is a coflow (its flows move in lockstep). A phase whose links no other phase in flight
+uses runs at its uncontended rate; when phases share links, the rates of all contending phases are
+recomputed by progressive filling (``maxmin.py``) each time one of them starts or ends, and their
+completions are rescheduled. Two observations keep this cheap at scale: most collectives (tensor-parallel
+all-reduces on a host's NVLink) share no link with anything else, so they never enter the max-min
+computation; and rate allocations are memoised by the set of contending phases, because a training step
+repeats the same few combinations (a DP bucket beside a pipeline send …) thousands of times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import count
+
+import numpy as np
+import simpy
+
+from simulator.network.maxmin import maxmin_rates
+from simulator.network.models.base import (
+    NETWORK_MODELS,
+    CollectiveRequest,
+    NetworkModel,
+    PhaseCache,
+    RoutedPhase,
+)
+
+_REL_EPS = 1e-9
+# A phase within this much time of its end is finished: below float resolution at the current clock,
+# an exact-zero test could spin on a timer that no longer advances time.
+_TIME_EPS_S = 1e-9
+
+
+@dataclass(eq=False)
+class _Transfer:
+    """A collective in flight: its phases, the current one, and what its largest flow still has to move."""
+
+    phases: tuple[RoutedPhase, ...]
+    on_done: Callable[[], None]
+    ident: int
+    index: int = 0
+    remaining: float = 0.0
+    rate: float = 0.0
+    since: float = 0.0  # time at which ``remaining`` was last brought up to date
+    version: int = 0  # bumps when the completion timer is rescheduled
+    contended: bool = False
+    key: int = field(default=-1)  # memo key of the current phase
+
+    @property
+    def current(self) -> RoutedPhase:
+        return self.phases[self.index]
+
+    def catch_up(self, now: float) -> None:
+        """Bring ``remaining`` to ``now`` at the current rate."""
+        self.remaining -= self.rate * (now - self.since)
+        self.since = now
+
+
+@NETWORK_MODELS.register("flow")
+class FlowNetwork(NetworkModel):
+    """Fluid max-min sharing between concurrent collectives."""
+
+    name = "flow"
+
+    def __init__(self, env: simpy.Environment, cache: PhaseCache) -> None:
+        super().__init__(env, cache)
+        self._ids = count()
+        self._active: dict[int, _Transfer] = {}
+        self._contended: dict[int, _Transfer] = {}
+        self._link_users = np.zeros(cache.capacity.size, dtype=np.int32)
+        self._rates: dict[tuple[int, ...], np.ndarray] = {}
+        self._phase_keys: dict[int, int] = {}
+        self._phase_refs: list[RoutedPhase] = []
+
+    def run(self, req: CollectiveRequest, on_done: Callable[[], None]) -> None:
+        """Start ``req``: pay the first phase's latency, then join the fluid."""
+        phases = self.cache.routed(req)
+        self._account(phases)
+        self._start_phase(_Transfer(phases, on_done, next(self._ids)))
+
+    # ---------------------------------------------------------------- phase lifecycle
+    def _start_phase(self, tr: _Transfer) -> None:
+        p = tr.current
+        if p.latency_s > 0:
+            self.env.timeout(p.latency_s).callbacks.append(lambda _ev: self._enter(tr))
+        else:
+            self._enter(tr)
+
+    def _enter(self, tr: _Transfer) -> None:
+        p = tr.current
+        if p.max_flow_bytes <= 0 or p.link_ids.size == 0:
+            self._next_phase(tr)
+            return
+        now = self.env.now
+        tr.remaining, tr.since, tr.key = p.max_flow_bytes, now, self._key_of(p)
+        self._active[tr.ident] = tr
+        self._link_users[p.link_ids] += 1
+        if self._link_users[p.link_ids].max() == 1:
+            tr.rate = p.alone_rate
+            self._schedule(tr)
+            return
+        self._contended[tr.ident] = tr
+        tr.contended = True
+        for other in self._active.values():  # isolated phases whose links the newcomer now shares
+            if not other.contended and self._link_users[other.current.link_ids].max() > 1:
+                other.catch_up(now)
+                other.contended = True
+                self._contended[other.ident] = other
+        self._reallocate()
+
+    def _finish(self, tr: _Transfer) -> None:
+        del self._active[tr.ident]
+        self._link_users[tr.current.link_ids] -= 1
+        if tr.contended:
+            del self._contended[tr.ident]
+            tr.contended = False
+            self._reallocate()
+        self._next_phase(tr)
+
+    def _next_phase(self, tr: _Transfer) -> None:
+        tr.index += 1
+        if tr.index < len(tr.phases):
+            self._start_phase(tr)
+        else:
+            tr.on_done()
+
+    # ---------------------------------------------------------------- rates and timers
+    def _key_of(self, p: RoutedPhase) -> int:
+        k = self._phase_keys.get(id(p))
+        if k is None:
+            k = len(self._phase_refs)
+            self._phase_keys[id(p)] = k
+            self._phase_refs.append(p)  # keeps the phase alive so that its id() stays unique
+        return k
+
+    def _reallocate(self) -> None:
+        """Max-min rates of every contending phase, then their completion timers."""
+        if not self._contended:
+            return
+        now = self.env.now
+        trs = sorted(self._contended.values(), key=lambda t: (t.key, t.ident))
+        memo = tuple(t.key for t in trs)
+        rates = self._rates.get(memo)
+        if rates is None:
+            rates = maxmin_rates(self.cache.capacity, [(t.current.link_ids, t.current.load) for t in trs])
+            self._rates[memo] = rates
+        for t, r in zip(trs, rates, strict=True):
+            t.catch_up(now)
+            t.rate = float(r)
+            self._schedule(t)
+
+    def _schedule(self, tr: _Transfer) -> None:
+        tr.version += 1
+        version = tr.version
+        dt = max(tr.remaining, 0.0) / tr.rate
+        self.env.timeout(dt).callbacks.append(lambda _ev: self._on_timer(tr, version))
+
+    def _on_timer(self, tr: _Transfer, version: int) -> None:
+        if version != tr.version or tr.ident not in self._active:
+            return  # rescheduled since, or already finished
+        tr.catch_up(self.env.now)
+        if tr.remaining > max(_REL_EPS * tr.current.max_flow_bytes, tr.rate * _TIME_EPS_S):
+            self._schedule(tr)  # float drift: a little is left
+            return
+        self._finish(tr)

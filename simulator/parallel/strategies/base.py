@@ -1,0 +1,132 @@
+"""The strategy extension point: what one kind of parallelism adds to the work of each rank.
+
+Each parallel dimension has an abstract base here; each variant is one file registered by name in
+``STRATEGIES`` (``tensor``, ``sequence``, ``context_ring``, ``context_all_gather``, ``expert``, ``ddp``,
+``zero1`` … ``zero3``). The layer builder (``simulator.workload.layer``) calls their hooks at fixed points of
+the transformer layer; the program builder calls the step-level hooks (gradient reduction, optimizer).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from functools import cached_property
+from typing import ClassVar
+
+from simulator.hardware.compute import ComputeModel
+from simulator.models.spec import ModelSpec
+from simulator.parallel.plan import ParallelDims
+from simulator.registry import Registry
+from simulator.scenario import ParallelismConfig, TrainingConfig
+from simulator.workload.steps import Step
+
+
+@dataclass(frozen=True, eq=False)
+class BuildContext:
+    """Everything the strategies need to know about one scenario, derived once."""
+
+    model: ModelSpec
+    compute: ComputeModel
+    training: TrainingConfig
+    par: ParallelismConfig
+    dims: ParallelDims
+    expert_load_factor: float = 1.0  # tokens on the most loaded expert-parallel rank ÷ the mean
+
+    @property
+    def e(self) -> int:
+        """Bytes per activation element."""
+        return self.compute.element_bytes
+
+    @cached_property
+    def tokens(self) -> int:
+        """Tokens of one micro-batch held by one rank of a context-parallel group (b·s/cp)."""
+        return self.training.micro_batch * self.training.seq_len // self.dims.cp
+
+    @property
+    def tp(self) -> int:
+        """Tensor-parallel degree."""
+        return self.dims.tp
+
+
+class Strategy(ABC):  # noqa: B024 - a marker base: variants implement their dimension's hooks
+    """One registered parallelism variant."""
+
+    name: ClassVar[str]
+    dimension: ClassVar[str]
+
+    def validate(self, ctx: BuildContext) -> None:  # noqa: B027 - optional hook
+        """Raise ``InfeasibleConfig`` when this strategy cannot run the scenario."""
+
+
+class TensorStrategy(Strategy):
+    """Megatron tensor parallelism: column-parallel input GEMMs, row-parallel output GEMMs."""
+
+    dimension = "tensor"
+
+    @abstractmethod
+    def norm_tokens(self, ctx: BuildContext) -> int:
+        """Tokens that norms, dropout and residual adds run on (all, or 1/tp with sequence parallelism)."""
+
+    @abstractmethod
+    def block_input_forward(self, ctx: BuildContext, tag: str) -> list[Step]:
+        """Communication before a column-parallel GEMM in the forward pass (Megatron's f / g-bar)."""
+
+    @abstractmethod
+    def block_output_forward(self, ctx: BuildContext, tag: str) -> list[Step]:
+        """Communication after a row-parallel GEMM in the forward pass (Megatron's g)."""
+
+    @abstractmethod
+    def block_output_backward(self, ctx: BuildContext, tag: str) -> list[Step]:
+        """Communication of the incoming gradient before the row-parallel GEMM's backward."""
+
+    @abstractmethod
+    def block_input_backward_pre(self, ctx: BuildContext, tag: str) -> list[Step]:
+        """Communication issued before the column-parallel GEMM's input-gradient GEMM."""
+
+    @abstractmethod
+    def block_input_backward_post(self, ctx: BuildContext, tag: str) -> list[Step]:
+        """Communication of the input gradient, overlapped with the weight-gradient GEMM."""
+
+
+class ContextStrategy(Strategy):
+    """Context parallelism: how attention sees keys and values of the other sequence shards."""
+
+    dimension = "context"
+
+    @abstractmethod
+    def attention_forward(self, ctx: BuildContext, core: list[Step], kv_bytes: float) -> list[Step]:
+        """The attention core of the forward pass, with the communication of K/V around the CP group."""
+
+    @abstractmethod
+    def attention_backward(self, ctx: BuildContext, core: list[Step], kv_bytes: float) -> list[Step]:
+        """The attention core of the backward pass, with K/V and their gradients communicated."""
+
+
+class DataStrategy(Strategy):
+    """Data parallelism and ZeRO: gradient reduction and parameter gathering."""
+
+    dimension = "data"
+    zero_stage: ClassVar[int]
+
+    @abstractmethod
+    def gradient_steps(self, ctx: BuildContext, grad_count: float, group: str, final: bool) -> list[Step]:
+        """Reduction of ``grad_count`` gradients that just became ready (``final``: the last bucket)."""
+
+    def layer_prologue(self, ctx: BuildContext, param_count: float, group: str, backward: bool) -> list[Step]:
+        """Communication before a layer's forward or backward (ZeRO-3 parameter all-gather)."""
+        return []
+
+    def layer_epilogue(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+        """Communication after a layer's backward in every micro-batch (ZeRO-3 gradient reduce-scatter)."""
+        return []
+
+    @abstractmethod
+    def after_optimizer(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+        """Communication after the optimizer step (sharded optimizers all-gather the updated parameters)."""
+
+    @abstractmethod
+    def optimizer_shard(self, ctx: BuildContext, group_size: int) -> int:
+        """Into how many shards the optimizer state (and its update work) is split."""
+
+
+STRATEGIES: Registry[type[Strategy]] = Registry("parallelism strategy", "simulator.parallel.strategies")

@@ -1,0 +1,51 @@
+"""Data parallelism with replicated optimizer state (PyTorch DDP; ZeRO stage 0).
+
+Gradients are all-reduced in buckets as the backward pass of the last micro-batch produces them, overlapped
+with the rest of the backward pass (Li et al. 2020, "PyTorch Distributed", VLDB; bucket_cap_mb = 25 by
+default). Without overlap (Megatron-LM's ``--DDP-impl local`` of 2021) the reduction runs after the backward
+pass. Every rank then updates all of its parameters.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from simulator.parallel.strategies.base import STRATEGIES, BuildContext, DataStrategy
+from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.workload.steps import CommStep, Step
+
+
+def grad_element_bytes(ctx: BuildContext) -> int:
+    """Bytes per gradient element on the wire: Megatron-LM reduces bf16 gradients in fp32
+    (arguments.py forces accumulate_allreduce_grads_in_fp32 with --bf16); fp16 training reduces fp16."""
+    return 2 if ctx.training.precision == "fp16" else 4
+
+
+def param_element_bytes(ctx: BuildContext) -> int:
+    """Bytes per parameter element of the working (16-bit) model copy."""
+    return 4 if ctx.training.precision == "fp32" else 2
+
+
+@STRATEGIES.register("ddp")
+class DataParallel(DataStrategy):
+    """Gradient all-reduce, full optimizer on every rank."""
+
+    name = "ddp"
+    zero_stage: ClassVar[int] = 0
+    reduce_kind: ClassVar[CollectiveKind] = CollectiveKind.ALL_REDUCE
+
+    def gradient_steps(self, ctx: BuildContext, grad_count: float, group: str, final: bool) -> list[Step]:
+        """One bucket's gradient reduction, waited for before the optimizer step."""
+        nbytes = grad_count * grad_element_bytes(ctx)
+        if nbytes <= 0:
+            return []
+        name = f"grad_{self.reduce_kind.value}"
+        return [CommStep(name, self.reduce_kind, CommKind.DP, group, nbytes, join_after=-1)]
+
+    def after_optimizer(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+        """Replicated optimizer: parameters are already everywhere."""
+        return []
+
+    def optimizer_shard(self, ctx: BuildContext, group_size: int) -> int:
+        """Each rank updates all of its parameters."""
+        return 1

@@ -1,0 +1,306 @@
+"""One scenario in, one simulated training step out: the data flow of DESIGN.md end to end.
+
+scenario → cluster (topology) + parallel plan + strategies → programs of the simulated ranks →
+engine on the network model → trace → metrics and report.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+import simpy
+
+import simulator
+from simulator.engine.groups import GroupResolver, RankClasses
+from simulator.engine.simulation import Engine
+from simulator.engine.trace import Trace
+from simulator.errors import InfeasibleConfig
+from simulator.hardware.calibration import compute_calibration, link_calibration
+from simulator.hardware.compute import ComputeModel
+from simulator.memory.model import MemoryBreakdown, memory_per_gpu
+from simulator.models.flops import model_flops_per_token
+from simulator.models.params import parameter_count
+from simulator.network.models.base import NETWORK_MODELS, NetworkModel, PhaseCache
+from simulator.parallel.plan import ParallelDims, ParallelPlan
+from simulator.parallel.schedules.base import SCHEDULES
+from simulator.parallel.strategies.base import STRATEGIES, BuildContext, DataStrategy
+from simulator.report.metrics import StepMetrics, step_metrics
+from simulator.report.schema import Breakdown, CommTimes, Layout, LinkUse, MemoryGiB, StepReport
+from simulator.scenario import Scenario
+from simulator.topology.cluster import Cluster
+from simulator.topology.loader import build_cluster
+from simulator.units import GiB
+from simulator.workload.builder import ProgramFactory, WorkloadSpec
+from simulator.workload.layer import LayerStrategies
+
+DATA_STRATEGY = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}
+
+
+@dataclass(frozen=True, eq=False)
+class SimulationResult:
+    """The report of one step and the timeline it was computed from."""
+
+    report: StepReport
+    trace: Trace
+
+
+def _derive_dims(scenario: Scenario, gpus: int) -> ParallelDims:
+    """Parallel degrees with ``dp`` derived, checked against the GPU count."""
+    p = scenario.parallelism
+    model_par = p.tp * p.pp * p.cp
+    if p.dp is None:
+        if gpus % model_par:
+            raise InfeasibleConfig(
+                f"gpus={gpus} is not divisible by tp·pp·cp={p.tp}·{p.pp}·{p.cp}={model_par}",
+                field="parallelism",
+            )
+        dp = gpus // model_par
+    else:
+        dp = p.dp
+        if dp * model_par != gpus:
+            raise InfeasibleConfig(
+                f"tp·pp·cp·dp={p.tp}·{p.pp}·{p.cp}·{dp}={dp * model_par} does not match the cluster's {gpus} GPUs",
+                field="parallelism.dp",
+            )
+    dims = ParallelDims(tp=p.tp, pp=p.pp, dp=dp, cp=p.cp, ep=p.ep)
+    _check_expert_dims(scenario, dims)
+    return dims
+
+
+def _check_expert_dims(scenario: Scenario, dims: ParallelDims) -> None:
+    moe = scenario.model.moe
+    if dims.ep == 1:
+        return
+    if moe is None:
+        raise InfeasibleConfig(f"ep={dims.ep} needs a mixture-of-experts model", field="parallelism.ep")
+    if (dims.dp * dims.cp) % dims.ep:
+        raise InfeasibleConfig(
+            f"ep={dims.ep} does not divide dp·cp={dims.dp * dims.cp}", field="parallelism.ep"
+        )
+    if moe.experts % dims.ep:
+        raise InfeasibleConfig(f"ep={dims.ep} does not divide experts={moe.experts}", field="parallelism.ep")
+
+
+def _micro_batches(scenario: Scenario, dims: ParallelDims) -> int:
+    t = scenario.training
+    per_step = dims.dp * t.micro_batch
+    if t.global_batch % per_step:
+        raise InfeasibleConfig(
+            f"global_batch={t.global_batch} is not divisible by dp·micro_batch={dims.dp}·{t.micro_batch}={per_step}",
+            field="training.global_batch",
+        )
+    return t.global_batch // per_step
+
+
+class Setup:
+    """Everything derived from a scenario before simulation (no I/O in the constructor)."""
+
+    def __init__(self, scenario: Scenario, cluster: Cluster, mode: str) -> None:
+        self.scenario = scenario
+        self.cluster = cluster
+        self.mode = mode
+        self.warnings: list[str] = []
+
+    @cached_property
+    def dims(self) -> ParallelDims:
+        """Parallel degrees."""
+        return _derive_dims(self.scenario, self.cluster.num_gpus)
+
+    @cached_property
+    def plan(self) -> ParallelPlan:
+        """Rank coordinates and groups."""
+        return ParallelPlan(self.dims)
+
+    @cached_property
+    def micro_batches(self) -> int:
+        """Micro-batches per pipeline per step."""
+        return _micro_batches(self.scenario, self.dims)
+
+    @cached_property
+    def gpu(self):  # type: ignore[no-untyped-def]
+        """The GPU spec (the first GPU's type; mixed clusters are checked in ``classes``)."""
+        return self.cluster.gpu_specs[0]
+
+    @cached_property
+    def compute(self) -> ComputeModel:
+        """Compute model of the cluster's GPU type at the training precision."""
+        calib = compute_calibration(self.gpu.name)
+        if calib.inherited_from:
+            self.warnings.append(
+                f"{self.gpu.name} has no calibration of its own; uses {calib.inherited_from}'s"
+            )
+        return ComputeModel(self.gpu, calib, self.scenario.training.precision)
+
+    @cached_property
+    def ctx(self) -> BuildContext:
+        """The strategies' view of the scenario."""
+        s = self.scenario
+        self.gpu.peak(s.training.precision)  # fail early on an unsupported precision
+        return BuildContext(s.model, self.compute, s.training, s.parallelism, self.dims)
+
+    @cached_property
+    def data(self) -> DataStrategy:
+        """The data-parallel / ZeRO strategy."""
+        cls = STRATEGIES.get(DATA_STRATEGY[self.scenario.parallelism.zero], field="parallelism.zero")
+        inst = cls()
+        assert isinstance(inst, DataStrategy)
+        return inst
+
+    @cached_property
+    def workload(self) -> WorkloadSpec:
+        """The program builder's inputs, validated."""
+        p = self.scenario.parallelism
+        tensor = STRATEGIES.get("sequence" if p.sequence_parallel else "tensor")()
+        context = STRATEGIES.get(f"context_{p.cp_algorithm}", field="parallelism.cp_algorithm")()
+        schedule = SCHEDULES.get(p.schedule, field="parallelism.schedule")()
+        chunks = p.virtual_stages
+        if chunks > 1 and p.schedule != "interleaved":
+            raise InfeasibleConfig(
+                f"virtual_stages={chunks} needs schedule: interleaved (got {p.schedule})",
+                field="parallelism.virtual_stages",
+            )
+        for strat in (tensor, context, self.data):
+            strat.validate(self.ctx)
+        schedule.validate(self.dims.pp, self.micro_batches, chunks)
+        spec = WorkloadSpec(
+            self.ctx, self.plan, LayerStrategies(tensor, context), self.data, schedule,  # type: ignore[arg-type]
+            parameter_count(self.scenario.model), self.micro_batches, chunks,
+        )  # fmt: skip
+        _ = spec.virtual_layers  # raises on an impossible layer split
+        return spec
+
+    @cached_property
+    def classes(self) -> RankClasses:
+        """Rank classes: one per pipeline stage under symmetry, one per rank in full mode."""
+        world = self.dims.world
+        pp = self.plan.coords["pp"]
+        if self.mode == "full":
+            labels = {r: f"rank {r} · pp{pp[r]}" for r in range(world)}
+            return RankClasses(np.arange(world, dtype=np.int64), labels)
+        gpu_type = np.array([spec.name for spec in self.cluster.gpu_specs[:world]])
+        if len(set(gpu_type)) > 1:
+            raise InfeasibleConfig("clusters with mixed GPU types are not simulated yet", field="cluster")
+        return RankClasses(pp.copy(), {s: f"pp{s}" for s in range(self.dims.pp)})
+
+
+def _network(setup: Setup, env: simpy.Environment) -> NetworkModel:
+    net = setup.scenario.config.network
+    cls = NETWORK_MODELS.get(net.model, field="network.model")
+    return cls(env, PhaseCache(setup.cluster, link_calibration(), net.algorithm))
+
+
+def _memory(setup: Setup) -> MemoryBreakdown:
+    """The most loaded pipeline stage's memory."""
+    w, ctx = setup.workload, setup.ctx
+    shard = setup.plan.groups(w.dense_group).shape[1]
+    best: MemoryBreakdown | None = None
+    for stage in range(setup.dims.pp):
+        vss = [c * setup.dims.pp + stage for c in range(w.chunks)]
+        local = sum(w.chunk_params(v) for v in vss)
+        layers = [ctx.model.is_moe_layer(i) for v in vss for i in w.virtual_layers[v]]
+        in_flight = w.schedule.in_flight(stage, setup.dims.pp, w.micro_batches, w.chunks)
+        mem = memory_per_gpu(ctx, w.params, local, shard, layers, in_flight, w.last_virtual in vss, 0 in vss)
+        if best is None or mem.total > best.total:
+            best = mem
+    assert best is not None
+    return best
+
+
+def _links(setup: Setup, network: NetworkModel, step_s: float, top: int = 10) -> list[LinkUse]:
+    c = setup.cluster
+    util = network.link_bytes / (c.link_capacity_bytes_per_s * max(step_s, 1e-30))
+    order = np.argsort(-util, kind="stable")[:top]
+    return [
+        LinkUse(
+            link=c.link_name(int(i)),
+            link_type=c.link_type[int(i)],
+            bytes=float(network.link_bytes[i]),
+            utilization=float(util[i]),
+        )  # fmt: skip
+        for i in order
+        if network.link_bytes[i] > 0
+    ]
+
+
+def _report(
+    setup: Setup, trace: Trace, m: StepMetrics, network: NetworkModel, events: int, wall: float
+) -> StepReport:
+    s, gpus = setup.scenario, setup.cluster.num_gpus
+    step = m.step_time_s
+    tokens = s.training.global_batch * s.training.seq_len
+    peak = setup.gpu.peak(s.training.precision)
+    model_flops = model_flops_per_token(s.model, s.training.seq_len) * tokens
+    mult = np.array([trace.rank_multiplicity[r] for r in trace.rank.tolist()]) if len(trace) else np.zeros(0)
+    hw_flops = float((trace.hw_flops * mult).sum())
+    mem = _memory(setup)
+    gib = {k: getattr(mem, k) / GiB for k in ("weights", "grads", "optimizer", "activations", "other")}
+    fits = mem.total <= setup.gpu.hbm_bytes
+    warnings = list(setup.warnings)
+    if not fits:
+        name, size = mem.largest()
+        warnings.append(
+            f"does not fit: {mem.total / GiB:.1f} GiB per GPU > {setup.gpu.hbm_bytes / GiB:.1f} GiB HBM; "
+            f"largest term: {name} {size / GiB:.1f} GiB"
+        )
+    p = s.parallelism
+    layout = Layout(
+        tp=p.tp, pp=p.pp, dp=setup.dims.dp, cp=p.cp, ep=p.ep, zero=p.zero, sequence_parallel=p.sequence_parallel,
+        schedule=p.schedule, virtual_stages=p.virtual_stages, micro_batch=s.training.micro_batch,
+        micro_batches=setup.micro_batches, global_batch=s.training.global_batch, seq_len=s.training.seq_len,
+        precision=s.training.precision, recompute=s.training.recompute,
+    )  # fmt: skip
+    return StepReport(
+        scenario=s.name,
+        gpus=gpus,
+        step_time_s=step,
+        tokens_per_s=tokens / step,
+        samples_per_s=s.training.global_batch / step,
+        model_tflops_per_gpu=model_flops / step / gpus / 1e12,
+        mfu=model_flops / (step * gpus * peak),
+        hfu=hw_flops / (step * gpus * peak),
+        breakdown=Breakdown(
+            compute_s=m.compute_s,
+            exposed_comm_s=m.exposed_comm_s,
+            overlapped_comm_s=m.overlapped_comm_s,
+            bubble_s=m.bubble_s,
+            other_s=m.other_s,
+        ),  # fmt: skip
+        comm=CommTimes(**{f"{k}_s": v for k, v in m.comm_s.items()}),
+        exposed_comm=CommTimes(**{f"{k}_s": v for k, v in m.exposed_by_kind_s.items()}),
+        memory_gib_per_gpu=MemoryGiB(**gib, total=mem.total / GiB),
+        fits_memory=fits,
+        simulated_ranks=len(trace.rank_labels),
+        events=events,
+        wall_s=wall,
+        model=s.model.name,
+        gpu=setup.gpu.name,
+        cluster=setup.cluster.name,
+        layout=layout,
+        links=_links(setup, network, step),
+        warnings=warnings,
+        version=simulator.__version__,
+    )
+
+
+def simulate(scenario: Scenario, *, mode: str | None = None) -> SimulationResult:
+    """Simulate one optimizer step of ``scenario`` (``mode``: ``symmetric`` or ``full``, default from the
+    scenario's ``engine.mode``)."""
+    t0 = time.perf_counter()
+    cluster = build_cluster(scenario.topology, file=scenario.topology_file)
+    setup = Setup(scenario, cluster, mode or scenario.config.engine.mode)
+    factory = ProgramFactory(setup.workload)
+    classes = setup.classes
+    programs = {int(r): factory.build(int(r)) for r in classes.representatives}
+    env = simpy.Environment()
+    network = _network(setup, env)
+    engine = Engine(env, programs, GroupResolver(setup.plan, classes), network)
+    engine.run()
+    labels = {int(r): classes.labels[c] for c, r in enumerate(classes.representatives)}
+    mult = {int(r): int(classes.multiplicity[c]) for c, r in enumerate(classes.representatives)}
+    trace = engine.finish_trace(labels, mult)
+    metrics = step_metrics(trace, pipelined=setup.dims.pp > 1)
+    report = _report(setup, trace, metrics, network, engine.events, time.perf_counter() - t0)
+    return SimulationResult(report, trace)

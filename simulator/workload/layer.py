@@ -1,0 +1,284 @@
+"""The kernels of one transformer layer on one rank, as Megatron-LM runs them, with the strategies'
+communication inserted at the block boundaries.
+
+Kernel list per layer (Megatron GPT; Shoeybi 2019, Korthikanti 2022 Sec. 4): input norm, QKV GEMM,
+attention core (fused flash attention, or QKᵀ batched GEMM + fused scale/mask/softmax + dropout + AV batched
+GEMM), output projection, bias-dropout-add, norm, FC1, activation, FC2, bias-dropout-add. Backward: each GEMM
+becomes an input-gradient and a weight-gradient GEMM; element-wise kernels read one more tensor than they
+wrote (their saved input and the incoming gradient).
+
+Element-wise byte counts use the activation element size ``e`` and count every tensor read or written once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from simulator.hardware.compute import ComputeModel, KernelTime
+from simulator.parallel.strategies.base import BuildContext, ContextStrategy, TensorStrategy
+from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.workload.steps import CommStep, GradReady, KernelStep, Step
+
+
+@dataclass(frozen=True)
+class LayerStrategies:
+    """The strategies the layer builder consults."""
+
+    tensor: TensorStrategy
+    context: ContextStrategy
+
+
+def _k(name: str, t: KernelTime, counts: bool = True) -> KernelStep:
+    return KernelStep(name, t, t.flops if counts else 0.0)
+
+
+class LayerBuilder:
+    """Builds the forward, backward and recompute steps of the layers of one scenario on one rank."""
+
+    def __init__(self, ctx: BuildContext, strategies: LayerStrategies) -> None:
+        self.ctx = ctx
+        self.s = strategies
+        self.cm: ComputeModel = ctx.compute
+        m, tp = ctx.model, ctx.tp
+        self.T = ctx.tokens  # tokens of a micro-batch on this rank
+        self.Tn = strategies.tensor.norm_tokens(ctx)  # tokens the norms/dropout see
+        self.h = m.hidden
+        self.q = m.q_hidden // tp
+        self.kv = max(m.kv_hidden // tp, m.d_head)  # KV heads are replicated when tp > kv_heads
+        self.heads = m.heads // tp
+        self.e = ctx.e
+
+    # ------------------------------------------------------------------ attention core
+    def _core_flops(self) -> float:
+        """Forward FLOPs of QKᵀ and AV on this rank, without causal savings (2 GEMMs × 2·s_q·s_k·d)."""
+        c = self.ctx
+        s_q = c.training.seq_len // c.dims.cp
+        s_k = c.training.seq_len
+        return 4.0 * c.training.micro_batch * self.heads * s_q * s_k * c.model.d_head
+
+    def attention_core_forward(self) -> list[Step]:
+        """Attention scores, softmax and weighted sum, fused or not."""
+        c, cm = self.ctx, self.cm
+        b, s, d, a = c.training.micro_batch, c.training.seq_len, c.model.d_head, self.heads
+        if c.training.flash_attention:
+            # causal flash attention skips the masked half of the blocks (Dao 2023, FlashAttention-2)
+            flops = self._core_flops() / 2
+            io = self.e * self.T * (2 * self.q + 2 * self.kv)
+            core = [KernelStep("flash_attn", t := cm.flash_attention(flops, io, False), t.flops)]
+        else:
+            scores = b * a * s * s
+            core = [
+                _k("attn_qk", cm.gemm(s, s, d, batch=b * a)),
+                _k("softmax", cm.elementwise(2 * self.e * scores)),  # fused scale+mask+softmax: read, write
+                _k("attn_dropout", cm.elementwise((2 * self.e + 1) * scores)),  # read, write, 1-byte mask
+                _k("attn_av", cm.gemm(s, d, s, batch=b * a)),
+            ]
+        return self.s.context.attention_forward(c, core, self._kv_bytes())
+
+    def attention_core_backward(self) -> list[Step]:
+        """Backward of the attention core."""
+        c, cm = self.ctx, self.cm
+        b, s, d, a = c.training.micro_batch, c.training.seq_len, c.model.d_head, self.heads
+        if c.training.flash_attention:
+            # FlashAttention-2 backward: 5 GEMMs vs 2 forward (recomputes QKᵀ): 2.5× forward FLOPs;
+            # the model needs 2× forward (Dao 2023, Sec. 3.2)
+            fwd = self._core_flops() / 2
+            io = self.e * self.T * (4 * self.q + 4 * self.kv)
+            t = cm.flash_attention(2.5 * fwd, io, True)
+            core: list[Step] = [KernelStep("flash_attn_bwd", t, 2.0 * fwd)]
+        else:
+            scores = b * a * s * s
+            core = [
+                _k("attn_av_dgrad", cm.gemm(s, s, d, batch=b * a)),  # dP = dO·Vᵀ
+                _k("attn_av_wgrad", cm.gemm(s, d, s, batch=b * a)),  # dV = Pᵀ·dO
+                _k("attn_dropout_bwd", cm.elementwise((2 * self.e + 1) * scores)),
+                _k("softmax_bwd", cm.elementwise(3 * self.e * scores)),  # read y, dy; write dx
+                _k("attn_qk_dgrad", cm.gemm(s, d, s, batch=b * a)),  # dQ = dS·K
+                _k("attn_qk_wgrad", cm.gemm(s, d, s, batch=b * a)),  # dK = dSᵀ·Q
+            ]
+        return self.s.context.attention_backward(c, core, self._kv_bytes())
+
+    def _kv_bytes(self) -> float:
+        """Bytes of this rank's K and V for one micro-batch (what ring attention passes around)."""
+        return 2.0 * self.T * self.kv * self.e
+
+    # ------------------------------------------------------------------ dense blocks
+    def _norm(self, name: str, backward: bool = False) -> KernelStep:
+        n = self.Tn * self.h * self.e
+        return _k(name, self.cm.elementwise((3 if backward else 2) * n))
+
+    def _dropout_add(self, name: str, backward: bool = False) -> KernelStep:
+        # fused bias-dropout-add: read x and residual, write out and a 1-byte mask; backward reads dy and mask
+        n = self.Tn * self.h
+        return _k(name, self.cm.elementwise(((2 * self.e + 1) if backward else (3 * self.e + 1)) * n))
+
+    def _linear(self, name: str, n_out: int, k_in: int) -> KernelStep:
+        return _k(name, self.cm.gemm(self.T, n_out, k_in))
+
+    def _linear_backward(self, name: str, n_out: int, k_in: int) -> tuple[KernelStep, KernelStep]:
+        """Input-gradient GEMM [T, n]·[n, k] and weight-gradient GEMM [k, T]·[T, n]."""
+        return (
+            _k(f"{name}_dgrad", self.cm.gemm(self.T, k_in, n_out)),
+            _k(f"{name}_wgrad", self.cm.gemm(k_in, n_out, self.T)),
+        )
+
+    def attention_block_forward(self) -> list[Step]:
+        """Norm → QKV → core → projection → dropout-add, with TP/SP communication."""
+        t = self.s.tensor
+        return [
+            self._norm("attn_norm"),
+            *t.block_input_forward(self.ctx, "attn"),
+            self._linear("qkv", self.q + 2 * self.kv, self.h),
+            *self.attention_core_forward(),
+            self._linear("attn_proj", self.h, self.q),
+            *t.block_output_forward(self.ctx, "attn"),
+            self._dropout_add("attn_dropout_add"),
+        ]
+
+    def attention_block_backward(self) -> list[Step]:
+        """Reverse of ``attention_block_forward``."""
+        t, c = self.s.tensor, self.ctx
+        proj_d, proj_w = self._linear_backward("attn_proj", self.h, self.q)
+        qkv_d, qkv_w = self._linear_backward("qkv", self.q + 2 * self.kv, self.h)
+        return [
+            self._dropout_add("attn_dropout_add_bwd", backward=True),
+            *t.block_output_backward(c, "attn"),
+            proj_d,
+            proj_w,
+            *self.attention_core_backward(),
+            *t.block_input_backward_pre(c, "attn"),
+            qkv_d,
+            *t.block_input_backward_post(c, "attn"),
+            qkv_w,
+            self._norm("attn_norm_bwd", backward=True),
+        ]
+
+    def _ffn_width(self, ffn: int) -> tuple[int, int]:
+        """(FC1 output width, FC2 input width) on this rank; a gated MLP has two FC1 matrices."""
+        per_rank = ffn // self.ctx.tp
+        return (2 * per_rank if self.ctx.model.gated_mlp else per_rank), per_rank
+
+    def _activation(self, name: str, fc1: int, fc2: int, backward: bool) -> KernelStep:
+        # GeLU(+bias) reads FC1's output and writes FC2's input; SwiGLU reads both halves. Backward reads
+        # the saved input and the incoming gradient and writes the input gradient.
+        n = self.T * (fc1 + fc2 + (fc1 if backward else 0))
+        return _k(name, self.cm.elementwise(self.e * n))
+
+    def mlp_block_forward(self) -> list[Step]:
+        """Norm → FC1 → activation → FC2 → dropout-add."""
+        t = self.s.tensor
+        fc1, fc2 = self._ffn_width(self.ctx.model.ffn_hidden)
+        return [
+            self._norm("mlp_norm"),
+            *t.block_input_forward(self.ctx, "mlp"),
+            self._linear("fc1", fc1, self.h),
+            self._activation("activation", fc1, fc2, False),
+            self._linear("fc2", self.h, fc2),
+            *t.block_output_forward(self.ctx, "mlp"),
+            self._dropout_add("mlp_dropout_add"),
+        ]
+
+    def mlp_block_backward(self) -> list[Step]:
+        """Reverse of ``mlp_block_forward``."""
+        t, c = self.s.tensor, self.ctx
+        fc1, fc2 = self._ffn_width(c.model.ffn_hidden)
+        fc2_d, fc2_w = self._linear_backward("fc2", self.h, fc2)
+        fc1_d, fc1_w = self._linear_backward("fc1", fc1, self.h)
+        return [
+            self._dropout_add("mlp_dropout_add_bwd", backward=True),
+            *t.block_output_backward(c, "mlp"),
+            fc2_d,
+            fc2_w,
+            self._activation("activation_bwd", fc1, fc2, True),
+            *t.block_input_backward_pre(c, "mlp"),
+            fc1_d,
+            *t.block_input_backward_post(c, "mlp"),
+            fc1_w,
+            self._norm("mlp_norm_bwd", backward=True),
+        ]
+
+    # ------------------------------------------------------------------ whole layer
+    def forward(self) -> list[Step]:
+        """One dense layer's forward pass."""
+        return [*self.attention_block_forward(), *self.mlp_block_forward()]
+
+    def backward(self, param_count: float) -> list[Step]:
+        """One dense layer's backward pass, ending with its gradients ready."""
+        return [*self.mlp_block_backward(), *self.attention_block_backward(), GradReady(param_count)]
+
+    def recompute(self, mode: str) -> list[Step]:
+        """What the backward pass recomputes first: the whole forward (full) or the attention core
+        (selective, Korthikanti 2022 Sec. 5); flash attention already recomputes its core."""
+        if mode == "full":
+            return [_uncounted(s) for s in self.forward()]
+        if mode == "selective" and not self.ctx.training.flash_attention:
+            return [_uncounted(s) for s in self.attention_core_forward()]
+        return []
+
+
+def _uncounted(step: Step) -> Step:
+    """A recomputed kernel does work the model does not need: no model FLOPs."""
+    if isinstance(step, KernelStep):
+        return KernelStep(f"re.{step.name}", step.time, 0.0)
+    if isinstance(step, CommStep):
+        return CommStep(f"re.{step.name}", step.kind, step.comm, step.group, step.bytes, step.join_after)
+    return step
+
+
+def embedding_forward(ctx: BuildContext, tensor: TensorStrategy) -> list[Step]:
+    """Token (+ position) embedding lookup; vocab-parallel embeddings all-reduce (or reduce-scatter) the
+    output over TP (Megatron VocabParallelEmbedding)."""
+    n = ctx.tokens * ctx.model.hidden
+    steps: list[Step] = [_k("embedding", ctx.compute.elementwise(3 * ctx.e * n))]
+    steps += tensor.block_output_forward(ctx, "embedding")
+    return steps
+
+
+def embedding_backward(ctx: BuildContext, tensor: TensorStrategy, param_count: float) -> list[Step]:
+    """Embedding gradient: scatter-add of the incoming gradient into the table."""
+    n = ctx.tokens * ctx.model.hidden
+    return [
+        *tensor.block_output_backward(ctx, "embedding"),
+        _k("embedding_bwd", ctx.compute.elementwise(3 * ctx.e * n)),
+        GradReady(param_count),
+    ]
+
+
+def _head_shapes(ctx: BuildContext) -> tuple[int, int]:
+    vocab_shard = -(-ctx.model.vocab // ctx.tp)
+    return ctx.tokens, vocab_shard
+
+
+def head_forward(ctx: BuildContext, tensor: TensorStrategy) -> list[Step]:
+    """Final norm, output GEMM (vocab-parallel) and cross-entropy.
+
+    Megatron's vocab-parallel cross-entropy casts the logits to fp32 and makes ~4 fp32 passes (max, exp,
+    sum, normalise), with three small all-reduces over TP (max, sum-exp, target logit)."""
+    cm, (tokens, v) = ctx.compute, _head_shapes(ctx)
+    norm = tensor.norm_tokens(ctx) * ctx.model.hidden
+    steps: list[Step] = [_k("final_norm", cm.elementwise(2 * ctx.e * norm))]
+    steps += tensor.block_input_forward(ctx, "head")
+    steps.append(_k("logits", cm.gemm(tokens, v, ctx.model.hidden)))
+    steps.append(_k("cross_entropy", cm.elementwise(tokens * v * (ctx.e + 4 * 4))))
+    if ctx.tp > 1:
+        steps += [
+            CommStep(f"ce.allreduce{i}", CollectiveKind.ALL_REDUCE, CommKind.TP, "tp", 4.0 * tokens)
+            for i in range(3)
+        ]
+    return steps
+
+
+def head_backward(ctx: BuildContext, tensor: TensorStrategy, param_count: float) -> list[Step]:
+    """Cross-entropy gradient, output GEMM backward, final norm backward."""
+    cm, (tokens, v) = ctx.compute, _head_shapes(ctx)
+    h = ctx.model.hidden
+    norm = tensor.norm_tokens(ctx) * h
+    return [
+        _k("cross_entropy_bwd", cm.elementwise(tokens * v * (4 + 4 + ctx.e))),
+        *tensor.block_input_backward_pre(ctx, "head"),
+        _k("logits_dgrad", cm.gemm(tokens, h, v)),
+        *tensor.block_input_backward_post(ctx, "head"),
+        _k("logits_wgrad", cm.gemm(h, v, tokens)),
+        _k("final_norm_bwd", cm.elementwise(3 * ctx.e * norm)),
+        GradReady(param_count),
+    ]
