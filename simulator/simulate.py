@@ -7,6 +7,7 @@ engine on the network model → trace → metrics and report.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -18,12 +19,18 @@ from simulator.engine.groups import GroupResolver, RankClasses
 from simulator.engine.simulation import Engine
 from simulator.engine.trace import Trace
 from simulator.errors import InfeasibleConfig
-from simulator.hardware.calibration import compute_calibration, link_calibration
+from simulator.hardware.calibration import ComputeCalibration, compute_calibration, link_calibration
 from simulator.hardware.compute import ComputeModel
 from simulator.memory.model import MemoryBreakdown, memory_per_gpu
 from simulator.models.flops import model_flops_per_token
 from simulator.models.params import parameter_count
-from simulator.network.models.base import NETWORK_MODELS, NetworkModel, PhaseCache
+from simulator.network.models.base import (
+    NETWORK_MODELS,
+    CollectiveRequest,
+    NetworkModel,
+    PhaseCache,
+    alone_time,
+)
 from simulator.parallel.plan import ParallelDims, ParallelPlan
 from simulator.parallel.schedules.base import SCHEDULES
 from simulator.parallel.strategies.base import STRATEGIES, BuildContext, DataStrategy
@@ -35,6 +42,9 @@ from simulator.topology.loader import build_cluster
 from simulator.units import GiB
 from simulator.workload.builder import ProgramFactory, WorkloadSpec
 from simulator.workload.layer import LayerStrategies
+from simulator.workload.ops import Collective, CollectiveKind, Compute
+from simulator.workload.program import Program
+from simulator.workload.steps import CommStep, InlineTime
 
 DATA_STRATEGY = {0: "ddp", 1: "zero1", 2: "zero2", 3: "zero3"}
 
@@ -98,10 +108,13 @@ def _micro_batches(scenario: Scenario, dims: ParallelDims) -> int:
 class Setup:
     """Everything derived from a scenario before simulation (no I/O in the constructor)."""
 
-    def __init__(self, scenario: Scenario, cluster: Cluster, mode: str) -> None:
+    def __init__(
+        self, scenario: Scenario, cluster: Cluster, mode: str, calibration: ComputeCalibration | None = None
+    ) -> None:
         self.scenario = scenario
         self.cluster = cluster
         self.mode = mode
+        self.calibration = calibration  # overrides the GPU's shipped profile (used by the fitting script)
         self.warnings: list[str] = []
 
     @cached_property
@@ -127,7 +140,7 @@ class Setup:
     @cached_property
     def compute(self) -> ComputeModel:
         """Compute model of the cluster's GPU type at the training precision."""
-        calib = compute_calibration(self.gpu.name)
+        calib = self.calibration or compute_calibration(self.gpu.name)
         if calib.inherited_from:
             self.warnings.append(
                 f"{self.gpu.name} has no calibration of its own; uses {calib.inherited_from}'s"
@@ -173,6 +186,51 @@ class Setup:
         return spec
 
     @cached_property
+    def phase_cache(self) -> PhaseCache:
+        """Routed collectives, shared by the network model and inlined collectives."""
+        return PhaseCache(self.cluster, link_calibration(), self.scenario.config.network.algorithm)
+
+    def _host_local_tp(self) -> bool:
+        """TP groups each inside one host, and no other group with two members on one host: then TP
+        traffic shares no link with other traffic (PXN detours stay on other rails' NVLinks only when
+        crossing rails, which same-local-index groups never do)."""
+        host = self.cluster.host_of_gpu
+        tp = host[self.plan.groups("tp")]
+        if np.any(tp != tp[:, :1]):
+            return False
+        for kind, size in (
+            ("dp", self.dims.dp),
+            ("cp", self.dims.cp),
+            ("pp", self.dims.pp),
+            ("ep", self.dims.ep),
+        ):
+            if size > 1:
+                h = np.sort(host[self.plan.groups(kind)], axis=1)
+                if np.any(h[:, 1:] == h[:, :-1]):
+                    return False
+        return True
+
+    @cached_property
+    def inline_comm(self) -> InlineTime | None:
+        """Uncontended duration of host-local TP collectives, or None when they must run in the engine."""
+        if not self.scenario.config.engine.fuse_local_comm or self.dims.tp == 1 or not self._host_local_tp():
+            return None
+        cache, groups = self.phase_cache, self.plan.groups("tp")[:1]
+        memo: dict[tuple[object, ...], float] = {}
+
+        def inline(step: CommStep) -> float | None:
+            if step.group != "tp" or step.kind is CollectiveKind.SEND_RECV:
+                return None
+            key = (step.kind, step.bytes)
+            if key not in memo:
+                memo[key] = alone_time(
+                    cache.routed(CollectiveRequest(step.kind, groups, step.bytes, ("tp-inline",)))
+                )
+            return memo[key]
+
+        return inline
+
+    @cached_property
     def classes(self) -> RankClasses:
         """Rank classes: one per pipeline stage under symmetry, one per rank in full mode."""
         world = self.dims.world
@@ -187,9 +245,26 @@ class Setup:
 
 
 def _network(setup: Setup, env: simpy.Environment) -> NetworkModel:
-    net = setup.scenario.config.network
-    cls = NETWORK_MODELS.get(net.model, field="network.model")
-    return cls(env, PhaseCache(setup.cluster, link_calibration(), net.algorithm))
+    cls = NETWORK_MODELS.get(setup.scenario.config.network.model, field="network.model")
+    return cls(env, setup.phase_cache)
+
+
+def _account_inline(programs: dict[int, Program], resolver: GroupResolver, network: NetworkModel) -> None:
+    """Add the link traffic of the collectives folded into compute ops (each stands for all instances of
+    its representative's group, as a collective run by the engine would)."""
+    counts: Counter[tuple[int, CommStep]] = Counter()
+    for rank, prog in programs.items():
+        for op in prog.ops:
+            if isinstance(op, Compute):
+                for seg in op.segments:
+                    step = getattr(seg, "step", None)
+                    if step is not None:
+                        counts[(rank, step)] += 1
+    for (rank, step), n in counts.items():
+        op = Collective(step.name, step.kind, step.comm, step.group, step.bytes)
+        _, _, req = resolver.collective(rank, op)
+        for phase in network.cache.routed(req):
+            np.add.at(network.link_bytes, phase.link_ids, phase.link_bytes * n)
 
 
 def _memory(setup: Setup) -> MemoryBreakdown:
@@ -285,19 +360,23 @@ def _report(
     )
 
 
-def simulate(scenario: Scenario, *, mode: str | None = None) -> SimulationResult:
+def simulate(
+    scenario: Scenario, *, mode: str | None = None, calibration: ComputeCalibration | None = None
+) -> SimulationResult:
     """Simulate one optimizer step of ``scenario`` (``mode``: ``symmetric`` or ``full``, default from the
-    scenario's ``engine.mode``)."""
+    scenario's ``engine.mode``; ``calibration`` replaces the GPU's shipped compute profile)."""
     t0 = time.perf_counter()
     cluster = build_cluster(scenario.topology, file=scenario.topology_file)
-    setup = Setup(scenario, cluster, mode or scenario.config.engine.mode)
-    factory = ProgramFactory(setup.workload)
+    setup = Setup(scenario, cluster, mode or scenario.config.engine.mode, calibration)
+    factory = ProgramFactory(setup.workload, setup.inline_comm)
     classes = setup.classes
     programs = {int(r): factory.build(int(r)) for r in classes.representatives}
     env = simpy.Environment()
     network = _network(setup, env)
-    engine = Engine(env, programs, GroupResolver(setup.plan, classes), network)
+    resolver = GroupResolver(setup.plan, classes)
+    engine = Engine(env, programs, resolver, network)
     engine.run()
+    _account_inline(programs, resolver, network)
     labels = {int(r): classes.labels[c] for c, r in enumerate(classes.representatives)}
     mult = {int(r): int(classes.multiplicity[c]) for c, r in enumerate(classes.representatives)}
     trace = engine.finish_trace(labels, mult)

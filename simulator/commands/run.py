@@ -36,11 +36,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.trace is not None:
         from simulator.report.perfetto import write_chrome_trace
 
-        write_chrome_trace(result.trace, args.trace)
+        write_chrome_trace(result.trace.expanded(), args.trace)
     if args.timeline is not None:
         from simulator.report.timeline import timeline_chart
 
-        timeline_chart(result.trace, args.timeline)
+        timeline_chart(result.trace.expanded(), args.timeline)
     if args.json:
         sys.stdout.write(result.report.model_dump_json() + "\n")
     else:

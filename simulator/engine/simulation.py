@@ -91,6 +91,7 @@ class Engine:
         self.trace.add(
             st.rank, st.program.streams[i], op.name, op.category.value, "", start, self.env.now,
             op.bytes, op.model_flops, op.hw_flops, op.micro_batch,
+            op.inline_comm_s, op.inline_hidden_s, op.segments,
         )  # fmt: skip
         self._done(st, i)
 

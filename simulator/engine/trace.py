@@ -22,6 +22,9 @@ class TraceRecorder:
     model_flops: list[float] = field(default_factory=list)
     hw_flops: list[float] = field(default_factory=list)
     micro_batch: list[int] = field(default_factory=list)
+    inline_comm_s: list[float] = field(default_factory=list)
+    inline_hidden_s: list[float] = field(default_factory=list)
+    segments: list[tuple[object, ...]] = field(default_factory=list)
 
     def add(
         self,
@@ -36,6 +39,9 @@ class TraceRecorder:
         model_flops: float = 0.0,
         hw_flops: float = 0.0,
         micro_batch: int = -1,
+        inline_comm_s: float = 0.0,
+        inline_hidden_s: float = 0.0,
+        segments: tuple[object, ...] = (),
     ) -> None:
         """Record one executed op."""
         self.rank.append(rank)
@@ -49,6 +55,9 @@ class TraceRecorder:
         self.model_flops.append(model_flops)
         self.hw_flops.append(hw_flops)
         self.micro_batch.append(micro_batch)
+        self.inline_comm_s.append(inline_comm_s)
+        self.inline_hidden_s.append(inline_hidden_s)
+        self.segments.append(segments)
 
     def freeze(self, rank_labels: dict[int, str], rank_multiplicity: dict[int, int]) -> Trace:
         """The finished, immutable trace."""
@@ -64,6 +73,9 @@ class TraceRecorder:
             model_flops=np.asarray(self.model_flops, dtype=np.float64),
             hw_flops=np.asarray(self.hw_flops, dtype=np.float64),
             micro_batch=np.asarray(self.micro_batch, dtype=np.int64),
+            inline_comm_s=np.asarray(self.inline_comm_s, dtype=np.float64),
+            inline_hidden_s=np.asarray(self.inline_hidden_s, dtype=np.float64),
+            segments=tuple(self.segments),
             rank_labels=dict(rank_labels),
             rank_multiplicity=dict(rank_multiplicity),
         )
@@ -89,6 +101,9 @@ class Trace:
     model_flops: np.ndarray
     hw_flops: np.ndarray
     micro_batch: np.ndarray
+    inline_comm_s: np.ndarray  # host-local collectives folded into a compute op: waited for
+    inline_hidden_s: np.ndarray  # ... and hidden under its kernels
+    segments: tuple[tuple[object, ...], ...]  # layout of those ops (``Segment``s), empty for plain ops
     rank_labels: dict[int, str]
     rank_multiplicity: dict[int, int]
 
@@ -103,3 +118,25 @@ class Trace:
     def select(self, rank: int) -> np.ndarray:
         """Row indices of one rank's ops."""
         return np.flatnonzero(self.rank == rank)
+
+    def expanded(self) -> Trace:
+        """The same timeline with every fused op split into its segments: kernel runs on the op's stream,
+        inlined collectives on their communication stream (for traces and timelines)."""
+        rec = TraceRecorder()
+        for i in range(len(self)):
+            segs = self.segments[i]
+            rank, start = int(self.rank[i]), float(self.start_s[i])
+            if not segs:
+                rec.add(rank, self.stream[i], self.name[i], self.category[i], self.comm[i], start,
+                        float(self.end_s[i]), float(self.bytes[i]), float(self.model_flops[i]),
+                        float(self.hw_flops[i]), int(self.micro_batch[i]))  # fmt: skip
+                continue
+            for seg in segs:
+                comm = getattr(seg, "comm", "")
+                t0 = start + float(getattr(seg, "offset_s", 0.0))
+                t1 = t0 + float(getattr(seg, "duration_s", 0.0))
+                stream = f"{comm}-comm" if comm else self.stream[i]
+                category = "comm" if comm else self.category[i]
+                rec.add(rank, stream, str(getattr(seg, "name", "")), category, comm, t0, t1,
+                        micro_batch=int(self.micro_batch[i]))  # fmt: skip
+        return rec.freeze(self.rank_labels, self.rank_multiplicity)

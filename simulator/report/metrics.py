@@ -71,14 +71,21 @@ def step_metrics(trace: Trace, pipelined: bool) -> StepMetrics:
         exposed_by[k.value] = float(width[mine].sum())
         claimed |= mine
     idle_s = float(width[idle].sum())
+    # tensor-parallel collectives folded into compute ops (host-local, uncontended): waited-for time is
+    # exposed communication, not compute; hidden time is overlapped communication
+    inline_exposed = float(trace.inline_comm_s[rows].sum())
+    inline_hidden = float(trace.inline_hidden_s[rows].sum())
+    comm_s = {k.value: float(width[v].sum()) for k, v in kinds.items()}
+    comm_s[CommKind.TP.value] += inline_exposed + inline_hidden
+    exposed_by[CommKind.TP.value] += inline_exposed
     return StepMetrics(
         step_time_s=step,
         critical_rank=crit,
-        compute_s=float(width[busy].sum()),
-        exposed_comm_s=float(width[exposed].sum()),
-        overlapped_comm_s=float(width[(busy | other_busy) & any_comm].sum()),
+        compute_s=float(width[busy].sum()) - inline_exposed,
+        exposed_comm_s=float(width[exposed].sum()) + inline_exposed,
+        overlapped_comm_s=float(width[(busy | other_busy) & any_comm].sum()) + inline_hidden,
         bubble_s=idle_s if pipelined else 0.0,
         other_s=float(width[~busy & other_busy].sum()) + (0.0 if pipelined else idle_s),
-        comm_s={k.value: float(width[v].sum()) for k, v in kinds.items()},
+        comm_s=comm_s,
         exposed_by_kind_s=exposed_by,
     )

@@ -27,7 +27,15 @@ from simulator.workload.layer import (
 )
 from simulator.workload.ops import Category, Collective, CollectiveKind, CommKind, Compute, SendRecv
 from simulator.workload.program import COMPUTE_STREAM, Program, ProgramBuilder
-from simulator.workload.steps import CommStep, CompiledStep, FusedCompute, GradReady, Step, compile_steps
+from simulator.workload.steps import (
+    CommStep,
+    CompiledStep,
+    FusedCompute,
+    GradReady,
+    InlineTime,
+    Step,
+    compile_steps,
+)
 
 COMM_STREAM = {CommKind.TP: "tp-comm", CommKind.DP: "dp-comm", CommKind.CP: "cp-comm", CommKind.EP: "ep-comm"}
 # Mixed-precision Adam touches ≈36 bytes per parameter: reads fp32 grad, master weight, m, v (16 B), writes
@@ -140,14 +148,19 @@ class _Emitter:
         """Add a fused compute op after the previous one and any communication it must wait for."""
         deps = [self.last_compute] + [op for c, op in self.joins if c == 0]
         self.joins = [[c - 1, op] for c, op in self.joins if c > 0]
-        op = Compute(fc.name, category, fc.duration_s, fc.model_flops, fc.hw_flops, fc.bytes, mb, chunk)
+        op = Compute(
+            fc.name, category, fc.duration_s, fc.model_flops, fc.hw_flops, fc.bytes, mb, chunk,
+            fc.comm_exposed_s, fc.comm_hidden_s, fc.segments,
+        )  # fmt: skip
         self.last_compute = self.pb.add(op, COMPUTE_STREAM, deps)
         return self.last_compute
 
     def comm(self, cs: CommStep, mb: int, chunk: int) -> int:
         """Add a collective issued after the latest compute op."""
         op = Collective(cs.name, cs.kind, cs.comm, cs.group, cs.bytes, mb, chunk)
-        idx = self.pb.add(op, COMM_STREAM[cs.comm], [self.last_compute])
+        # issued after the latest compute op and after any receive the compute stream is blocked on
+        blocking = [op_ for c, op_ in self.joins if c == 0]
+        idx = self.pb.add(op, COMM_STREAM[cs.comm], [self.last_compute, *blocking])
         if cs.join_after < 0:
             self.step_end.append(idx)
         else:
@@ -165,8 +178,9 @@ class _Emitter:
 class ProgramFactory:
     """Builds the program of any rank of one scenario (compiled chunks are shared between ranks)."""
 
-    def __init__(self, spec: WorkloadSpec) -> None:
+    def __init__(self, spec: WorkloadSpec, inline: InlineTime | None = None) -> None:
         self.spec = spec
+        self.inline = inline
         self._fwd: dict[int, tuple[CompiledStep, ...]] = {}
         self._bwd: dict[int, tuple[tuple[CompiledStep, ...], ...]] = {}
 
@@ -180,7 +194,7 @@ class ProgramFactory:
                 steps += lb.forward()
             if vs == s.last_virtual:
                 steps += head_forward(s.ctx, t)
-            self._fwd[vs] = compile_steps(steps, keep_grad_markers=False)
+            self._fwd[vs] = compile_steps(steps, False, self.inline)
         return self._fwd[vs]
 
     def backward_steps(self, vs: int) -> tuple[tuple[CompiledStep, ...], ...]:
@@ -190,14 +204,18 @@ class ProgramFactory:
             segs: list[tuple[CompiledStep, ...]] = []
             if vs == s.last_virtual:
                 out_params = (s.params.output + s.params.final_norm) / s.ctx.tp
-                segs.append(compile_steps(head_backward(s.ctx, t, out_params), True))
+                segs.append(compile_steps(head_backward(s.ctx, t, out_params), True, self.inline))
             for layer in reversed(s.virtual_layers[vs]):
                 re = lb.recompute(s.ctx.training.recompute)
                 if re:
-                    segs.append(compile_steps(re, False))
-                segs.append(compile_steps(lb.backward(s.layer_params(layer)), True))
+                    segs.append(compile_steps(re, False, self.inline))
+                segs.append(compile_steps(lb.backward(s.layer_params(layer)), True, self.inline))
             if vs == 0:
-                segs.append(compile_steps(embedding_backward(s.ctx, t, s.params.embedding / s.ctx.tp), True))
+                segs.append(
+                    compile_steps(
+                        embedding_backward(s.ctx, t, s.params.embedding / s.ctx.tp), True, self.inline
+                    )
+                )
             self._bwd[vs] = tuple(segs)
         return self._bwd[vs]
 
@@ -245,10 +263,12 @@ class ProgramFactory:
         em.p2p(op, stream, blocking=True)
         c = self.spec.ctx
         if c.tp > 1 and c.par.pp_scatter_gather and not c.par.sequence_parallel:
+            # Megatron's scatter-gather: each TP rank received 1/tp of the activation; gather it over NVLink
             gather = CommStep(
                 f"{kind}_allgather", CollectiveKind.ALL_GATHER, CommKind.TP, "tp", self._p2p_bytes() * c.tp
             )
-            em.comm(gather, task.mb, task.chunk)
+            cat = Category.FORWARD if kind == "act" else Category.BACKWARD
+            self._emit(em, compile_steps([gather], False, self.inline), cat, task, None)
 
     def _send(self, em: _Emitter, kind: str, task: Task, vs_to: int, stage: int) -> None:
         pp = self.spec.ctx.dims.pp

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from simulator.hardware.compute import ComputeModel, KernelTime
 from simulator.parallel.strategies.base import BuildContext, ContextStrategy, TensorStrategy
+from simulator.parallel.strategies.data import grad_element_bytes
 from simulator.workload.ops import CollectiveKind, CommKind
 from simulator.workload.steps import CommStep, GradReady, KernelStep, Step
 
@@ -203,8 +204,13 @@ class LayerBuilder:
         return [*self.attention_block_forward(), *self.mlp_block_forward()]
 
     def backward(self, param_count: float) -> list[Step]:
-        """One dense layer's backward pass, ending with its gradients ready."""
-        return [*self.mlp_block_backward(), *self.attention_block_backward(), GradReady(param_count)]
+        """One dense layer's backward pass, ending with its gradients accumulated and ready."""
+        return [
+            *self.mlp_block_backward(),
+            *self.attention_block_backward(),
+            grad_accumulation(self.ctx, param_count),
+            GradReady(param_count),
+        ]
 
     def recompute(self, mode: str) -> list[Step]:
         """What the backward pass recomputes first: the whole forward (full) or the attention core
@@ -214,6 +220,14 @@ class LayerBuilder:
         if mode == "selective" and not self.ctx.training.flash_attention:
             return [_uncounted(s) for s in self.attention_core_forward()]
         return []
+
+
+def grad_accumulation(ctx: BuildContext, param_count: float) -> KernelStep:
+    """Adding this micro-batch's weight gradients into the main-gradient buffer: Megatron-LM's
+    ``param.main_grad.add_(grad)`` (or the same traffic inside the wgrad GEMM with gradient-accumulation
+    fusion): read the fresh 16-bit gradient, read and write the main gradient."""
+    nbytes = param_count * (ctx.e + 2 * grad_element_bytes(ctx))
+    return _k("grad_accumulate", ctx.compute.elementwise(nbytes))
 
 
 def _uncounted(step: Step) -> Step:
@@ -240,6 +254,7 @@ def embedding_backward(ctx: BuildContext, tensor: TensorStrategy, param_count: f
     return [
         *tensor.block_output_backward(ctx, "embedding"),
         _k("embedding_bwd", ctx.compute.elementwise(3 * ctx.e * n)),
+        grad_accumulation(ctx, param_count),
         GradReady(param_count),
     ]
 
@@ -280,5 +295,6 @@ def head_backward(ctx: BuildContext, tensor: TensorStrategy, param_count: float)
         *tensor.block_input_backward_post(ctx, "head"),
         _k("logits_wgrad", cm.gemm(h, v, tokens)),
         _k("final_norm_bwd", cm.elementwise(3 * ctx.e * norm)),
+        grad_accumulation(ctx, param_count),
         GradReady(param_count),
     ]

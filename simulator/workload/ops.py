@@ -48,10 +48,11 @@ class Category(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class Compute:
-    """A compute kernel run on the ``compute`` stream.
+    """A compute kernel (or fused run of kernels) on the ``compute`` stream.
 
     ``model_flops`` counts only what the model needs (no recomputation; MFU), ``hw_flops`` what the GPU
-    executes (HFU).
+    executes (HFU). ``inline_comm_s``/``inline_hidden_s`` are host-local collectives folded into the op
+    (waited for / hidden under kernels); ``segments`` lays them out for traces.
     """
 
     name: str
@@ -62,6 +63,9 @@ class Compute:
     bytes: float = 0.0
     micro_batch: int = -1
     chunk: int = 0
+    inline_comm_s: float = 0.0
+    inline_hidden_s: float = 0.0
+    segments: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,12 +3,15 @@
 Strategies and the layer builder describe a pass as a list of steps: kernels (timed by the compute model),
 communication, and gradient-ready markers. ``compile_steps`` fuses runs of kernels that nothing can interleave
 with into one engine op (a 16,384-GPU step must simulate in seconds), keeping the communication that
-separates or overlaps them as ops of their own.
+separates or overlaps them as ops of their own — or, for collectives that stay inside one host's NVLink
+domain and share no link with other traffic (``inline``), folding their uncontended duration into the fused
+op as a segment, since the network model would give them exactly that duration.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from simulator.hardware.compute import KernelTime
 from simulator.workload.ops import CollectiveKind, CommKind
@@ -39,7 +42,7 @@ class CommStep:
 
 @dataclass(frozen=True, slots=True)
 class GradReady:
-    """Marks that the gradients of ``param_bytes`` bytes of parameters are complete (for DP buckets)."""
+    """Marks that the gradients of ``param_count`` parameters are complete (for DP buckets)."""
 
     param_count: float
 
@@ -48,8 +51,22 @@ Step = KernelStep | CommStep | GradReady
 
 
 @dataclass(frozen=True, slots=True)
+class Segment:
+    """A part of a fused op, for traces: a run of kernels (``comm == ""``) or an inlined collective."""
+
+    name: str
+    comm: str
+    offset_s: float
+    duration_s: float
+    step: CommStep | None = None  # the inlined collective, for link accounting
+
+
+@dataclass(frozen=True, slots=True)
 class FusedCompute:
-    """Consecutive kernels fused into one engine op."""
+    """Consecutive kernels (and inlined collectives) fused into one engine op.
+
+    ``comm_exposed_s`` is inlined communication the compute stream waited for; ``comm_hidden_s`` inlined
+    communication that ran under a kernel."""
 
     names: tuple[str, ...]
     duration_s: float
@@ -57,54 +74,121 @@ class FusedCompute:
     hw_flops: float
     bytes: float
     kernels: int
+    comm_exposed_s: float = 0.0
+    comm_hidden_s: float = 0.0
+    segments: tuple[Segment, ...] = ()
 
     @property
     def name(self) -> str:
-        """A readable label: the first and last kernel."""
+        """A readable label: the first and last kernel (or the inlined collective alone)."""
+        if not self.names:
+            return self.segments[0].name if self.segments else "idle"
         if len(self.names) == 1:
             return self.names[0]
         return f"{self.names[0]}..{self.names[-1]}"
 
 
 CompiledStep = FusedCompute | CommStep | GradReady
+InlineTime = Callable[[CommStep], float | None]
 
 
-def _fuse(kernels: list[KernelStep]) -> FusedCompute:
-    return FusedCompute(
-        names=tuple(k.name for k in kernels),
-        duration_s=sum(k.time.duration_s for k in kernels),
-        model_flops=sum(k.model_flops for k in kernels),
-        hw_flops=sum(k.time.flops for k in kernels),
-        bytes=sum(k.time.bytes for k in kernels),
-        kernels=len(kernels),
-    )
+@dataclass
+class _Run:
+    """Accumulates one fused op."""
+
+    names: list[str] = field(default_factory=list)
+    duration: float = 0.0
+    model_flops: float = 0.0
+    hw_flops: float = 0.0
+    bytes: float = 0.0
+    kernels: int = 0
+    exposed: float = 0.0
+    hidden: float = 0.0
+    segments: list[Segment] = field(default_factory=list)
+    overlap_s: float = 0.0  # an inlined comm still running under the next kernel
+
+    def kernel(self, k: KernelStep) -> None:
+        t = k.time.duration_s
+        if self.overlap_s > 0:
+            self.exposed += max(0.0, self.overlap_s - t)
+            self.hidden += min(self.overlap_s, t)
+            t = max(t, self.overlap_s)
+            self.overlap_s = 0.0
+        self._segment(k.name, "", t)
+        self.names.append(k.name)
+        self.duration += t
+        self.model_flops += k.model_flops
+        self.hw_flops += k.time.flops
+        self.bytes += k.time.bytes
+        self.kernels += 1
+
+    def comm(self, c: CommStep, duration_s: float) -> None:
+        self._settle()
+        self.segments.append(Segment(c.name, c.comm.value, self.duration, duration_s, c))
+        if c.join_after > 0:  # runs under the next kernel
+            self.overlap_s = duration_s
+            return
+        self.duration += duration_s
+        self.exposed += duration_s
+
+    def _segment(self, name: str, comm: str, t: float) -> None:
+        last = self.segments[-1] if self.segments else None
+        if (
+            last is not None
+            and last.comm == ""
+            and abs(last.offset_s + last.duration_s - self.duration) < 1e-15
+        ):
+            self.segments[-1] = Segment(last.name, "", last.offset_s, last.duration_s + t)
+        else:
+            self.segments.append(Segment(name, comm, self.duration, t))
+
+    def _settle(self) -> None:
+        """An overlapped comm with no kernel left to hide under is waited for."""
+        if self.overlap_s > 0:
+            self.duration += self.overlap_s
+            self.exposed += self.overlap_s
+            self.overlap_s = 0.0
+
+    def build(self) -> FusedCompute:
+        self._settle()
+        return FusedCompute(
+            tuple(self.names), self.duration, self.model_flops, self.hw_flops, self.bytes, self.kernels,
+            self.exposed, self.hidden, tuple(self.segments) if self.exposed or self.hidden else (),
+        )  # fmt: skip
 
 
-def compile_steps(steps: list[Step], keep_grad_markers: bool) -> tuple[CompiledStep, ...]:
-    """Fuse kernel runs into engine ops. A run is cut where a communication starts and where an overlapped
-    communication is joined, so that after compilation an overlapped comm spans exactly one fused op
-    (``join_after`` becomes 1). Overlapped communications may not nest."""
+def compile_steps(
+    steps: list[Step], keep_grad_markers: bool, inline: InlineTime | None = None
+) -> tuple[CompiledStep, ...]:
+    """Fuse kernel runs into engine ops. A run is cut where a (non-inlined) communication starts and where an
+    overlapped communication is joined, so that after compilation an overlapped comm spans exactly one fused
+    op (``join_after`` becomes 1). Overlapped communications may not nest."""
     out: list[CompiledStep] = []
-    run: list[KernelStep] = []
+    run = _Run()
     deferred: list[GradReady] = []
     pending = 0  # kernels left before the open overlapped comm is joined
 
     def flush() -> None:
-        if run:
-            out.append(_fuse(run))
-            run.clear()
+        nonlocal run
+        if run.kernels or run.exposed:
+            out.append(run.build())
+            run = _Run()
         if not pending:
             out.extend(deferred)
             deferred.clear()
 
     for step in steps:
         if isinstance(step, KernelStep):
-            run.append(step)
+            run.kernel(step)
             if pending:
                 pending -= 1
                 if not pending:
                     flush()
         elif isinstance(step, CommStep):
+            t = inline(step) if inline is not None and step.join_after >= 0 else None
+            if t is not None:
+                run.comm(step, t)
+                continue
             assert not pending, f"overlapped communication may not nest ({step.name})"
             flush()
             if step.join_after > 0:
