@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import textwrap
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -41,6 +42,10 @@ THROUGHPUT_COLOR = "#34495E"
 MFU_COLOR = "#1F9E89"
 NOT_FIT_COLOR = "#BBBBBB"
 _FRACTION_METRICS = ("mfu", "hfu")
+_TITLE_FONT_PT = 11
+_CHAR_WIDTH_EM = 0.6  # mean width of a character of the default sans-serif font, in ems (for wrapping titles)
+CHART_WIDTH_IN = 12.0  # default width of the bar and scaling charts; about 8 reads well at a README's width
+_TICK_CHARS_FLAT = 10  # heat-map x labels longer than this are drawn slanted so that they do not overlap
 
 
 def scenario_labels(reports: Sequence[StepReport]) -> list[str]:
@@ -67,10 +72,53 @@ def _label_scenarios(ax: Axes, labels: list[str]) -> None:
     ax.set_ylim(len(labels) - 0.5, -0.6)
 
 
-def breakdown_comparison(reports: Sequence[StepReport], path: str | os.PathLike[str]) -> Path:
+def fit_to_width(fig: Figure) -> None:
+    """Lay ``fig`` out, then wrap the left titles that would overrun its right edge and widen each axes'
+    x range so that the left-aligned values written right of the bars end inside it (any figure width)."""
+    fig.draw_without_rendering()
+    for ax in fig.axes:
+        _wrap_left_title(ax)
+        _fit_right_texts(ax)
+
+
+def _wrap_left_title(ax: Axes) -> None:
+    """Re-set a left title on several lines when it is wider than its room: from the axes' left edge to
+    the next titled axes on the right (a side-by-side panel), or to the figure's edge."""
+    title = ax.get_title(loc="left")
+    if not title:
+        return
+    fig = ax.figure
+    right_px = min(
+        [o.bbox.x0 for o in fig.axes if o.get_title(loc="left") and o.bbox.x0 > ax.bbox.x1],
+        default=fig.bbox.x1,
+    )
+    room_pt = (right_px - ax.bbox.x0) * 72 / fig.dpi
+    chars = max(int(room_pt / (_CHAR_WIDTH_EM * _TITLE_FONT_PT)), 10)
+    if len(title) > chars:
+        ax.set_title(textwrap.fill(title, chars), loc="left", fontsize=_TITLE_FONT_PT)
+
+
+def _fit_right_texts(ax: Axes) -> None:
+    """Extend the x range so that every left-aligned text (anchored in data coordinates) ends inside."""
+    if ax.get_xscale() != "linear":
+        return
+    x0, x1 = ax.get_xlim()
+    width_px, needed = ax.bbox.width, x1
+    for text in ax.texts:
+        if text.get_horizontalalignment() != "left":
+            continue
+        room_px = 0.98 * width_px - text.get_window_extent().width
+        if room_px > 0:  # anchor at (x - x0) / (X - x0) of the width, then the text: solve for X
+            needed = max(needed, x0 + (text.get_position()[0] - x0) * width_px / room_px)
+    ax.set_xlim(x0, needed)
+
+
+def breakdown_comparison(
+    reports: Sequence[StepReport], path: str | os.PathLike[str], width_in: float = CHART_WIDTH_IN
+) -> Path:
     """Stacked step-time breakdown per scenario (hidden comm as a thin hatched bar under each), with
     step time and MFU at the end of each bar. Returns the path."""
-    fig, ax = _bar_axes(12, len(reports), 0.55)
+    fig, ax = _bar_axes(width_in, len(reports), 0.55)
     longest = max((r.step_time_s for r in reports), default=0.0)
     unit, scale = time_unit(longest)
     segments = []
@@ -96,7 +144,7 @@ def breakdown_comparison(reports: Sequence[StepReport], path: str | os.PathLike[
     ax.set_title(
         "Step time breakdown per scenario (hatched: communication hidden under compute)",
         loc="left",
-        fontsize=11,
+        fontsize=_TITLE_FONT_PT,
     )
     ax.legend(
         handles=legend_handles(segments),
@@ -105,13 +153,16 @@ def breakdown_comparison(reports: Sequence[StepReport], path: str | os.PathLike[
         frameon=False,
         fontsize=8,
     )
+    fit_to_width(fig)
     return save_figure(fig, path)
 
 
-def throughput_mfu_bars(reports: Sequence[StepReport], path: str | os.PathLike[str]) -> Path:
+def throughput_mfu_bars(
+    reports: Sequence[StepReport], path: str | os.PathLike[str], width_in: float = CHART_WIDTH_IN
+) -> Path:
     """Tokens/s and MFU per scenario side by side (HFU as a tick); scenarios that do not fit memory are
     drawn grey and marked. Returns the path."""
-    fig = new_figure(12, 1.5 + 0.42 * max(len(reports), 1))
+    fig = new_figure(width_in, 1.5 + 0.42 * max(len(reports), 1))
     ax_tok, ax_mfu = fig.subplots(1, 2, sharey=True)
     ys = np.arange(len(reports))
     fits = [r.fits_memory for r in reports]
@@ -121,10 +172,10 @@ def throughput_mfu_bars(reports: Sequence[StepReport], path: str | os.PathLike[s
     ax_tok.barh(ys, tokens, color=[THROUGHPUT_COLOR if f else NOT_FIT_COLOR for f in fits], height=0.65)
     ax_mfu.barh(ys, mfus, color=[MFU_COLOR if f else NOT_FIT_COLOR for f in fits], height=0.65)
     ax_mfu.scatter(hfus, ys, marker="|", s=200, color="black", zorder=3)
-    for y, (tok, mfu, fit) in enumerate(zip(tokens, mfus, fits, strict=True)):
+    for y, (tok, mfu, hfu, fit) in enumerate(zip(tokens, mfus, hfus, fits, strict=True)):
         note = f" {_short_number(tok)}" + ("" if fit else "  NOT FITS")
         ax_tok.text(tok, y, note, va="center", fontsize=8, color="black" if fit else CAPACITY_COLOR)
-        ax_mfu.text(mfu, y, f" {mfu:.1f}%", va="center", fontsize=8)
+        ax_mfu.text(max(mfu, hfu), y, f"  {mfu:.1f}%", va="center", fontsize=8)  # right of the HFU tick
     _label_scenarios(ax_tok, scenario_labels(reports))
     ax_tok.set_xlim(0, max(tokens, default=1) * 1.3 or 1)
     ax_tok.xaxis.set_major_formatter(FuncFormatter(lambda value, _pos: _short_number(value)))
@@ -137,6 +188,7 @@ def throughput_mfu_bars(reports: Sequence[StepReport], path: str | os.PathLike[s
     if not all(fits):
         handles.append(Patch(color=NOT_FIT_COLOR, label="does not fit memory"))
     ax_mfu.legend(handles=handles, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False, fontsize=8)
+    fit_to_width(fig)
     return save_figure(fig, path)
 
 
@@ -157,12 +209,13 @@ def scaling_curves(
     reports: Sequence[StepReport],
     path: str | os.PathLike[str],
     series: Callable[[StepReport], str] | Sequence[str] | None = None,
+    width_in: float = CHART_WIDTH_IN,
 ) -> Path:
     """Tokens/s and MFU against GPU count, one line per series key (``series``: a function of the
     report, or one key per report; default model on GPU). With several reports per GPU count in a series
     the fastest one that fits memory is drawn. Dashed: linear scaling from the smallest point."""
     keys = _series_keys(reports, series)
-    fig = new_figure(12, 4.6)
+    fig = new_figure(width_in, 4.6)
     ax_tok, ax_mfu = fig.subplots(1, 2)
     for n, name in enumerate(sorted(set(keys), key=keys.index)):
         points = _best_per_gpu_count([r for r, k in zip(reports, keys, strict=True) if k == name])
@@ -182,6 +235,7 @@ def scaling_curves(
                 for ax, value in ((ax_tok, p.tokens_per_s), (ax_mfu, p.mfu * 100)):
                     ax.scatter([p.gpus], [value], marker="x", s=70, color=CAPACITY_COLOR, zorder=4)
     _scaling_axes(ax_tok, ax_mfu, sorted({r.gpus for r in reports}), any(not r.fits_memory for r in reports))
+    fit_to_width(fig)
     return save_figure(fig, path)
 
 
@@ -234,10 +288,12 @@ def _scaling_axes(ax_tok: Axes, ax_mfu: Axes, gpu_counts: list[int], mark_unfit:
     ax_mfu.legend(handles=handles, fontsize=8, loc="best")
 
 
-def memory_comparison(reports: Sequence[StepReport], path: str | os.PathLike[str]) -> Path:
+def memory_comparison(
+    reports: Sequence[StepReport], path: str | os.PathLike[str], width_in: float = CHART_WIDTH_IN
+) -> Path:
     """Memory per GPU per scenario, stacked by component, with each scenario's HBM capacity marked (red
     tick) and NOT FITS noted. Returns the path."""
-    fig, ax = _bar_axes(12, len(reports))
+    fig, ax = _bar_axes(width_in, len(reports))
     widest = max((_memory_bar(ax, y, report) for y, report in enumerate(reports)), default=0.0)
     _label_scenarios(ax, scenario_labels(reports))
     ax.set_xlim(0, widest * 1.25 if widest > 0 else 1)
@@ -252,6 +308,7 @@ def memory_comparison(reports: Sequence[StepReport], path: str | os.PathLike[str
         frameon=False,
         fontsize=8,
     )
+    fit_to_width(fig)
     return save_figure(fig, path)
 
 
@@ -294,7 +351,8 @@ def heatmap(
     """``metric`` over two swept columns of ``rows`` (from ``reports_to_rows``) as an annotated grid.
 
     Where several rows share a cell, the best value is shown (lowest for times and memory, highest
-    otherwise). Cells whose best row does not fit memory are greyed out (except for memory metrics).
+    otherwise). Cells whose best row does not fit memory are greyed out (except for memory metrics); a
+    cell without a value shows the ``status`` of its rows (``infeasible``, ``failed``) or a dash.
     Returns the path.
     """
     xs, ys, values, fits = heatmap_grid(rows, x_axis, y_axis, metric)
@@ -305,9 +363,13 @@ def heatmap(
         bad="#EEEEEE"
     )
     image = ax.imshow(np.ma.masked_invalid(shown), cmap=cmap, aspect="auto")
-    _annotate_cells(ax, values, shown, fits, metric, image)
-    ax.set_xticks(range(len(xs)), [str(x) for x in xs])
-    ax.set_yticks(range(len(ys)), [str(y) for y in ys])
+    _annotate_cells(ax, values, shown, fits, metric, image, empty_cell_notes(rows, xs, ys, x_axis, y_axis))
+    x_labels = [tick_label(x) for x in xs]
+    long_labels = max(map(len, x_labels)) > _TICK_CHARS_FLAT
+    ax.set_xticks(
+        range(len(xs)), x_labels, rotation=20 if long_labels else 0, ha="right" if long_labels else "center"
+    )
+    ax.set_yticks(range(len(ys)), [tick_label(y) for y in ys])
     ax.set_xlabel(x_axis)
     ax.set_ylabel(y_axis)
     better = "lower is better" if lower_is_better(metric) else "higher is better"
@@ -317,6 +379,7 @@ def heatmap(
     fraction = metric_kind(metric) == "fraction"
     ticks = FuncFormatter(lambda v, _p: f"{v * 100:.3g}%" if fraction else _short_number(v))
     fig.colorbar(image, ax=ax, label=_metric_label(metric), format=ticks)
+    fit_to_width(fig)
     return save_figure(fig, path)
 
 
@@ -345,13 +408,40 @@ def heatmap_grid(
     return xs, ys, values, fits
 
 
+def empty_cell_notes(
+    rows: Sequence[Mapping[str, object]], xs: list[object], ys: list[object], x_axis: str, y_axis: str
+) -> dict[tuple[int, int], str]:
+    """(row, column) → why a cell has no value: the ``status`` of its rows (``infeasible``, ``error``)."""
+    notes: dict[tuple[int, int], set[str]] = {}
+    for row in rows:
+        status = str(row.get("status", "") or "")
+        if status not in ("", "ok"):
+            cell = (ys.index(row.get(y_axis)), xs.index(row.get(x_axis)))
+            notes.setdefault(cell, set()).add("failed" if status == "error" else status)
+    return {cell: "\n".join(sorted(found)) for cell, found in notes.items()}
+
+
+def tick_label(value: object) -> str:
+    """An axis value as a tick label; a path to a YAML file is shown by its file name without suffix."""
+    text = str(value)
+    return Path(text).stem if text.endswith((".yaml", ".yml")) else text
+
+
 def _annotate_cells(
-    ax: Axes, values: np.ndarray, shown: np.ndarray, fits: np.ndarray, metric: str, image: AxesImage
+    ax: Axes,
+    values: np.ndarray,
+    shown: np.ndarray,
+    fits: np.ndarray,
+    metric: str,
+    image: AxesImage,
+    empty_notes: Mapping[tuple[int, int], str],
 ) -> None:
-    """Write each cell's value (and ``NOT FITS`` where it does not fit) in a readable colour."""
+    """Write each cell's value (and ``NOT FITS`` where it does not fit) in a readable colour; an empty
+    cell gets its note (``infeasible``) or a dash."""
     for (i, j), value in np.ndenumerate(values):
         if math.isnan(value):
-            ax.text(j, i, "–", ha="center", va="center", fontsize=8, color="#777777")
+            note = empty_notes.get((i, j), "–")
+            ax.text(j, i, note, ha="center", va="center", fontsize=8, color="#777777")
             continue
         text = _format_metric(metric, float(value)) + ("" if fits[i, j] else "\nNOT FITS")
         if math.isnan(shown[i, j]):

@@ -136,6 +136,8 @@ def results_table_html(rows: Sequence[Mapping[str, object]]) -> str:
 
 def _cell(column: str, value: object) -> str:
     """One table cell: readable text, with the raw number in ``data-v`` for sorting."""
+    if value == "" or value is None:  # e.g. the metrics of an infeasible point: nothing to show
+        return "<td></td>"
     if isinstance(value, bool) or column == "fits_memory":
         fits = value if isinstance(value, bool) else str(value).lower() not in ("false", "0", "no")
         return f'<td data-v="{int(fits)}">yes</td>' if fits else '<td data-v="0" class="bad">NOT FITS</td>'
