@@ -72,7 +72,138 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return validate_command(args)
 
 
-COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (_add_run, _add_validate)  # type: ignore[type-arg]
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def _add_batch(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "batch",
+        help="run every point of a sweep, scenario file or folder, with a results store",
+        description="Run every point of a sweep file (a base scenario plus axes of overrides), a scenario "
+        "file or a folder of them, on local processes or a Dask cluster. Results are stored in DIR/results.sqlite "
+        "as they arrive, so a re-run skips what is done and an interrupted batch resumes; DIR/results.csv "
+        "gathers the headline metrics and DIR/reports/ every point's JSON report. Infeasible points are "
+        "recorded with their reason. Exit status: 0, 1 when a point failed (a bug), 2 on a bad sweep, 130 on Ctrl-C.",
+        epilog="example: clustersim batch scenarios/compare/sweeps/fabrics.yaml --out out/fabrics --workers 2 "
+        "(sweep file format: docs/batch.md)",
+    )
+    p.add_argument(
+        "source", type=Path, metavar="SWEEP_OR_DIR", help="sweep file, scenario file or folder of them"
+    )
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="output folder (store, CSV, reports)"
+    )
+    p.add_argument(
+        "--workers", type=_positive_int, metavar="N", help="local worker processes (default: one per CPU)"
+    )
+    p.add_argument("--scheduler", metavar="tcp://HOST:PORT",
+                   help="run on this Dask distributed scheduler instead of local processes")  # fmt: skip
+    p.add_argument("--force", action="store_true", help="recompute points already in the store")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
+    p.set_defaults(handler=_cmd_batch)
+
+
+def _cmd_batch(args: argparse.Namespace) -> int:
+    from simulator.commands.batch import batch_command
+
+    return batch_command(args)
+
+
+def _add_compare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "compare",
+        help="comparison charts and report.html from batch results or JSON reports",
+        description="Draw comparison charts (step-time breakdown, throughput and MFU, scaling with GPU count, "
+        "memory per GPU, a heat-map over two swept axes) as PNG and SVG, and a self-contained report.html "
+        "with a sortable table, from batch output folders (clustersim batch --out), run --out folders or "
+        "JSON files written by run --json.",
+        epilog="example: clustersim compare out/tp-pp --out out/tp-pp/charts --x parallelism.tp "
+        "--y parallelism.pp --metric tokens_per_s",
+    )
+    p.add_argument("inputs", nargs="+", type=Path, metavar="RESULTS_DIR_OR_JSON",
+                   help="batch output folder, run --out folder, folder of JSON reports, or JSON report file")  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, required=True, metavar="DIR", help="folder for the charts and report.html"
+    )
+    p.add_argument(
+        "--x", metavar="AXIS", help="heat-map x axis: a swept axis (parallelism.tp) or a column (tp)"
+    )
+    p.add_argument("--y", metavar="AXIS", help="heat-map y axis (with --x)")
+    p.add_argument("--metric", default="mfu", metavar="METRIC",
+                   help="heat-map value: mfu (default), tokens_per_s, step_time_s, memory_total_gib ...")  # fmt: skip
+    p.add_argument("--format", default="png,svg", metavar="png,svg", help="chart formats (default: png,svg)")
+    p.add_argument("--width", type=_positive_float, default=12.0, metavar="INCHES",
+                   help="width of the bar and scaling charts (default 12; 8 reads well in a README)")  # fmt: skip
+    p.add_argument("--title", default="clustersim comparison", help="title of report.html")
+    p.set_defaults(handler=_cmd_compare)
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from simulator.commands.compare import compare_command
+
+    return compare_command(args)
+
+
+def _add_collective(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser(
+        "collective",
+        help="nccl-tests-like bandwidth table of one collective on a simulated fabric",
+        description="Time one collective over a doubling range of message sizes on a cluster's simulated "
+        "fabric and print nccl-tests' columns: size, time, algbw = size/time and busbw (algbw x 2(n-1)/n "
+        "for all_reduce, x (n-1)/n for reduce_scatter, all_gather and all_to_all, x 1 for broadcast and "
+        "send_recv), with the algorithm used at each size.",
+        epilog="example: clustersim collective --cluster topologies/dgx-h100.yaml --nodes 2 --op all_reduce "
+        "--sizes 1M:8G --algorithm auto",
+    )
+    p.add_argument("--cluster", required=True, metavar="TOPOLOGY",
+                   help="topology file, or the name of a shipped one (dgx-h100)")  # fmt: skip
+    p.add_argument("--nodes", type=int, metavar="N", help="hosts (default: the topology's nodes)")
+    p.add_argument("--op", default="all_reduce", metavar="OP",
+                   help="all_reduce (default), all_gather, reduce_scatter, all_to_all, broadcast, send_recv")  # fmt: skip
+    p.add_argument("--sizes", default="1M:8G", metavar="START:END",
+                   help="message sizes, doubling from START to END; K, M, G = 2^10, 2^20, 2^30 bytes (default 1M:8G)")  # fmt: skip
+    p.add_argument("--algorithm", default="auto", metavar="NAME",
+                   help="auto (NCCL-like choice per size, default), ring, tree, nvls, halving_doubling, "
+                   "hierarchical, direct, p2p")  # fmt: skip
+    p.add_argument("--network", default="flow", metavar="MODEL", help="flow (default) or analytical")
+    p.add_argument("--gpus", type=int, metavar="N",
+                   help="GPUs in the group, spread evenly over the hosts (default: every GPU)")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
+    p.set_defaults(handler=_cmd_collective)
+
+
+def _cmd_collective(args: argparse.Namespace) -> int:
+    from simulator.commands.collective import collective_command
+
+    return collective_command(args)
+
+
+COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (  # type: ignore[type-arg]
+    _add_run,
+    _add_batch,
+    _add_compare,
+    _add_collective,
+    _add_validate,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -97,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args))
     except UserInputError as e:
+        if e.file is None and getattr(args, "scenario", None) is not None:
+            e.file = str(args.scenario)  # raised while simulating: name the scenario it came from
         print(f"clustersim: error: {e.one_line()}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:

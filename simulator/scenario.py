@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from simulator.errors import ScenarioError
 from simulator.models.catalog import model_catalog, model_names
 from simulator.models.spec import ModelSpec, MoESpec
+from simulator.registry import Registry
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -27,6 +28,13 @@ PosFloat = Annotated[float, Field(gt=0)]
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+def _registered(registry: Registry[Any], name: str, also: tuple[str, ...] = ()) -> str:
+    """``name`` if ``registry`` knows it; else a validation error listing the valid names."""
+    if name not in registry:
+        raise ValueError(f"unknown {registry.kind} {name!r}; valid: {', '.join([*also, *registry.names()])}")
+    return name
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -136,12 +144,33 @@ class ParallelismConfig(_Strict):
     cp_algorithm: Literal["ring", "all_gather"] = "ring"
     grad_bucket_mb: PosFloat = 25.0  # PyTorch DDP default bucket_cap_mb
 
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, v: str) -> str:
+        from simulator.parallel.schedules.base import SCHEDULES
+
+        return _registered(SCHEDULES, v)
+
 
 class NetworkConfig(_Strict):
     """Which network model times the communication, and which collective algorithm to use."""
 
     model: str = "flow"
     algorithm: str = "auto"
+
+    @field_validator("model")
+    @classmethod
+    def _known_model(cls, v: str) -> str:
+        from simulator.network.models.base import NETWORK_MODELS
+
+        return _registered(NETWORK_MODELS, v)
+
+    @field_validator("algorithm")
+    @classmethod
+    def _known_algorithm(cls, v: str) -> str:
+        from simulator.network.collectives.base import ALGORITHMS
+
+        return v if v == "auto" else _registered(ALGORITHMS, v, also=("auto",))
 
 
 class EngineConfig(_Strict):
@@ -312,10 +341,10 @@ def apply_override(doc: dict[str, Any], path: list[str], value: Any, *, file: st
     node[path[-1]] = value
 
 
-def _resolve_path(ref: str, base_dir: Path) -> Path:
+def _resolve_path(ref: str, base_dir: Path, *, file: str, field: str) -> Path:
     """A topology reference: a path relative to the scenario file, to the working directory, or the name
-    of a shipped topology (``dgx-h100``)."""
-    from simulator.topology.loader import shipped_topology
+    of a shipped topology (``dgx-h100``). Not found: an error naming the scenario file and its field."""
+    from simulator.topology.loader import shipped_dir, shipped_topology
 
     for cand in (base_dir / ref, Path(ref)):
         if cand.is_file():
@@ -323,7 +352,14 @@ def _resolve_path(ref: str, base_dir: Path) -> Path:
     shipped = shipped_topology(ref)
     if shipped is not None:
         return shipped
-    raise ScenarioError(f"topology file {ref!r} not found (relative to {base_dir})", field="cluster")
+    folder = shipped_dir("topologies")
+    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) if folder is not None else ""
+    raise ScenarioError(
+        f"topology file {ref!r} not found (relative to {base_dir}); valid: a path relative to the "
+        f"scenario file or a shipped topology ({names or 'none installed'})",
+        file=file,
+        field=field,
+    )
 
 
 def _load_topology(cluster: str | ClusterRef, base_dir: Path, file: str) -> tuple[dict[str, Any], str]:
@@ -331,7 +367,8 @@ def _load_topology(cluster: str | ClusterRef, base_dir: Path, file: str) -> tupl
     if isinstance(ref.topology, dict):
         doc, where = copy.deepcopy(ref.topology), f"{file} (inline cluster)"
     else:
-        path = _resolve_path(ref.topology, base_dir)
+        field = "cluster.topology" if isinstance(cluster, ClusterRef) else "cluster"
+        path = _resolve_path(ref.topology, base_dir, file=file, field=field)
         raw = read_yaml(path, "topology file")
         if not isinstance(raw, dict):
             raise ScenarioError("a topology file must be a mapping", file=str(path))

@@ -44,7 +44,8 @@ class ComputeCalibration:
     gemm: GemmCalibration
     attention: AttentionCalibration
     memory_efficiency: float  # fraction of HBM bandwidth reached by streaming element-wise kernels
-    kernel_overhead_s: float  # launch gap between back-to-back kernels on one stream
+    kernel_gap_s: float  # GPU idle gap between back-to-back dependent kernels on one stream
+    kernel_launch_s: float  # host (CPU) time to launch one kernel from the framework: bounds short kernels
     inherited_from: str | None = None
     fitted_on: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)
@@ -56,7 +57,8 @@ def _from_doc(gpu: str, doc: dict[str, Any]) -> ComputeCalibration:
         gemm=GemmCalibration(**doc["gemm"]),
         attention=AttentionCalibration(**doc["attention"]),
         memory_efficiency=float(doc["memory_efficiency"]),
-        kernel_overhead_s=float(doc["kernel_overhead_us"]) * 1e-6,
+        kernel_gap_s=float(doc["kernel_gap_us"]) * 1e-6,
+        kernel_launch_s=float(doc["kernel_launch_us"]) * 1e-6,
         fitted_on=tuple(doc.get("fitted_on", ())),
         sources=dict(doc.get("sources", {})),
     )

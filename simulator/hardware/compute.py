@@ -8,7 +8,8 @@ Guide"), where a tile's main loop takes ``k/tile_k`` iterations plus a fixed pro
 large GEMMs. The memory roofline (operands and result read/written once from HBM) bounds it from below.
 
 Element-wise kernels are memory bound: bytes / (HBM bandwidth × achieved fraction).
-Every kernel also pays the launch gap between back-to-back kernels.
+Every kernel also pays the GPU-side gap between back-to-back kernels, and carries the host time needed to
+launch it: a run of short kernels cannot finish faster than the framework launches them (CPU-bound).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class KernelTime:
     duration_s: float
     flops: float
     bytes: float
+    launch_s: float = 0.0  # host time to launch it
 
 
 @dataclass(frozen=True)
@@ -64,16 +66,16 @@ class ComputeModel:
         tile_s = 2.0 * g.tile_m * g.tile_n * g.tile_k * iterations / per_sm_flops
         nbytes = float(self.element_bytes * batch * (m * k + k * n + m * n))
         t = max(waves * tile_s, nbytes / self.memory_bytes_per_s)
-        return KernelTime(t + self.calib.kernel_overhead_s, flops, nbytes)
+        return KernelTime(t + self.calib.kernel_gap_s, flops, nbytes, self.calib.kernel_launch_s)
 
     def elementwise(self, nbytes: float, flops: float = 0.0) -> KernelTime:
         """A memory-bound kernel moving ``nbytes`` to and from HBM."""
-        t = nbytes / self.memory_bytes_per_s + self.calib.kernel_overhead_s
-        return KernelTime(t, flops, nbytes)
+        t = nbytes / self.memory_bytes_per_s + self.calib.kernel_gap_s
+        return KernelTime(t, flops, nbytes, self.calib.kernel_launch_s)
 
     def flash_attention(self, flops: float, nbytes: float, backward: bool) -> KernelTime:
         """A fused attention kernel doing ``flops`` (already halved for causal masking) over ``nbytes``."""
         a = self.calib.attention
         eff = a.flash_backward_efficiency if backward else a.flash_forward_efficiency
         t = max(flops / (self.peak_flops_per_s * eff), nbytes / self.memory_bytes_per_s)
-        return KernelTime(t + self.calib.kernel_overhead_s, flops, nbytes)
+        return KernelTime(t + self.calib.kernel_gap_s, flops, nbytes, self.calib.kernel_launch_s)

@@ -12,7 +12,7 @@ Element-wise byte counts use the activation element size ``e`` and count every t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simulator.hardware.compute import ComputeModel, KernelTime
 from simulator.parallel.strategies.base import BuildContext, ContextStrategy, TensorStrategy
@@ -123,6 +123,12 @@ class LayerBuilder:
             _k(f"{name}_wgrad", self.cm.gemm(k_in, n_out, self.T)),
         )
 
+    def _row_parallel(self, name: str, n_out: int, k_in: int, tag: str) -> list[Step]:
+        """A row-parallel GEMM and its output communication (placed under the GEMM when overlapped)."""
+        comm = self.s.tensor.block_output_forward(self.ctx, tag)
+        gemm = self._linear(name, n_out, k_in)
+        return [*comm, gemm] if self.s.tensor.output_overlapped(self.ctx) else [gemm, *comm]
+
     def attention_block_forward(self) -> list[Step]:
         """Norm → QKV → core → projection → dropout-add, with TP/SP communication."""
         t = self.s.tensor
@@ -131,8 +137,7 @@ class LayerBuilder:
             *t.block_input_forward(self.ctx, "attn"),
             self._linear("qkv", self.q + 2 * self.kv, self.h),
             *self.attention_core_forward(),
-            self._linear("attn_proj", self.h, self.q),
-            *t.block_output_forward(self.ctx, "attn"),
+            *self._row_parallel("attn_proj", self.h, self.q, "attn"),
             self._dropout_add("attn_dropout_add"),
         ]
 
@@ -174,8 +179,7 @@ class LayerBuilder:
             *t.block_input_forward(self.ctx, "mlp"),
             self._linear("fc1", fc1, self.h),
             self._activation("activation", fc1, fc2, False),
-            self._linear("fc2", self.h, fc2),
-            *t.block_output_forward(self.ctx, "mlp"),
+            *self._row_parallel("fc2", self.h, fc2, "mlp"),
             self._dropout_add("mlp_dropout_add"),
         ]
 
@@ -244,7 +248,11 @@ def embedding_forward(ctx: BuildContext, tensor: TensorStrategy) -> list[Step]:
     output over TP (Megatron VocabParallelEmbedding)."""
     n = ctx.tokens * ctx.model.hidden
     steps: list[Step] = [_k("embedding", ctx.compute.elementwise(3 * ctx.e * n))]
-    steps += tensor.block_output_forward(ctx, "embedding")
+    # no GEMM to hide the embedding's reduction under: it is waited for even with TP overlap
+    steps += [
+        replace(c, join_after=0) if isinstance(c, CommStep) else c
+        for c in tensor.block_output_forward(ctx, "embedding")
+    ]
     return steps
 
 

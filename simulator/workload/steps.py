@@ -106,6 +106,7 @@ class _Run:
     hidden: float = 0.0
     segments: list[Segment] = field(default_factory=list)
     overlap_s: float = 0.0  # an inlined comm still running under the next kernel
+    launch_s: float = 0.0  # host time to launch the run's kernels
 
     def kernel(self, k: KernelStep) -> None:
         t = k.time.duration_s
@@ -121,6 +122,7 @@ class _Run:
         self.hw_flops += k.time.flops
         self.bytes += k.time.bytes
         self.kernels += 1
+        self.launch_s += k.time.launch_s
 
     def comm(self, c: CommStep, duration_s: float) -> None:
         self._settle()
@@ -149,8 +151,20 @@ class _Run:
             self.exposed += self.overlap_s
             self.overlap_s = 0.0
 
+    def _launch_bound(self) -> None:
+        """The GPU cannot run kernels faster than the host launches them: stretch a CPU-bound run (its
+        segments scale with it)."""
+        if self.launch_s <= self.duration or self.duration <= 0:
+            return
+        f = self.launch_s / self.duration
+        self.segments = [
+            Segment(g.name, g.comm, g.offset_s * f, g.duration_s * f, g.step) for g in self.segments
+        ]
+        self.duration = self.launch_s
+
     def build(self) -> FusedCompute:
         self._settle()
+        self._launch_bound()
         return FusedCompute(
             tuple(self.names), self.duration, self.model_flops, self.hw_flops, self.bytes, self.kernels,
             self.exposed, self.hidden, tuple(self.segments) if self.exposed or self.hidden else (),

@@ -37,8 +37,10 @@ class Interleaved(Schedule):
     name = "interleaved"
 
     def validate(self, stages: int, micro_batches: int, chunks: int) -> None:
-        """Megatron's constraint: micro-batches must be a multiple of pipeline stages."""
-        if stages > 1 and micro_batches % stages:
+        """Megatron's constraints: more than one stage, and micro-batches a multiple of the stages."""
+        if stages == 1:
+            raise InfeasibleConfig("interleaved schedule needs pp > 1", field="parallelism.schedule")
+        if micro_batches % stages:
             raise InfeasibleConfig(
                 f"interleaved schedule needs micro-batches ({micro_batches}) to be a multiple of pp={stages}",
                 field="parallelism.schedule",

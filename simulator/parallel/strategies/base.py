@@ -71,6 +71,10 @@ class TensorStrategy(Strategy):
     def block_input_forward(self, ctx: BuildContext, tag: str) -> list[Step]:
         """Communication before a column-parallel GEMM in the forward pass (Megatron's f / g-bar)."""
 
+    def output_overlapped(self, ctx: BuildContext) -> bool:
+        """Whether the row-parallel output communication runs under the GEMM producing it."""
+        return False
+
     @abstractmethod
     def block_output_forward(self, ctx: BuildContext, tag: str) -> list[Step]:
         """Communication after a row-parallel GEMM in the forward pass (Megatron's g)."""

@@ -24,7 +24,7 @@ def split_kernels(core: list[Step], parts: int, tag: str) -> list[list[Step]]:
     for step in core:
         assert isinstance(step, KernelStep)
         t = step.time
-        part = KernelTime(t.duration_s / parts, t.flops / parts, t.bytes / parts)
+        part = KernelTime(t.duration_s / parts, t.flops / parts, t.bytes / parts, t.launch_s)
         for i in range(parts):
             blocks[i].append(
                 replace(step, name=f"{step.name}.{tag}{i}", time=part, model_flops=step.model_flops / parts)

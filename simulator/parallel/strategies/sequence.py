@@ -24,6 +24,12 @@ class SequenceParallel(TensorParallel):
 
     name = "sequence"
 
+    def output_overlapped(self, ctx: BuildContext) -> bool:
+        """With ``tp_comm_overlap`` (Megatron --tp-comm-overlap, Transformer Engine userbuffers) the
+        reduce-scatter is pipelined with the row-parallel GEMM producing it, and the all-gathers with the
+        GEMMs consuming them: each pair takes max(GEMM, communication) instead of the sum."""
+        return ctx.par.tp_comm_overlap and ctx.tp > 1
+
     def validate(self, ctx: BuildContext) -> None:
         """The sequence shard of each context-parallel rank must split over tp ranks."""
         super().validate(ctx)
@@ -44,16 +50,17 @@ class SequenceParallel(TensorParallel):
         return [CommStep(name, kind, CommKind.TP, "tp", self._activation_bytes(ctx), join)]
 
     def block_input_forward(self, ctx: BuildContext, tag: str) -> list[Step]:
-        """All-gather the sequence shards before the column-parallel GEMM."""
-        return self._comm(ctx, f"{tag}.allgather", AG)
+        """All-gather the sequence shards before the column-parallel GEMM (under it, when overlapped)."""
+        return self._comm(ctx, f"{tag}.allgather", AG, join=1 if self.output_overlapped(ctx) else 0)
 
     def block_output_forward(self, ctx: BuildContext, tag: str) -> list[Step]:
-        """Reduce-scatter the row-parallel output back to sequence shards."""
-        return self._comm(ctx, f"{tag}.reducescatter", RS)
+        """Reduce-scatter the row-parallel output back to sequence shards (the layer builder places it
+        under the GEMM when ``output_overlapped``)."""
+        return self._comm(ctx, f"{tag}.reducescatter", RS, join=1 if self.output_overlapped(ctx) else 0)
 
     def block_output_backward(self, ctx: BuildContext, tag: str) -> list[Step]:
-        """All-gather the incoming gradient shards."""
-        return self._comm(ctx, f"{tag}.grad_allgather", AG)
+        """All-gather the incoming gradient shards (under the input-gradient GEMM, when overlapped)."""
+        return self._comm(ctx, f"{tag}.grad_allgather", AG, join=1 if self.output_overlapped(ctx) else 0)
 
     def block_input_backward_pre(self, ctx: BuildContext, tag: str) -> list[Step]:
         """All-gather the saved input again for the weight gradient, hidden under the input-gradient GEMM."""

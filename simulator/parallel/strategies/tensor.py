@@ -34,8 +34,13 @@ class TensorParallel(TensorStrategy):
     name = "tensor"
 
     def validate(self, ctx: BuildContext) -> None:
-        """Heads, KV groups and FFN must split evenly."""
+        """Heads, KV groups and FFN must split evenly; communication overlap needs sequence parallelism."""
         validate_tensor_shapes(ctx)
+        if ctx.par.tp_comm_overlap and ctx.tp > 1 and not ctx.par.sequence_parallel:
+            raise InfeasibleConfig(
+                "tp_comm_overlap needs sequence_parallel: true (as Megatron's --tp-comm-overlap)",
+                field="parallelism.tp_comm_overlap",
+            )
 
     def _activation_bytes(self, ctx: BuildContext) -> float:
         return float(ctx.tokens * ctx.model.hidden * ctx.e)

@@ -43,6 +43,7 @@ DEFAULT_LATENCY_S: dict[str, tuple[float, str]] = {
         130e-9,
         "Quantum-X800: datasheet says only 'ultra-low latency'; taken equal to HDR (unverified)",
     ),
+    "opa": (110e-9, "Intel Omni-Path Edge Switch 100 Series product brief: 100-110 ns port-to-port"),
     "roce": (0.6e-6, "no vendor port-to-port figure for 400G RoCE switches found; placeholder (unverified)"),
     "ici": (1.0e-6, "TPU ICI: no published per-hop figure; placeholder (unverified)"),
 }
