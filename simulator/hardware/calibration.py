@@ -95,6 +95,7 @@ class LinkCalibration:
     default_efficiency: float
     default_step_latency_s: float
     fitted_on: tuple[str, ...] = ()
+    base_latency_s: dict[str, float] = field(default_factory=dict)  # algorithm → fixed cost per collective
 
     def link_efficiency(self, link_type: str, key: str) -> float:
         """Fraction of line rate a collective using protocol ``key`` reaches on ``link_type``."""
@@ -102,6 +103,10 @@ class LinkCalibration:
         if per is None:
             return self.default_efficiency
         return per.get(key, per.get("ring", self.default_efficiency))
+
+    def base_latency(self, algorithm: str) -> float:
+        """Fixed cost of launching one collective with ``algorithm``, seconds."""
+        return self.base_latency_s.get(algorithm, 0.0)
 
     def step_latency(self, link_type: str) -> float:
         """α of one algorithm step over a link of ``link_type``, seconds."""
@@ -119,4 +124,5 @@ def link_calibration() -> LinkCalibration:
         default_efficiency=float(doc["default_efficiency"]),
         default_step_latency_s=float(doc["default_step_latency_us"]) * 1e-6,
         fitted_on=tuple(doc.get("fitted_on", ())),
+        base_latency_s={k: float(v) * 1e-6 for k, v in doc.get("base_latency_us", {}).items()},
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import numpy as np
@@ -74,10 +74,19 @@ class PhaseCache:
         key = (req.kind, req.key, req.nbytes, name)
         hit = self._phases.get(key)
         if hit is None:
-            phases = self._algo(name).phases(req.kind, req.groups, req.nbytes, self.cluster)
-            hit = tuple(self._route(p) for p in phases)
+            hit = self._routed_phases(name, req)
             self._phases[key] = hit
         return hit
+
+    def _routed_phases(self, name: str, req: CollectiveRequest) -> tuple[RoutedPhase, ...]:
+        """Route the algorithm's phases; the first also pays the algorithm's fixed launch cost."""
+        phases = [
+            self._route(p) for p in self._algo(name).phases(req.kind, req.groups, req.nbytes, self.cluster)
+        ]
+        if phases:
+            first = phases[0]
+            phases[0] = replace(first, latency_s=first.latency_s + self.calib.base_latency(name))
+        return tuple(phases)
 
     def choose(self, req: CollectiveRequest) -> str:
         """The algorithm to use: the configured one, or (``auto``) the fastest alone, as NCCL's tuner."""
@@ -91,8 +100,7 @@ class PhaseCache:
                 algo = self._algo(name)
                 if not algo.auto_candidate(req.kind) or not algo.supports(req.kind, req.groups, self.cluster):
                     continue
-                phases = [self._route(p) for p in algo.phases(req.kind, req.groups, req.nbytes, self.cluster)]
-                t = alone_time(phases)
+                t = alone_time(self._routed_phases(name, req))
                 if t < best_t:
                     best, best_t = name, t
             if not best:
