@@ -155,7 +155,8 @@ def test_ring_all_reduce_inside_a_host(model, n, nbytes):
     cal = link_calibration()
     bw = NVLINK_GBPS * 1e9 * cal.link_efficiency("nvlink3", "ring")
     alpha = cal.step_latency("nvlink3")
-    expected = 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * alpha
+    # + NCCL's fixed per-collective cost (tuning.cc baseLat, calibration base_latency)
+    expected = 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * alpha + cal.base_latency("ring")
     assert _all_reduce_time(model, 8, 1, n, nbytes) == pytest.approx(expected, rel=1e-9)
 
 
@@ -169,7 +170,7 @@ def test_ring_all_reduce_across_hosts(model, n, nbytes):
     bw = NIC_GBPS * 1e9 * cal.link_efficiency("ib-hdr", "ring")
     assert PCIE_GBPS > NIC_GBPS
     alpha = max(cal.step_latency("ib-hdr"), cal.step_latency("pcie4"))
-    expected = 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * alpha
+    expected = 2 * (n - 1) / n * nbytes / bw + 2 * (n - 1) * alpha + cal.base_latency("ring")
     assert _all_reduce_time(model, 2, n, n, nbytes) == pytest.approx(expected, rel=1e-9)
 
 

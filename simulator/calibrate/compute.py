@@ -28,7 +28,12 @@ import numpy as np
 import yaml
 from scipy.optimize import minimize
 
-from simulator.hardware.calibration import AttentionCalibration, ComputeCalibration, GemmCalibration
+from simulator.hardware.calibration import (
+    AttentionCalibration,
+    ComputeCalibration,
+    GemmCalibration,
+    compute_calibration,
+)
 from simulator.validation.layer import korthikanti_cases, layer_times
 from simulator.validation.suites import run_rows, suite_rows
 
@@ -165,15 +170,39 @@ def write_profile(cal: ComputeCalibration, rms: float, labels: list[str], spec: 
     return path
 
 
+def check(gpu: str) -> bool:
+    """Whether the shipped profile of ``gpu`` still reproduces the error recorded when it was fitted (the
+    model changed since, or the file was edited, when it does not)."""
+    spec = SPECS[gpu]
+    path = CALIBRATION_DIR / f"{gpu}.yaml"
+    doc = yaml.safe_load(path.read_text())
+    cal = compute_calibration.__wrapped__(gpu)  # bypass the cache: read the file as it is now
+    loss, _ = _objective(spec)
+    x = np.array([cal.gemm.max_efficiency, cal.gemm.k_overhead_tiles, cal.kernel_launch_s * 1e6])
+    rms = math.sqrt(loss(x))
+    ok = abs(rms - float(doc["fit_rms_log_error"])) <= 2e-3
+    print(
+        f"{gpu}: rms log error {rms:.4f}, recorded {doc['fit_rms_log_error']}: {'up to date' if ok else 'STALE'}"
+    )
+    return ok
+
+
 def main(argv: list[str]) -> int:
-    """Refit every GPU type that has measurements (or those named with ``--gpu``), rewriting their profiles."""
+    """Refit every GPU type that has measurements (or those named with ``--gpu``), rewriting their profiles;
+    with ``--check``, only verify that the shipped profiles are up to date (exit 1 if not)."""
     parser = argparse.ArgumentParser(prog="python -m simulator.calibrate compute")
     parser.add_argument(
         "--gpu", action="append", choices=sorted(SPECS), help="only this GPU type (repeatable)"
     )
     parser.add_argument("--max-evaluations", type=int, default=120, help="simulator evaluations per GPU type")
+    parser.add_argument(
+        "--check", action="store_true", help="do not fit; exit 1 if a shipped profile is stale"
+    )
     args, _ = parser.parse_known_args(argv)
-    for gpu in args.gpu or list(SPECS):
+    gpus = args.gpu or list(SPECS)
+    if args.check:
+        return 0 if all([check(g) for g in gpus]) else 1
+    for gpu in gpus:
         cal, rms, labels = fit(gpu, args.max_evaluations)
         path = write_profile(cal, rms, labels, SPECS[gpu])
         print(f"{gpu}: rms log error {rms:.3f} over {len(labels)} points -> {path}")
