@@ -37,11 +37,23 @@ class CollectiveAlgorithm(ABC):
         """Whether ``auto`` may pick this algorithm for ``kind``."""
         return self.auto_kinds is None or kind in self.auto_kinds
 
-    @abstractmethod
     def phases(
         self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
     ) -> list[Phase]:
-        """The phases, in order, of one run of the collective."""
+        """The phases, in order, of one run of the collective (none for no instance or one-member groups)."""
+        from simulator.network.collectives._common import as_groups, check_supported  # imports this module
+
+        groups = as_groups(groups, cluster)
+        check_supported(self, kind, groups, cluster)
+        if groups.shape[0] == 0 or groups.shape[1] < 2:
+            return []
+        return self._phases(kind, groups, nbytes, cluster)
+
+    @abstractmethod
+    def _phases(
+        self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
+    ) -> list[Phase]:
+        """The phases of a collective on validated ``[instances >= 1, members >= 2]`` groups."""
 
 
 ALGORITHMS: Registry[type[CollectiveAlgorithm]] = Registry(

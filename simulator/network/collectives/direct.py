@@ -13,7 +13,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from simulator.network.collectives._common import as_groups, check_supported
 from simulator.network.collectives.base import ALGORITHMS, CollectiveAlgorithm
 from simulator.network.phases import Phase
 from simulator.topology.cluster import Cluster
@@ -28,15 +27,11 @@ class Direct(CollectiveAlgorithm):
     kinds = frozenset({CollectiveKind.ALL_TO_ALL, CollectiveKind.ALL_GATHER, CollectiveKind.REDUCE_SCATTER})
     auto_kinds: ClassVar[frozenset[CollectiveKind] | None] = frozenset({CollectiveKind.ALL_TO_ALL})
 
-    def phases(
+    def _phases(
         self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
     ) -> list[Phase]:
         """One phase of n(n-1) flows of S/n per instance."""
-        groups = as_groups(groups, cluster)
-        check_supported(self, kind, groups, cluster)
         inst, n = groups.shape
-        if inst == 0 or n < 2:
-            return []
         a, b = np.nonzero(~np.eye(n, dtype=bool))
         nodes = cluster.gpu_node_index[groups]
         src, dst = nodes[:, a].ravel(), nodes[:, b].ravel()

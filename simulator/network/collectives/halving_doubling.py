@@ -20,8 +20,6 @@ from typing import ClassVar
 import numpy as np
 
 from simulator.network.collectives._common import (
-    as_groups,
-    check_supported,
     gpu_phase,
     is_power_of_two,
     topology_sorted,
@@ -47,14 +45,10 @@ class HalvingDoubling(CollectiveAlgorithm):
         n = np.asarray(groups).shape[-1]
         return kind in self.kinds and (kind == CollectiveKind.ALL_REDUCE or is_power_of_two(n))
 
-    def phases(
+    def _phases(
         self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
     ) -> list[Phase]:
         """One phase per exchange step."""
-        groups = as_groups(groups, cluster)
-        check_supported(self, kind, groups, cluster)
-        if groups.shape[0] == 0 or groups.shape[1] < 2:
-            return []
         ranks = topology_sorted(groups, cluster)
         if kind == CollectiveKind.REDUCE_SCATTER:
             return halving_phases(ranks, nbytes, cluster, "reduce_scatter")

@@ -19,7 +19,6 @@ import numpy as np
 
 from simulator.network.collectives._common import (
     as_groups,
-    check_supported,
     gpu_phase,
     island_blocks,
     ring_flows,
@@ -48,14 +47,10 @@ class Hierarchical(CollectiveAlgorithm):
         g = as_groups(groups, cluster)
         return g.shape[1] < 2 or island_blocks(topology_sorted(g, cluster), cluster) is not None
 
-    def phases(
+    def _phases(
         self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
     ) -> list[Phase]:
         """Up to three phases (levels with a single member are skipped)."""
-        groups = as_groups(groups, cluster)
-        check_supported(self, kind, groups, cluster)
-        if groups.shape[0] == 0 or groups.shape[1] < 2:
-            return []
         blocks = island_blocks(topology_sorted(groups, cluster), cluster)
         assert blocks is not None
         inst, islands, per = blocks.shape

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.network.collectives._common import as_groups, check_supported, gather_ranges
+from simulator.network.collectives._common import as_groups, gather_ranges
 from simulator.network.collectives.base import ALGORITHMS, CollectiveAlgorithm
 from simulator.network.phases import Phase
 from simulator.topology.cluster import Cluster
@@ -54,15 +54,11 @@ class NvlinkSharp(CollectiveAlgorithm):
         dom = cluster.nvlink_domain_of_gpu[g]
         return bool((dom == dom[:, :1]).all()) and switch_attachments(cluster, g) is not None
 
-    def phases(
+    def _phases(
         self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
     ) -> list[Phase]:
         """One phase: each GPU ⇄ its NVSwitch(es), S·(n+1)/n each way."""
-        groups = as_groups(groups, cluster)
-        check_supported(self, kind, groups, cluster)
         inst, n = groups.shape
-        if inst == 0 or n < 2:
-            return []
         att = switch_attachments(cluster, groups)
         assert att is not None
         gpu, switch, share = att

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulator.network.collectives._common import as_groups, check_supported, gpu_phase
+from simulator.network.collectives._common import gpu_phase
 from simulator.network.collectives.base import ALGORITHMS, CollectiveAlgorithm
 from simulator.network.phases import Phase
 from simulator.topology.cluster import Cluster
@@ -23,12 +23,8 @@ class PointToPoint(CollectiveAlgorithm):
         """Send/receive between exactly two members (sender first)."""
         return kind in self.kinds and np.asarray(groups).shape[-1] == 2
 
-    def phases(
+    def _phases(
         self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
     ) -> list[Phase]:
         """One phase, one flow per instance."""
-        groups = as_groups(groups, cluster)
-        check_supported(self, kind, groups, cluster)
-        if groups.shape[0] == 0:
-            return []
         return [gpu_phase(cluster, groups[:, 0], groups[:, 1], nbytes, 1, "p2p send_recv", "p2p")]

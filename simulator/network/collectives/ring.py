@@ -14,8 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.network.collectives._common import (
-    as_groups,
-    check_supported,
     gpu_phase,
     island_classes,
     merge_flows,
@@ -39,15 +37,11 @@ class Ring(CollectiveAlgorithm):
     name = "ring"
     kinds = frozenset({*_ROUNDS, CollectiveKind.BROADCAST})
 
-    def phases(
+    def _phases(
         self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
     ) -> list[Phase]:
         """One phase: every channel's ring of every instance at once."""
-        groups = as_groups(groups, cluster)
-        check_supported(self, kind, groups, cluster)
         inst, n = groups.shape
-        if inst == 0 or n < 2:
-            return []
         srt = topology_sorted(groups, cluster)
         flows, channels = [], []
         for rows, blocks in island_classes(srt, cluster):

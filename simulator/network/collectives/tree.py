@@ -18,8 +18,6 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.network.collectives._common import (
-    as_groups,
-    check_supported,
     dtree_parents,
     gpu_phase,
     island_classes,
@@ -40,15 +38,11 @@ class DoubleBinaryTree(CollectiveAlgorithm):
     name = "tree"
     kinds = frozenset({CollectiveKind.ALL_REDUCE, CollectiveKind.BROADCAST})
 
-    def phases(
+    def _phases(
         self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
     ) -> list[Phase]:
         """One pipelined phase with every tree edge of every instance and channel."""
-        groups = as_groups(groups, cluster)
-        check_supported(self, kind, groups, cluster)
         inst, n = groups.shape
-        if inst == 0 or n < 2:
-            return []
         srt = topology_sorted(groups, cluster)
         if kind == CollectiveKind.BROADCAST:
             return [_broadcast_phase(srt, groups[:, 0], nbytes, cluster)]
