@@ -278,7 +278,7 @@ def _raise_validation(e: ValidationError, file: str) -> None:
     errors = e.errors()
     # A union (str | mapping) reports one error per member; show the most specific one.
     errors.sort(key=lambda er: (er.get("type") == "string_type", -len(er.get("loc", ()))))
-    field, msg = _describe_error(errors[0])
+    field, msg = _describe_error(dict(errors[0]))
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     raise ScenarioError(msg + more, file=file, field=field or None) from None
 

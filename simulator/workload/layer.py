@@ -65,7 +65,7 @@ class LayerBuilder:
             # causal flash attention skips the masked half of the blocks (Dao 2023, FlashAttention-2)
             flops = self._core_flops() / 2
             io = self.e * self.T * (2 * self.q + 2 * self.kv)
-            core = [KernelStep("flash_attn", t := cm.flash_attention(flops, io, False), t.flops)]
+            core: list[Step] = [KernelStep("flash_attn", t := cm.flash_attention(flops, io, False), t.flops)]
         else:
             scores = b * a * s * s
             core = [
