@@ -15,6 +15,9 @@ from simulator.validation.suites import Result, run_rows, suite_rows
 
 LAYER_SUITE = "korthikanti-2022-layer"
 LAYER_TOLERANCE = 0.10
+NCCL_SUITE = "nccl-busbw"
+NCCL_TOLERANCE = 0.10  # issue #3: large-message bus bandwidth within 10%
+SPECIAL_SUITES = (LAYER_SUITE, NCCL_SUITE)
 
 
 def _layer_rows() -> list[dict[str, object]]:
@@ -31,6 +34,21 @@ def _layer_rows() -> list[dict[str, object]]:
     return out
 
 
+def _nccl_rows() -> list[dict[str, object]]:
+    """nccl-tests bus bandwidths (the link calibration's fitting data, one point held out)."""
+    from simulator.validation.nccl import nccl_rows
+
+    out: list[dict[str, object]] = []
+    for r in nccl_rows():
+        err = float(r["error"])  # type: ignore[arg-type]
+        out.append({"suite": NCCL_SUITE, "run": f"{r['system']} {r['gpus']} GPUs {r['op']} ({r['algorithm']})",
+                    "role": "fit" if int(r["gpus"]) <= 16 else "held-out",  # type: ignore[call-overload]
+                    "gpus": r["gpus"], "measured_gbps": r["measured_busbw_gbps"],
+                    "predicted_gbps": r["predicted_busbw_gbps"], "error": err, "tolerance": NCCL_TOLERANCE,
+                    "ok": abs(err) <= NCCL_TOLERANCE})  # fmt: skip
+    return out
+
+
 def _as_dict(r: Result) -> dict[str, object]:
     return {"suite": r.row.suite, "run": r.row.name, "role": r.row.role, "gpus": r.gpus, "measured_s": r.row.measured_s,
             "predicted_s": r.predicted_s, "error": r.error, "tolerance": r.row.tolerance, "ok": r.ok}  # fmt: skip
@@ -42,6 +60,18 @@ def _summary(rows: list[dict[str, object]]) -> str:
     bad = sum(not r["ok"] for r in rows)
     return (f"{len(rows)} rows: median |error| {100 * statistics.median(errs):.1f}%, max {100 * max(errs):.1f}% "
             f"({worst['suite']} {worst['run']}); {bad} outside tolerance")  # fmt: skip
+
+
+def _busbw_table(rows: list[dict[str, object]]) -> Table:
+    t = Table(title="clustersim validate: predicted vs measured nccl-tests bus bandwidth")
+    for col in ("run", "role", "measured", "predicted", "error", "within"):
+        t.add_column(col, justify="left" if col in ("run", "role", "within") else "right")
+    for r in rows:
+        err = float(r["error"])  # type: ignore[arg-type]
+        t.add_row(str(r["run"]), str(r["role"]), f"{float(r['measured_gbps']):.1f} GB/s",  # type: ignore[arg-type]
+                  f"{float(r['predicted_gbps']):.1f} GB/s", f"{100 * err:+.1f}%",  # type: ignore[arg-type]
+                  f"±{100 * float(r['tolerance']):.0f}% " + ("yes" if r["ok"] else "NO"))  # type: ignore[arg-type]  # fmt: skip
+    return t
 
 
 def _table(rows: list[dict[str, object]]) -> Table:
@@ -66,14 +96,19 @@ def validate_command(args: argparse.Namespace) -> int:
     rows: list[dict[str, object]] = []
     if not wanted or LAYER_SUITE in wanted:
         rows += _layer_rows()
-    step_suites = [s for s in wanted if s != LAYER_SUITE]
+    step_suites = [s for s in wanted if s not in SPECIAL_SUITES]
     if not wanted or step_suites:
         results = run_rows(list(suite_rows(step_suites or None)), workers=args.workers)
         rows += [_as_dict(r) for r in results]
+    nccl = _nccl_rows() if not wanted or NCCL_SUITE in wanted else []
+    everything = rows + nccl
     if args.json:
-        sys.stdout.write(json.dumps({"rows": rows, "summary": _summary(rows)}, indent=1) + "\n")
+        sys.stdout.write(json.dumps({"rows": everything, "summary": _summary(everything)}, indent=1) + "\n")
     else:
         console = Console()
-        console.print(_table(rows))
-        console.print(_summary(rows))
-    return 0 if all(r["ok"] for r in rows) else 1
+        if rows:
+            console.print(_table(rows))
+        if nccl:
+            console.print(_busbw_table(nccl))
+        console.print(_summary(everything))
+    return 0 if all(r["ok"] for r in everything) else 1
