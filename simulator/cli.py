@@ -60,7 +60,9 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "row is outside its tolerance.",
     )
     p.add_argument("--suite", action="append", default=[], metavar="NAME",
-                   help="only this suite (repeatable); default: every suite")  # fmt: skip
+                   help="only this suite (repeatable): megatron-2021-a100, korthikanti-2022-layer, "
+                   "korthikanti-2022-e2e-a100, mtnlg-530b-a100, bloom-176b-a100, megatron-readme-h100, "
+                   "llama3-405b-h100, nccl-busbw; default: every suite")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
     p.add_argument("--workers", type=int, default=1, help="processes to run rows in parallel (default 1)")
     p.set_defaults(handler=_cmd_validate)
@@ -197,12 +199,123 @@ def _cmd_collective(args: argparse.Namespace) -> int:
     return collective_command(args)
 
 
+def _add_search(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from simulator.planning import OBJECTIVES
+
+    p = sub.add_parser(
+        "search",
+        help="best feasible parallel layouts of a scenario's model on its cluster",
+        description="Search the parallel layouts (tp, pp, micro-batch, schedule, ZeRO, sequence parallelism, "
+        "recomputation; dp derived) of a scenario's model on its cluster: prune what cannot split, cannot run, "
+        "does not fit in memory or is dominated, simulate the rest on the analytical network model, re-simulate "
+        "the best with the scenario's own network model and print them ranked, with the points tried, pruned "
+        "and infeasible.",
+        epilog="example: clustersim search scenarios/quickstart.yaml --top 5 --out out/search "
+        "(details: docs/search-and-plan.md)",
+    )
+    p.add_argument("scenario", type=Path, help="scenario YAML file (its model, cluster and batch are kept)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario key before searching (repeatable)")  # fmt: skip
+    p.add_argument("--top", type=_positive_int, default=10, metavar="N", help="layouts to show (default 10)")
+    p.add_argument("--workers", type=_positive_int, metavar="N",
+                   help="local worker processes (default: one per CPU; 1 runs in this process)")  # fmt: skip
+    p.add_argument("--out", type=Path, metavar="DIR",
+                   help="write results.csv, pruned.csv (every other point and why) and best.yaml into DIR")  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the search as one JSON object")
+    p.add_argument("--max-points", type=_positive_int, default=200, metavar="N",
+                   help="simulate at most N layouts, the likeliest first (default 200)")  # fmt: skip
+    p.add_argument("--objective", choices=OBJECTIVES, default=OBJECTIVES[0],
+                   help="rank by throughput (default) or by $ per million tokens at the scenario's cost.usd_per_gpu_hour")  # fmt: skip
+
+    def handler(args: argparse.Namespace) -> int:
+        from simulator.commands.search import search_command
+
+        return search_command(args)
+
+    p.set_defaults(handler=handler)
+
+
+def _add_plan(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    from simulator.planning.reliability import RESTART_MINUTES, STORAGE_GBPS_PER_NODE
+    from simulator.planning.scaling import ASSUMED_MFU, FITS, parse_quantity
+
+    def quantity(text: str) -> float:
+        try:
+            return parse_quantity(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a positive number (e.g. 1e24, 15T, 2.5M)"
+            ) from None
+
+    def fraction(text: str) -> float:
+        value = _positive_float(text)
+        if value > 1:
+            raise argparse.ArgumentTypeError(f"{value} is not a fraction in (0, 1]")
+        return value
+
+    p = sub.add_parser(
+        "plan",
+        help="compute-optimal model and data for a budget; time and cost to train",
+        description="Plan a training run: Chinchilla's loss-optimal parameters and tokens for a compute budget "
+        "(and the ~20 tokens/parameter split), and for a model on a cluster the training time, GPU-hours, "
+        "dollars, energy, CO2, expected interruptions and checkpoint overhead, from one simulated step of the "
+        "scenario's layout or of the best layout a quick search finds.",
+        epilog="examples: clustersim plan --budget-flops 5.76e23 · clustersim plan --model llama3-8b --tokens 15T "
+        "--cluster dgx-h100 --nodes 64 · clustersim plan --model scenarios/quickstart.yaml --budget-gpu-hours 1e5 "
+        "(details: docs/search-and-plan.md)",
+    )
+    p.add_argument("--model", metavar="MODEL_OR_SCENARIO",
+                   help="a catalog model (llama3-8b) or a scenario file (its model, cluster and layout)")  # fmt: skip
+    p.add_argument("--scenario", type=Path, metavar="S",
+                   help="take the layout (and batch, cluster) from this scenario; --model replaces its model")  # fmt: skip
+    budget = p.add_mutually_exclusive_group(required=True)
+    budget.add_argument(
+        "--budget-flops", type=quantity, metavar="F", help="compute budget in FLOPs (C = 6·N·D)"
+    )
+    budget.add_argument(
+        "--budget-gpu-hours", type=quantity, metavar="H", help="budget in GPU-hours (needs a cluster)"
+    )
+    budget.add_argument(
+        "--tokens", type=quantity, metavar="D", help="tokens to train on (needs a model and a cluster)"
+    )
+    p.add_argument("--cluster", metavar="TOPOLOGY", help="topology file or shipped topology name (dgx-h100)")
+    p.add_argument("--nodes", type=_positive_int, metavar="N", help="hosts of the cluster")
+    p.add_argument("--usd-per-gpu-hour", type=_positive_float, metavar="P",
+                   help="price (default: the scenario's cost.usd_per_gpu_hour, 2.5 unless set)")  # fmt: skip
+    p.add_argument("--fit", choices=sorted(FITS), default="hoffmann",
+                   help="Chinchilla loss fit: hoffmann (2022, as published; default) or epoch (Besiroglu 2024 refit)")  # fmt: skip
+    p.add_argument("--mfu", type=fraction, metavar="F",
+                   help=f"MFU for a GPU-hour budget without a model (default {ASSUMED_MFU}, Llama 3 405B's 38-43%%)")  # fmt: skip
+    p.add_argument("--storage-gbps-per-node", type=_positive_float, default=STORAGE_GBPS_PER_NODE, metavar="GB/s",
+                   help=f"checkpoint write bandwidth per node (default {STORAGE_GBPS_PER_NODE}: Llama 3's 2 TB/s over 2,048 nodes)")  # fmt: skip
+    p.add_argument("--restart-minutes", type=_positive_float, default=RESTART_MINUTES, metavar="MIN",
+                   help=f"time to restart after a failure, before reading the checkpoint (default {RESTART_MINUTES:g}, an assumption)")  # fmt: skip
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a scenario key, e.g. training.seq_len=8192 (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--workers",
+        type=_positive_int,
+        metavar="N",
+        help="processes for the quick search (default: one per CPU)",
+    )
+    p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
+
+    def handler(args: argparse.Namespace) -> int:
+        from simulator.commands.plan import plan_command
+
+        return plan_command(args)
+
+    p.set_defaults(handler=handler)
+
+
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (  # type: ignore[type-arg]
     _add_run,
     _add_batch,
     _add_compare,
     _add_collective,
     _add_validate,
+    _add_search,
+    _add_plan,
 )
 
 
