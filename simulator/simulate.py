@@ -21,7 +21,7 @@ from simulator.engine.trace import Trace
 from simulator.errors import InfeasibleConfig
 from simulator.hardware.calibration import ComputeCalibration, compute_calibration, link_calibration
 from simulator.hardware.compute import ComputeModel
-from simulator.memory.model import MemoryBreakdown, memory_per_gpu
+from simulator.memory.model import MemoryBreakdown, RankParams, memory_per_gpu
 from simulator.models.flops import model_flops_per_token
 from simulator.models.params import parameter_count
 from simulator.network.models.base import (
@@ -33,7 +33,8 @@ from simulator.network.models.base import (
 )
 from simulator.parallel.plan import ParallelDims, ParallelPlan
 from simulator.parallel.schedules.base import SCHEDULES
-from simulator.parallel.strategies.base import STRATEGIES, BuildContext, DataStrategy
+from simulator.parallel.strategies.base import STRATEGIES, BuildContext, DataStrategy, ExpertStrategy
+from simulator.parallel.strategies.expert import expert_load_factor
 from simulator.report.metrics import StepMetrics, step_metrics
 from simulator.report.schema import Breakdown, CommTimes, Layout, LinkUse, MemoryGiB, StepReport
 from simulator.scenario import Scenario
@@ -152,7 +153,8 @@ class Setup:
         """The strategies' view of the scenario."""
         s = self.scenario
         self.gpu.peak(s.training.precision)  # fail early on an unsupported precision
-        return BuildContext(s.model, self.compute, s.training, s.parallelism, self.dims)
+        load = expert_load_factor(s.model, s.training.expert_load, self.dims.ep)
+        return BuildContext(s.model, self.compute, s.training, s.parallelism, self.dims, load)
 
     @cached_property
     def data(self) -> DataStrategy:
@@ -168,6 +170,8 @@ class Setup:
         p = self.scenario.parallelism
         tensor = STRATEGIES.get("sequence" if p.sequence_parallel else "tensor")()
         context = STRATEGIES.get(f"context_{p.cp_algorithm}", field="parallelism.cp_algorithm")()
+        expert = STRATEGIES.get("expert")()
+        assert isinstance(expert, ExpertStrategy)
         schedule = SCHEDULES.get(p.schedule, field="parallelism.schedule")()
         chunks = p.virtual_stages
         if chunks > 1 and p.schedule != "interleaved":
@@ -175,11 +179,11 @@ class Setup:
                 f"virtual_stages={chunks} needs schedule: interleaved (got {p.schedule})",
                 field="parallelism.virtual_stages",
             )
-        for strat in (tensor, context, self.data):
+        for strat in (tensor, context, expert, self.data):
             strat.validate(self.ctx)
         schedule.validate(self.dims.pp, self.micro_batches, chunks)
         spec = WorkloadSpec(
-            self.ctx, self.plan, LayerStrategies(tensor, context), self.data, schedule,  # type: ignore[arg-type]
+            self.ctx, self.plan, LayerStrategies(tensor, context, expert), self.data, schedule,  # type: ignore[arg-type]
             parameter_count(self.scenario.model), self.micro_batches, chunks,
         )  # fmt: skip
         _ = spec.virtual_layers  # raises on an impossible layer split
@@ -270,14 +274,16 @@ def _account_inline(programs: dict[int, Program], resolver: GroupResolver, netwo
 def _memory(setup: Setup) -> MemoryBreakdown:
     """The most loaded pipeline stage's memory."""
     w, ctx = setup.workload, setup.ctx
-    shard = setup.plan.groups(w.dense_group).shape[1]
+    shards = {g: int(setup.plan.groups(g).shape[1]) for g in (w.dense_group, w.expert_group)}
     best: MemoryBreakdown | None = None
     for stage in range(setup.dims.pp):
         vss = [c * setup.dims.pp + stage for c in range(w.chunks)]
-        local = sum(w.chunk_params(v) for v in vss)
+        dense, expert = (sum(x) for x in zip(*(w.chunk_param_split(v) for v in vss), strict=True))
         layers = [ctx.model.is_moe_layer(i) for v in vss for i in w.virtual_layers[v]]
+        largest = max(w.largest_unit_params(v) for v in vss)
+        rank = RankParams(dense, shards[w.dense_group], expert, shards[w.expert_group], largest)
         in_flight = w.schedule.in_flight(stage, setup.dims.pp, w.micro_batches, w.chunks)
-        mem = memory_per_gpu(ctx, w.params, local, shard, layers, in_flight, w.last_virtual in vss, 0 in vss)
+        mem = memory_per_gpu(ctx, rank, layers, in_flight, w.last_virtual in vss, 0 in vss)
         if best is None or mem.total > best.total:
             best = mem
     assert best is not None

@@ -128,21 +128,15 @@ CASES: dict[str, Case] = {
     # ---- found while simulating: the layout does not fit the model, the cluster or the batch ----
     "tp not dividing heads": Case(
         both(edit("cluster", nodes=3), edit("parallelism", tp=3, pp=1)),
-        ("parallelism.tp", "tp=3", "heads=16")
+        ("parallelism.tp", "tp=3", "heads=16"),
     ),
-    "gpus not divisible by tp·pp": Case(
-        edit("parallelism", tp=1, pp=3), ("parallelism", "gpus=8", "=3")
-    ),
+    "gpus not divisible by tp·pp": Case(edit("parallelism", tp=1, pp=3), ("parallelism", "gpus=8", "=3")),
     "global_batch not divisible by dp·micro_batch": Case(
-        edit("training", global_batch=15),
-        ("training.global_batch", "15", "dp·micro_batch")
+        edit("training", global_batch=15), ("training.global_batch", "15", "dp·micro_batch")
     ),
-    "fp8 on an A100": Case(
-        edit("training", precision="fp8"), ("training.precision", "fp8", "bf16")
-    ),
+    "fp8 on an A100": Case(edit("training", precision="fp8"), ("training.precision", "fp8", "bf16")),
     "virtual stages without the interleaved schedule": Case(
-        edit("parallelism", virtual_stages=2),
-        ("parallelism.virtual_stages", "interleaved")
+        edit("parallelism", virtual_stages=2), ("parallelism.virtual_stages", "interleaved")
     ),
 }
 

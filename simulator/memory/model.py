@@ -4,18 +4,24 @@ Model state (Rajbhandari et al. 2020, ZeRO, Sec. 3.1; Megatron-LM's fp32 main gr
 gradients (fp32 when training in bf16, as Megatron-LM accumulates them), 12 bytes of fp32 master weight,
 Adam m and v — 18 bytes per parameter for bf16, divided over the data-parallel group as ZeRO shards it.
 
+ZeRO-3 (FSDP) also holds the gathered 16-bit copy of the layer in use and of the prefetched next one, and
+their unsharded gradients until reduce-scattered (Zhao et al. 2023, PyTorch FSDP, Sec. 3.2: peak memory
+grows by the largest units gathered at once).
+
 Activations per layer (Korthikanti et al. 2022, arXiv 2205.05198, Sec. 4, Table 2), counted tensor by tensor
 so that GQA, gated MLPs, flash attention and context parallelism are covered: with s·b tokens, 16-bit
 activations and TP degree t, a standard GPT layer stores s·b·h·(10 + 24/t) + 5·a·s²·b/t bytes; sequence
-parallelism divides the first term's 10 by t as well; selective recompute and flash attention drop the
-5·a·s²·b/t attention-score term; full recompute keeps only the 2·s·b·h layer input.
+parallelism divides the first term's 10 by t as well; selective recompute drops the 5·a·s²·b/t
+attention-score term and flash attention replaces it by fp32 softmax statistics (4·a·s·b/t); full recompute
+keeps only the 2·s·b·h layer input (2·s·b·h/t with SP). Context parallelism keeps s/cp of the tokens.
+Mixture-of-experts layers keep the routed copies of their tokens instead of the dense MLP's tensors.
+The schedule sets how many micro-batches are held at once (``Schedule.in_flight``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from simulator.models.params import ParameterCount
 from simulator.parallel.strategies.base import BuildContext
 from simulator.parallel.strategies.data import grad_element_bytes, param_element_bytes
 from simulator.units import GiB
@@ -62,6 +68,22 @@ def model_state_bytes(ctx: BuildContext, local_params: float, shard: int) -> tup
     return (w / shard if zero >= 3 else w, g / shard if zero >= 2 else g, o / shard if zero >= 1 else o)
 
 
+def _mlp_bytes(ctx: BuildContext, moe: bool) -> float:
+    """The MLP's TP-split tensors (Korthikanti: FC1 output and FC2 input, 16·s·b·h/t for a 4h FFN), or a
+    mixture-of-experts block's: the routed token copies the most loaded rank's experts read, FC1 outputs, FC2
+    inputs and expert outputs (kept for the routing weights' gradient), the shared experts' tensors and the
+    fp32 routing probabilities."""
+    m, t, e, tokens = ctx.model, ctx.tp, 2.0, ctx.tokens
+    width = m.expert_ffn if moe else m.ffn_hidden
+    split = (2 * width if m.gated_mlp else width) + width  # FC1 output + FC2 input per token
+    if not moe or m.moe is None:
+        return e * tokens * split / t
+    routed = tokens * m.moe.top_k * ctx.expert_load_factor
+    experts = e * routed * (2 * m.hidden + split / t)
+    shared = e * tokens * split * m.moe.shared_experts / t
+    return experts + shared + 4.0 * tokens * m.moe.experts
+
+
 def layer_activation_bytes(ctx: BuildContext, moe: bool) -> float:
     """Activation bytes one layer keeps for backward, per micro-batch, on one rank."""
     m, t, e = ctx.model, ctx.tp, 2.0  # Korthikanti counts 16-bit activations (fp8 recipes keep them 16-bit)
@@ -70,29 +92,25 @@ def layer_activation_bytes(ctx: BuildContext, moe: bool) -> float:
     mode = ctx.training.recompute
     if mode == "full":
         return e * tokens * m.hidden / (t if sp else 1)
-    replicated = (
-        10.0 * tokens * m.hidden
-    )  # 2 norm inputs, QKV and FC1 inputs (2 bytes), 2 dropout masks (1 byte)
-    if sp:
-        replicated /= t
+    # 2 norm inputs, QKV and FC1 inputs (2 bytes each), 2 dropout masks (1 byte): 10·s·b·h, TP-replicated
+    replicated = 10.0 * tokens * m.hidden / (t if sp else 1)
     q, kv = m.q_hidden, m.kv_hidden
-    ffn = m.expert_ffn if moe else m.ffn_hidden
-    ffn1 = 2 * ffn if m.gated_mlp else ffn
-    mlp_tokens = tokens * (m.moe.top_k * ctx.expert_load_factor if moe and m.moe else 1)
-    split = e * tokens * (q + kv + kv + q) + e * mlp_tokens * (ffn1 + ffn)
-    split /= t
+    attention = e * tokens * (q + kv + kv + q) / t  # Q, K (QKᵀ inputs), V (AV input), projection input
     heads = m.heads / t
-    if ctx.training.flash_attention or mode == "selective":
-        scores = 4.0 * heads * tokens * ctx.training.micro_batch  # fp32 softmax statistics (flash)
+    if ctx.training.flash_attention:
+        scores = 4.0 * heads * tokens  # fp32 log-sum-exp per query row and head (FlashAttention-2)
+    elif mode == "selective":
+        scores = 0.0  # recomputed (Korthikanti Sec. 5)
     else:
         scores = 5.0 * heads * ctx.training.seq_len * tokens  # softmax out, dropout mask, dropout out
-    return replicated + split + scores
+    return replicated + attention + _mlp_bytes(ctx, moe) + scores
 
 
 def activation_bytes(ctx: BuildContext, layers_on_rank: list[bool], in_flight: float,
                      has_head: bool, has_embedding: bool) -> float:  # fmt: skip
     """Activations held at the peak: ``in_flight`` micro-batches of the rank's layers (``True`` = MoE),
-    plus one layer's full activations being recomputed under full recompute, plus the output layer's logits."""
+    plus one layer's full activations being recomputed under full recompute, plus the output layer's logits,
+    plus the K/V of the whole sequence that all-gather context parallelism gathers for one layer."""
     per_mb = sum(layer_activation_bytes(ctx, moe) for moe in layers_on_rank)
     total = per_mb * in_flight
     if ctx.training.recompute == "full" and layers_on_rank:
@@ -104,14 +122,34 @@ def activation_bytes(ctx: BuildContext, layers_on_rank: list[bool], in_flight: f
         total += ctx.tokens * vocab_shard * (2 + 4)  # 16-bit logits and their fp32 softmax for the loss
     if has_embedding:
         total += ctx.tokens * ctx.model.hidden * 2.0
+    if ctx.dims.cp > 1 and ctx.par.cp_algorithm == "all_gather" and layers_on_rank:
+        total += 2.0 * 2 * ctx.tokens * ctx.dims.cp * max(ctx.model.kv_hidden // ctx.tp, ctx.model.d_head)
     return total
 
 
-def memory_per_gpu(ctx: BuildContext, params: ParameterCount, local_params: float, shard: int,
-                   layers_on_rank: list[bool], in_flight: float, has_head: bool,
-                   has_embedding: bool) -> MemoryBreakdown:  # fmt: skip
+@dataclass(frozen=True)
+class RankParams:
+    """The parameters one rank holds (dense and routed-expert), the ZeRO shard counts of each (the groups
+    that reduce their gradients), and its largest layer's parameters (what ZeRO-3 gathers at once)."""
+
+    dense: float
+    dense_shard: int = 1
+    expert: float = 0.0
+    expert_shard: int = 1
+    largest_unit: float = 0.0
+
+
+def memory_per_gpu(ctx: BuildContext, rank: RankParams, layers_on_rank: list[bool], in_flight: float,
+                   has_head: bool, has_embedding: bool) -> MemoryBreakdown:  # fmt: skip
     """The memory breakdown of one rank."""
-    w, g, o = model_state_bytes(ctx, local_params, shard)
+    w, g, o = model_state_bytes(ctx, rank.dense, rank.dense_shard)
+    we, ge, oe = model_state_bytes(ctx, rank.expert, rank.expert_shard)
+    w, g, o = w + we, g + ge, o + oe
+    buffers = ctx.par.grad_bucket_mb * 1e6 * 2  # DDP keeps two buckets in flight
+    if ctx.par.zero >= 3:
+        live = 2 if ctx.par.param_gather_overlap else 1  # the layer in use and the prefetched one
+        w += live * rank.largest_unit * param_element_bytes(ctx)
+        g += live * rank.largest_unit * grad_element_bytes(ctx)
+        buffers = 0.0  # gradients leave through per-layer reduce-scatters, not DDP buckets
     act = activation_bytes(ctx, layers_on_rank, in_flight, has_head, has_embedding)
-    bucket = ctx.par.grad_bucket_mb * 1e6 * 2  # DDP keeps two buckets in flight
-    return MemoryBreakdown(w, g, o, act, FRAMEWORK_RESERVE_BYTES + bucket)
+    return MemoryBreakdown(w, g, o, act, FRAMEWORK_RESERVE_BYTES + buffers)

@@ -1,11 +1,20 @@
 """Model FLOPs: the counting conventions behind MFU and behind published throughput figures.
 
-clustersim's MFU convention (documented in the README): model FLOPs per token =
-6 × (matrix parameters a token passes through: attention and MLP projections of the top-k routed and
-shared experts, router, output layer; not the embedding lookup) + attention scores and weighted sum
-(2 GEMMs of 2·s·d per head and layer, ×3 for forward and backward) halved for causal masking, since fused
-kernels skip the masked half (REFERENCE.md; Kaplan et al. 2020 for 6N; PaLM appendix B for attention).
-Recomputation never counts (HFU counts it).
+clustersim's MFU convention (documented in the README), per token of training (forward + backward):
+
+* 6 × the weight-matrix parameters the token multiplies with (2 forward, 4 backward: Kaplan et al. 2020):
+  Q and O (hidden × heads·head_dim), K and V (hidden × kv_heads·head_dim, so GQA counts only its smaller
+  K/V projections), the MLP (2 matrices hidden × ffn, or 3 for a gated SwiGLU MLP), and for a
+  mixture-of-experts layer the router (hidden × experts), the top-k routed experts and the shared experts
+  (its active parameters, not all experts), plus the output layer (vocab × hidden, tied or not). Biases,
+  norms and the embedding lookup are not matrix products and do not count.
+* Attention scores and weighted sum: 2 GEMMs of 2·s·d FLOPs per head, query and layer forward, ×3 for
+  forward + backward, i.e. 12·L·s·(heads·d) per token non-causal (PaLM appendix B), halved for causal
+  masking, since fused kernels skip the masked half (REFERENCE.md, "FLOPs").
+
+MFU = these model FLOPs per step ÷ (step time × GPUs × dense peak at the training precision). Recomputation
+never counts in MFU; HFU counts what the GPUs execute (recomputed forwards, flash attention's extra
+backward GEMM, unmasked attention without flash), read from the simulated kernels.
 """
 
 from __future__ import annotations
@@ -14,14 +23,26 @@ from simulator.models.params import parameter_count
 from simulator.models.spec import ModelSpec
 
 
+def _attention_matrices(spec: ModelSpec) -> int:
+    h, q, kv = spec.hidden, spec.q_hidden, spec.kv_hidden
+    return h * q + 2 * h * kv + q * h
+
+
+def _mlp_matrices(spec: ModelSpec, ffn: int) -> int:
+    return (3 if spec.gated_mlp else 2) * spec.hidden * ffn
+
+
 def matmul_params_per_token(spec: ModelSpec) -> float:
-    """Weights a token multiplies with: every layer's projections (top-k experts for MoE) + output layer."""
+    """Weight-matrix parameters a token multiplies with: every layer's projections (router, top-k routed
+    and shared experts for MoE layers) and the output layer."""
     p = parameter_count(spec)
-    per_layer_attn = p.attention_per_layer
-    dense = p.dense_layers * (per_layer_attn + p.dense_mlp_per_layer)
-    moe = p.moe_layers * (
-        per_layer_attn + p.top_k * p.expert_params + p.shared_experts_per_layer + p.router_per_layer
-    )
+    attn = _attention_matrices(spec)
+    dense = p.dense_layers * (attn + _mlp_matrices(spec, spec.ffn_hidden))
+    moe = 0
+    if spec.moe is not None and p.moe_layers:
+        expert = _mlp_matrices(spec, spec.expert_ffn)
+        active = (spec.moe.top_k + spec.moe.shared_experts) * expert + spec.hidden * spec.moe.experts
+        moe = p.moe_layers * (attn + active)
     output = spec.vocab * spec.hidden  # tied or not, the logits GEMM runs
     return float(dense + moe + output)
 

@@ -8,7 +8,7 @@ the optimizer update.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 from simulator.errors import InfeasibleConfig
@@ -24,15 +24,18 @@ from simulator.workload.layer import (
     embedding_forward,
     head_backward,
     head_forward,
+    split_weight_gradients,
 )
 from simulator.workload.ops import Category, Collective, CollectiveKind, CommKind, Compute, SendRecv
 from simulator.workload.program import COMPUTE_STREAM, Program, ProgramBuilder
 from simulator.workload.steps import (
+    PREFETCH,
     CommStep,
     CompiledStep,
     FusedCompute,
     GradReady,
     InlineTime,
+    Join,
     Step,
     compile_steps,
 )
@@ -83,6 +86,17 @@ def _spread(per_stage: list[int], chunks: int) -> list[int]:
     return counts
 
 
+@dataclass(frozen=True)
+class Unit:
+    """A piece of a model chunk whose parameters are gathered and reduced together (an FSDP unit): the
+    embedding (``layer`` −1), one transformer layer, or the output layer (−2); parameters per rank."""
+
+    name: str
+    layer: int
+    dense_params: float
+    expert_params: float
+
+
 @dataclass(frozen=True, eq=False)
 class WorkloadSpec:
     """What the builder needs beyond the build context."""
@@ -117,20 +131,68 @@ class WorkloadSpec:
         """Process group that reduces dense gradients (data × context parallel)."""
         return "dp" if self.ctx.dims.cp == 1 else "dpcp"
 
+    @property
+    def expert_group(self) -> str:
+        """Process group that reduces expert gradients: the ranks holding the same experts (Megatron-Core's
+        expert-data-parallel group), or the dense group when experts are not split."""
+        return "edp" if self.ctx.dims.ep > 1 else self.dense_group
+
+    def layer_param_split(self, layer: int) -> tuple[float, float]:
+        """(dense, routed-expert) parameters of one layer held by one rank: everything split over tensor
+        parallelism, routed experts also over expert parallelism."""
+        p, c = self.params, self.ctx
+        if not c.model.is_moe_layer(layer):
+            return p.dense_layer / c.tp, 0.0
+        experts = p.routed_experts_per_layer
+        return (p.moe_layer - experts) / c.tp, experts / (c.tp * c.dims.ep)
+
     def layer_params(self, layer: int) -> float:
-        """Parameters of one layer held by one tensor-parallel rank."""
-        p = self.params
-        n = p.moe_layer if self.ctx.model.is_moe_layer(layer) else p.dense_layer
-        return n / self.ctx.tp
+        """Parameters of one layer held by one rank."""
+        return sum(self.layer_param_split(layer))
+
+    def chunk_param_split(self, vs: int) -> tuple[float, float]:
+        """(dense, routed-expert) parameters of virtual stage ``vs`` held by one rank (layers, plus the
+        embedding and output layers)."""
+        dense = expert = 0.0
+        for i in self.virtual_layers[vs]:
+            d, e = self.layer_param_split(i)
+            dense, expert = dense + d, expert + e
+        if vs == 0:
+            dense += self.params.embedding / self.ctx.tp
+        if vs == self.last_virtual:
+            dense += (self.params.output + self.params.final_norm) / self.ctx.tp
+        return dense, expert
 
     def chunk_params(self, vs: int) -> float:
-        """Parameters of virtual stage ``vs`` held by one rank (layers, plus embedding/output layers)."""
-        total = sum(self.layer_params(i) for i in self.virtual_layers[vs])
+        """Parameters of virtual stage ``vs`` held by one rank."""
+        return sum(self.chunk_param_split(vs))
+
+    def largest_unit_params(self, vs: int) -> float:
+        """Parameters of the largest piece (layer, embedding or output layer) of ``vs`` held by one rank:
+        what ZeRO-3 gathers at once."""
+        units = [self.layer_params(i) for i in self.virtual_layers[vs]]
         if vs == 0:
-            total += self.params.embedding / self.ctx.tp
+            units.append(self.params.embedding / self.ctx.tp)
         if vs == self.last_virtual:
-            total += (self.params.output + self.params.final_norm) / self.ctx.tp
-        return total
+            units.append((self.params.output + self.params.final_norm) / self.ctx.tp)
+        return max(units, default=0.0)
+
+    def by_group(self, dense: float, expert: float) -> list[tuple[str, float]]:
+        """Parameter counts per reducing group of more than one rank (one entry when experts reduce with
+        the dense weights)."""
+        if self.expert_group == self.dense_group:
+            pairs = [(self.dense_group, dense + expert)]
+        else:
+            pairs = [(self.dense_group, dense), (self.expert_group, expert)]
+        return [(g, n) for g, n in pairs if n > 0 and self.group_size(g) > 1]
+
+    def group_size(self, group: str) -> int:
+        """Members of each process group of kind ``group``."""
+        return self._group_sizes[group]
+
+    @cached_property
+    def _group_sizes(self) -> dict[str, int]:
+        return {g: int(self.plan.groups(g).shape[1]) for g in {self.dense_group, self.expert_group}}
 
 
 @dataclass
@@ -143,6 +205,7 @@ class _Emitter:
         default_factory=list
     )  # [countdown, op] of comms the compute stream must join
     step_end: list[int] = field(default_factory=list)  # comms the optimizer waits for
+    prefetched: dict[str, int] = field(default_factory=dict)  # prefetched comms not yet joined, by name
 
     def compute(self, fc: FusedCompute, category: Category, mb: int, chunk: int) -> int:
         """Add a fused compute op after the previous one and any communication it must wait for."""
@@ -161,11 +224,19 @@ class _Emitter:
         # issued after the latest compute op and after any receive the compute stream is blocked on
         blocking = [op_ for c, op_ in self.joins if c == 0]
         idx = self.pb.add(op, COMM_STREAM[cs.comm], [self.last_compute, *blocking])
-        if cs.join_after < 0:
+        if cs.join_after == PREFETCH:
+            assert cs.name not in self.prefetched, f"{cs.name} prefetched twice"
+            self.prefetched[cs.name] = idx
+        elif cs.join_after < 0:
             self.step_end.append(idx)
         else:
             self.joins.append([cs.join_after, idx])
         return idx
+
+    def join(self, name: str) -> None:
+        """The next compute op waits for the prefetched communication ``name``."""
+        assert name in self.prefetched, f"join of {name}, which was not prefetched"
+        self.joins.append([0, self.prefetched.pop(name)])
 
     def p2p(self, op: SendRecv, stream: str, blocking: bool) -> int:
         """Add a pipeline send or receive posted after the latest compute op."""
@@ -181,43 +252,114 @@ class ProgramFactory:
     def __init__(self, spec: WorkloadSpec, inline: InlineTime | None = None) -> None:
         self.spec = spec
         self.inline = inline
-        self._fwd: dict[int, tuple[CompiledStep, ...]] = {}
-        self._bwd: dict[int, tuple[tuple[CompiledStep, ...], ...]] = {}
+        self._fwd: dict[tuple[int, bool], tuple[CompiledStep, ...]] = {}
+        self._bwd: dict[tuple[int, str], tuple[tuple[CompiledStep, ...], ...]] = {}
+        self._units: dict[int, list[Unit]] = {}
+
+    # ------------------------------------------------------------------ units of a chunk
+    def units(self, vs: int) -> list[Unit]:
+        """The pieces of virtual stage ``vs`` in forward order: embedding, layers, output layer."""
+        if vs not in self._units:
+            s = self.spec
+            tp = s.ctx.tp
+            out = [Unit("embedding", -1, s.params.embedding / tp, 0.0)] if vs == 0 else []
+            out += [Unit(f"layer{i}", i, *s.layer_param_split(i)) for i in s.virtual_layers[vs]]
+            if vs == s.last_virtual:
+                out.append(Unit("head", -2, (s.params.output + s.params.final_norm) / tp, 0.0))
+            self._units[vs] = out
+        return self._units[vs]
+
+    def _unit_forward(self, u: Unit) -> list[Step]:
+        s, t = self.spec, self.spec.layer_strategies.tensor
+        if u.layer == -1:
+            return embedding_forward(s.ctx, t)
+        if u.layer == -2:
+            return head_forward(s.ctx, t)
+        return s.layer_builder.forward(s.ctx.model.is_moe_layer(u.layer))
+
+    def _unit_backward(self, u: Unit) -> tuple[list[Step], list[Step]]:
+        """(recomputation, backward) of one unit."""
+        s, t = self.spec, self.spec.layer_strategies.tensor
+        if u.layer == -1:
+            return [], embedding_backward(s.ctx, t, u.dense_params)
+        if u.layer == -2:
+            return [], head_backward(s.ctx, t, u.dense_params)
+        moe = s.ctx.model.is_moe_layer(u.layer)
+        lb = s.layer_builder
+        return lb.recompute(s.ctx.training.recompute, moe), lb.backward(u.dense_params, moe, u.expert_params)
+
+    def unit_comm(self, u: Unit, hook: str, backward: bool = False) -> list[CommStep]:
+        """The data strategy's communication for a unit's parameters, per reducing group, named after the
+        unit: ``prologue`` (before use), ``epilogue`` (after backward) or ``step`` (at the step start)."""
+        s = self.spec
+        out: list[CommStep] = []
+        for group, count in s.by_group(u.dense_params, u.expert_params):
+            if hook == "prologue":
+                steps = s.data.layer_prologue(s.ctx, count, group, backward)
+            elif hook == "epilogue":
+                steps = s.data.layer_epilogue(s.ctx, count, group)
+            else:
+                steps = s.data.step_prologue(s.ctx, count, group)
+            prefix = "expert_" if group == "edp" else ""
+            for cs in steps:
+                assert isinstance(cs, CommStep)
+                out.append(replace(cs, name=f"{prefix}{cs.name}.{u.name}"))
+        return out
+
+    def _prologues(self, units: list[Unit], backward: bool) -> list[list[Step]]:
+        """Steps before each unit's compute: ZeRO-3's parameter gathers, each blocking, or (with
+        ``param_gather_overlap``) issued one unit ahead and joined where the unit starts (FSDP prefetch)."""
+        gathers = [self.unit_comm(u, "prologue", backward) for u in units]
+        if not self.spec.ctx.par.param_gather_overlap:
+            return [list(g) for g in gathers]
+        out: list[list[Step]] = []
+        for i, own in enumerate(gathers):
+            head: list[Step] = list(own) if i == 0 else [Join(c.name) for c in own]
+            ahead = gathers[i + 1] if i + 1 < len(gathers) else []
+            out.append(head + [replace(c, join_after=PREFETCH) for c in ahead])
+        return out
+
+    @cached_property
+    def _gathers_at_start(self) -> bool:
+        """Whether the data strategy issues parameter gathers at the step start."""
+        return any(self.unit_comm(u, "step") for u in self.units(0))
 
     # ------------------------------------------------------------------ compiled chunks
-    def forward_steps(self, vs: int) -> tuple[CompiledStep, ...]:
-        """Compiled forward pass of virtual stage ``vs``."""
-        if vs not in self._fwd:
-            s, lb, t = self.spec, self.spec.layer_builder, self.spec.layer_strategies.tensor
-            steps: list[Step] = embedding_forward(s.ctx, t) if vs == 0 else []
-            for _ in s.virtual_layers[vs]:
-                steps += lb.forward()
-            if vs == s.last_virtual:
-                steps += head_forward(s.ctx, t)
-            self._fwd[vs] = compile_steps(steps, False, self.inline)
-        return self._fwd[vs]
+    def forward_steps(self, vs: int, first: bool = False) -> tuple[CompiledStep, ...]:
+        """Compiled forward pass of virtual stage ``vs``; ``first``: the step's first micro-batch, which
+        waits for the parameter gathers issued at the step start."""
+        first = first and self._gathers_at_start
+        if (vs, first) not in self._fwd:
+            units = self.units(vs)
+            steps: list[Step] = []
+            for u, pre in zip(units, self._prologues(units, False), strict=True):
+                if first:
+                    steps += [Join(c.name) for c in self.unit_comm(u, "step")]
+                steps += pre + self._unit_forward(u)
+            self._fwd[(vs, first)] = compile_steps(steps, False, self.inline)
+        return self._fwd[(vs, first)]
 
-    def backward_steps(self, vs: int) -> tuple[tuple[CompiledStep, ...], ...]:
-        """Compiled backward pass of ``vs`` as (recompute, backward) segments per layer, head first."""
-        if vs not in self._bwd:
-            s, lb, t = self.spec, self.spec.layer_builder, self.spec.layer_strategies.tensor
+    def backward_steps(self, vs: int, part: str = "BW") -> tuple[tuple[CompiledStep, ...], ...]:
+        """Compiled backward pass of ``vs`` as (recompute, backward) segments per unit, head first.
+        ``part``: ``BW`` the whole backward, ``B`` input gradients only, ``W`` weight gradients only (the
+        zero-bubble split; W carries the gradient markers and ZeRO-3's gradient reduce-scatters)."""
+        if (vs, part) not in self._bwd:
+            units = self.units(vs)[::-1]
+            pre = self._prologues(units, True) if part != "W" else [[] for _ in units]
             segs: list[tuple[CompiledStep, ...]] = []
-            if vs == s.last_virtual:
-                out_params = (s.params.output + s.params.final_norm) / s.ctx.tp
-                segs.append(compile_steps(head_backward(s.ctx, t, out_params), True, self.inline))
-            for layer in reversed(s.virtual_layers[vs]):
-                re = lb.recompute(s.ctx.training.recompute)
+            for u, head in zip(units, pre, strict=True):
+                re, bw = self._unit_backward(u)
+                if part != "BW":
+                    b, w = split_weight_gradients(bw)
+                    re, bw = (re, b) if part == "B" else ([], w)
+                if part != "B":
+                    bw = bw + list(self.unit_comm(u, "epilogue"))
                 if re:
-                    segs.append(compile_steps(re, False, self.inline))
-                segs.append(compile_steps(lb.backward(s.layer_params(layer)), True, self.inline))
-            if vs == 0:
-                segs.append(
-                    compile_steps(
-                        embedding_backward(s.ctx, t, s.params.embedding / s.ctx.tp), True, self.inline
-                    )
-                )
-            self._bwd[vs] = tuple(segs)
-        return self._bwd[vs]
+                    segs.append(compile_steps(head + re, False, self.inline))
+                    head = []
+                segs.append(compile_steps(head + bw, True, self.inline))
+            self._bwd[(vs, part)] = tuple(segs)
+        return self._bwd[(vs, part)]
 
     # ------------------------------------------------------------------ program
     def build(self, rank: int) -> Program:
@@ -226,10 +368,13 @@ class ProgramFactory:
         stage = int(s.plan.coords["pp"][rank])
         em = _Emitter()
         grads = _GradBuckets(s, em)
+        self._step_prologue(em, stage)
         for task in s.schedule.tasks(stage, s.ctx.dims.pp, s.micro_batches, s.chunks):
             vs = task.chunk * s.ctx.dims.pp + stage
             if task.kind is Pass.F:
                 self._forward(em, task, vs, stage)
+            elif task.kind is Pass.W:
+                self._weight_gradients(em, task, vs, grads)
             else:
                 self._backward(em, task, vs, stage, grads)
         grads.flush_all()
@@ -297,83 +442,119 @@ class ProgramFactory:
                 em.compute(st, cat, task.mb, task.chunk)
             elif isinstance(st, CommStep):
                 em.comm(st, task.mb, task.chunk)
+            elif isinstance(st, Join):
+                em.join(st.name)
             elif grads is not None:
                 grads.ready(st, task)
+
+    def _step_prologue(self, em: _Emitter, stage: int) -> None:
+        """Communication issued when the step starts, before any compute: the distributed optimizer's
+        overlapped parameter gathers, joined by each unit's first forward."""
+        s = self.spec
+        for chunk in range(s.chunks):
+            for u in self.units(chunk * s.ctx.dims.pp + stage):
+                for cs in self.unit_comm(u, "step"):
+                    em.comm(cs, -1, chunk)
 
     def _forward(self, em: _Emitter, task: Task, vs: int, stage: int) -> None:
         if vs > 0:
             self._recv(em, "act", task, vs - 1, stage)
-        self._emit(em, self.forward_steps(vs), Category.FORWARD, task, None)
+        self._emit(em, self.forward_steps(vs, first=task.mb == 0), Category.FORWARD, task, None)
         if vs < self.spec.last_virtual:
             self._send(em, "act", task, vs + 1, stage)
 
     def _backward(self, em: _Emitter, task: Task, vs: int, stage: int, grads: _GradBuckets) -> None:
         if vs < self.spec.last_virtual:
             self._recv(em, "grad", task, vs + 1, stage)
-        last_mb = task.mb == self.spec.micro_batches - 1
-        for seg in self.backward_steps(vs):
-            cat = Category.RECOMPUTE if seg and _is_recompute(seg) else Category.BACKWARD
+        split = self.spec.schedule.splits_backward
+        last_mb = task.mb == self.spec.micro_batches - 1 and not split
+        kind = Category.BACKWARD_INPUT if split else Category.BACKWARD
+        for seg in self.backward_steps(vs, "B" if split else "BW"):
+            cat = Category.RECOMPUTE if seg and _is_recompute(seg) else kind
             self._emit(em, seg, cat, task, grads if last_mb else None)
         if last_mb:
             grads.chunk_done()
         if vs > 0:
             self._send(em, "grad", task, vs - 1, stage)
 
+    def _weight_gradients(self, em: _Emitter, task: Task, vs: int, grads: _GradBuckets) -> None:
+        """A zero-bubble W pass: the chunk's weight-gradient GEMMs for one micro-batch."""
+        last_mb = task.mb == self.spec.micro_batches - 1
+        for seg in self.backward_steps(vs, "W"):
+            self._emit(em, seg, Category.BACKWARD_WEIGHT, task, grads if last_mb else None)
+        if last_mb:
+            grads.chunk_done()
+
     def _optimizer(self, em: _Emitter, stage: int) -> None:
         s = self.spec
-        local = sum(s.chunk_params(c * s.ctx.dims.pp + stage) for c in range(s.chunks))
-        shard = s.data.optimizer_shard(s.ctx, s.plan.groups(s.dense_group).shape[1])
-        t = s.ctx.compute.elementwise(local / shard * ADAM_BYTES_PER_PARAM)
+        dense = expert = 0.0
+        for c in range(s.chunks):
+            d, e = s.chunk_param_split(c * s.ctx.dims.pp + stage)
+            dense, expert = dense + d, expert + e
+        groups = s.by_group(dense, expert)
+        sharded = sum(n / s.data.optimizer_shard(s.ctx, s.group_size(g)) for g, n in groups)
+        updated = dense + expert - sum(n for _, n in groups) + sharded  # unsharded groups update everything
+        t = s.ctx.compute.elementwise(updated * ADAM_BYTES_PER_PARAM)
         fc = FusedCompute(("optimizer",), t.duration_s, 0.0, 0.0, t.bytes, 1)
         em.joins += [[0, op] for op in em.step_end]
         em.compute(fc, Category.OPTIMIZER, -1, 0)
-        for cs in s.data.after_optimizer(s.ctx, local, s.dense_group):
-            assert isinstance(cs, CommStep)
-            em.comm(cs, -1, 0)
+        for group, count in groups:
+            for cs in s.data.after_optimizer(s.ctx, count, group):
+                assert isinstance(cs, CommStep)
+                em.comm(replace(cs, name=f"expert_{cs.name}") if group == "edp" else cs, -1, 0)
 
 
 def _is_recompute(seg: tuple[CompiledStep, ...]) -> bool:
-    first = next((x for x in seg if isinstance(x, FusedCompute)), None)
+    first = next((x for x in seg if isinstance(x, FusedCompute) and x.names), None)
     return first is not None and first.names[0].startswith("re.")
 
 
 class _GradBuckets:
     """Gradient reduction of the last micro-batch: buckets overlapped with backward, or one reduction at
-    the end when ``dp_overlap`` is off."""
+    the end when ``dp_overlap`` is off. Dense and expert gradients fill buckets of their own groups."""
 
     def __init__(self, spec: WorkloadSpec, em: _Emitter) -> None:
         self.spec, self.em = spec, em
-        self.pending = 0.0
-        self.total = 0.0
+        groups = {spec.dense_group, spec.expert_group}
+        self.pending = dict.fromkeys(groups, 0.0)
+        self.total = dict.fromkeys(groups, 0.0)
         self.bucket_params = spec.ctx.par.grad_bucket_mb * 1e6 / grad_element_bytes(spec.ctx)
-        self.active = spec.plan.groups(spec.dense_group).shape[1] > 1
+        self.active = {g: spec.plan.groups(g).shape[1] > 1 for g in groups}
 
     def ready(self, marker: CompiledStep, task: Task) -> None:
-        """Gradients of ``marker.param_count`` parameters are complete."""
+        """Gradients of ``marker.param_count`` dense and ``marker.expert_param_count`` expert parameters
+        are complete."""
         assert isinstance(marker, GradReady)
-        if not self.active:
-            return
-        if not self.spec.ctx.par.dp_overlap:
-            self.total += marker.param_count
-            return
-        self.pending += marker.param_count
-        if self.pending >= self.bucket_params:
-            self._emit(self.pending, task)
-            self.pending = 0.0
+        s = self.spec
+        for group, count in (
+            (s.dense_group, marker.param_count),
+            (s.expert_group, marker.expert_param_count),
+        ):
+            if not self.active[group] or count <= 0:
+                continue
+            if not s.ctx.par.dp_overlap:
+                self.total[group] += count
+                continue
+            self.pending[group] += count
+            if self.pending[group] >= self.bucket_params:
+                self._emit(group, self.pending[group], task)
+                self.pending[group] = 0.0
 
     def chunk_done(self) -> None:
         """The last micro-batch of a chunk finished its backward: reduce what is left of it."""
-        if self.pending > 0:
-            self._emit(self.pending, Task(Pass.B, self.spec.micro_batches - 1))
-            self.pending = 0.0
+        for group in sorted(self.pending):
+            if self.pending[group] > 0:
+                self._emit(group, self.pending[group], Task(Pass.B, self.spec.micro_batches - 1))
+                self.pending[group] = 0.0
 
     def flush_all(self) -> None:
         """Without overlap, reduce every gradient once the backward pass is over."""
-        if self.total > 0:
-            self._emit(self.total, Task(Pass.B, -1))
-            self.total = 0.0
+        for group in sorted(self.total):
+            if self.total[group] > 0:
+                self._emit(group, self.total[group], Task(Pass.B, -1))
+                self.total[group] = 0.0
 
-    def _emit(self, count: float, task: Task) -> None:
-        for cs in self.spec.data.gradient_steps(self.spec.ctx, count, self.spec.dense_group, final=False):
+    def _emit(self, group: str, count: float, task: Task) -> None:
+        for cs in self.spec.data.gradient_steps(self.spec.ctx, count, group, final=False):
             assert isinstance(cs, CommStep)
-            self.em.comm(cs, task.mb, task.chunk)
+            self.em.comm(replace(cs, name=f"expert_{cs.name}") if group == "edp" else cs, task.mb, task.chunk)

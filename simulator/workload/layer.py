@@ -7,15 +7,23 @@ GEMM), output projection, bias-dropout-add, norm, FC1, activation, FC2, bias-dro
 becomes an input-gradient and a weight-gradient GEMM; element-wise kernels read one more tensor than they
 wrote (their saved input and the incoming gradient).
 
+Mixture-of-experts layers (``model.is_moe_layer``) replace the MLP by Megatron-Core's MoE block: router
+GEMM and top-k, permute, dispatch all-to-all over the expert-parallel group, grouped expert GEMMs, combine
+all-to-all, unpermute, plus the shared experts (Megatron-Core ``MoELayer`` with the all-to-all dispatcher).
+
+Weight-gradient GEMMs are named ``*_wgrad`` (and only they: the attention core's gradients of K and V are
+``*_kgrad``/``*_vgrad``), so that zero-bubble schedules can run them as separate W passes.
+
 Element-wise byte counts use the activation element size ``e`` and count every tensor read or written once.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 from simulator.hardware.compute import ComputeModel, KernelTime
-from simulator.parallel.strategies.base import BuildContext, ContextStrategy, TensorStrategy
+from simulator.parallel.strategies.base import BuildContext, ContextStrategy, ExpertStrategy, TensorStrategy
 from simulator.parallel.strategies.data import grad_element_bytes
 from simulator.workload.ops import CollectiveKind, CommKind
 from simulator.workload.steps import CommStep, GradReady, KernelStep, Step
@@ -27,6 +35,7 @@ class LayerStrategies:
 
     tensor: TensorStrategy
     context: ContextStrategy
+    expert: ExpertStrategy | None = None  # needed by mixture-of-experts layers only
 
 
 def _k(name: str, t: KernelTime, counts: bool = True) -> KernelStep:
@@ -91,11 +100,11 @@ class LayerBuilder:
             scores = b * a * s * s
             core = [
                 _k("attn_av_dgrad", cm.gemm(s, s, d, batch=b * a)),  # dP = dO·Vᵀ
-                _k("attn_av_wgrad", cm.gemm(s, d, s, batch=b * a)),  # dV = Pᵀ·dO
+                _k("attn_av_vgrad", cm.gemm(s, d, s, batch=b * a)),  # dV = Pᵀ·dO (an activation gradient)
                 _k("attn_dropout_bwd", cm.elementwise((2 * self.e + 1) * scores)),
                 _k("softmax_bwd", cm.elementwise(3 * self.e * scores)),  # read y, dy; write dx
                 _k("attn_qk_dgrad", cm.gemm(s, d, s, batch=b * a)),  # dQ = dS·K
-                _k("attn_qk_wgrad", cm.gemm(s, d, s, batch=b * a)),  # dK = dSᵀ·Q
+                _k("attn_qk_kgrad", cm.gemm(s, d, s, batch=b * a)),  # dK = dSᵀ·Q (an activation gradient)
             ]
         return self.s.context.attention_backward(c, core, self._kv_bytes())
 
@@ -164,10 +173,10 @@ class LayerBuilder:
         per_rank = ffn // self.ctx.tp
         return (2 * per_rank if self.ctx.model.gated_mlp else per_rank), per_rank
 
-    def _activation(self, name: str, fc1: int, fc2: int, backward: bool) -> KernelStep:
+    def _activation(self, name: str, fc1: int, fc2: int, backward: bool, tokens: float = 0.0) -> KernelStep:
         # GeLU(+bias) reads FC1's output and writes FC2's input; SwiGLU reads both halves. Backward reads
         # the saved input and the incoming gradient and writes the input gradient.
-        n = self.T * (fc1 + fc2 + (fc1 if backward else 0))
+        n = (tokens or self.T) * (fc1 + fc2 + (fc1 if backward else 0))
         return _k(name, self.cm.elementwise(self.e * n))
 
     def mlp_block_forward(self) -> list[Step]:
@@ -202,25 +211,139 @@ class LayerBuilder:
             self._norm("mlp_norm_bwd", backward=True),
         ]
 
-    # ------------------------------------------------------------------ whole layer
-    def forward(self) -> list[Step]:
-        """One dense layer's forward pass."""
-        return [*self.attention_block_forward(), *self.mlp_block_forward()]
+    # ------------------------------------------------------------------ mixture of experts
+    def _experts(self) -> ExpertStrategy:
+        assert self.s.expert is not None, "a mixture-of-experts layer needs an expert strategy"
+        return self.s.expert
 
-    def backward(self, param_count: float) -> list[Step]:
-        """One dense layer's backward pass, ending with its gradients accumulated and ready."""
+    def _moe_tokens(self) -> tuple[int, float, int]:
+        """(experts on this rank, token copies its experts process, tokens per local expert): the rank's
+        T·k copies under uniform routing, times the load factor of the most loaded rank."""
+        c = self.ctx
+        moe = c.model.moe
+        assert moe is not None
+        local = moe.experts // c.dims.ep
+        routed = self.T * moe.top_k * c.expert_load_factor
+        return local, routed, math.ceil(routed / local)
+
+    def _expert_gemm(self, name: str, tokens: int, n_out: int, k_in: int, local: int) -> KernelStep:
+        # Megatron-Core GroupedMLP: one grouped GEMM over the rank's experts
+        return _k(name, self.cm.gemm(tokens, n_out, k_in, batch=local))
+
+    def _shared_forward(self) -> list[Step]:
+        moe = self.ctx.model.moe
+        assert moe is not None
+        if not moe.shared_experts:
+            return []
+        fc1, fc2 = self._ffn_width(moe.shared_experts * self.ctx.model.expert_ffn)
         return [
-            *self.mlp_block_backward(),
-            *self.attention_block_backward(),
-            grad_accumulation(self.ctx, param_count),
-            GradReady(param_count),
+            self._linear("shared_fc1", fc1, self.h),
+            self._activation("shared_activation", fc1, fc2, False),
+            self._linear("shared_fc2", self.h, fc2),
         ]
 
-    def recompute(self, mode: str) -> list[Step]:
+    def _shared_backward(self) -> list[Step]:
+        moe = self.ctx.model.moe
+        assert moe is not None
+        if not moe.shared_experts:
+            return []
+        fc1, fc2 = self._ffn_width(moe.shared_experts * self.ctx.model.expert_ffn)
+        return [
+            *self._linear_backward("shared_fc2", self.h, fc2),
+            self._activation("shared_activation_bwd", fc1, fc2, True),
+            *self._linear_backward("shared_fc1", fc1, self.h),
+        ]
+
+    def _permute(self, name: str, copies: float) -> KernelStep:
+        """Moving token copies into expert order: read and write each copy (Megatron-Core ``permute``)."""
+        return _k(name, self.cm.elementwise(2 * self.e * copies * self.h))
+
+    def moe_block_forward(self) -> list[Step]:
+        """Norm → router → permute → dispatch → experts → combine → unpermute (+ shared experts)."""
+        c, cm, t, x = self.ctx, self.cm, self.s.tensor, self._experts()
+        moe = c.model.moe
+        assert moe is not None
+        local, routed, per_expert = self._moe_tokens()
+        fc1, fc2 = self._ffn_width(c.model.expert_ffn)
+        sent = self.T * moe.top_k
+        # received chunks sorted by local expert and back (Megatron-Core sort_chunks_by_idxs)
+        sort = [self._permute("moe_sort", routed)] if local > 1 else []
+        return [
+            self._norm("mlp_norm"),
+            *t.block_input_forward(c, "mlp"),
+            self._linear("router", moe.experts, self.h),
+            _k("router_topk", cm.elementwise(3 * 4 * self.T * moe.experts)),  # fp32 logits → probs → top-k
+            self._permute("moe_permute", sent),
+            *x.dispatch(c, routed, False),
+            *sort,
+            self._expert_gemm("expert_fc1", per_expert, fc1, self.h, local),
+            self._activation("expert_activation", fc1, fc2, False, routed),
+            self._expert_gemm("expert_fc2", per_expert, self.h, fc2, local),
+            *sort,
+            *x.combine(c, routed, False),
+            _k("moe_unpermute", cm.elementwise(self.e * self.h * (sent + self.T))),  # weighted sum of k
+            *self._shared_forward(),
+            # no GEMM right before to hide the block's output communication under
+            *_blocking(t.block_output_forward(c, "mlp")),
+            self._dropout_add("mlp_dropout_add"),
+        ]
+
+    def moe_block_backward(self) -> list[Step]:
+        """Reverse of ``moe_block_forward``: the two all-to-alls again, on the gradients."""
+        c, cm, t, x = self.ctx, self.cm, self.s.tensor, self._experts()
+        moe = c.model.moe
+        assert moe is not None
+        local, routed, per_expert = self._moe_tokens()
+        fc1, fc2 = self._ffn_width(c.model.expert_ffn)
+        sent = self.T * moe.top_k
+        sort = [self._permute("moe_sort_bwd", routed)] if local > 1 else []
+        g = self._expert_gemm
+        return [
+            self._dropout_add("mlp_dropout_add_bwd", backward=True),
+            *t.block_output_backward(c, "mlp"),
+            *self._shared_backward(),
+            # reads dY and the saved expert outputs (for the routing weights' gradient), writes the copies'
+            _k("moe_unpermute_bwd", cm.elementwise(self.e * self.h * (2 * sent + self.T))),
+            *x.combine(c, routed, True),
+            *sort,
+            g("expert_fc2_dgrad", per_expert, fc2, self.h, local),
+            g("expert_fc2_wgrad", fc2, self.h, per_expert, local),
+            self._activation("expert_activation_bwd", fc1, fc2, True, routed),
+            g("expert_fc1_dgrad", per_expert, self.h, fc1, local),
+            g("expert_fc1_wgrad", self.h, fc1, per_expert, local),
+            *sort,
+            *x.dispatch(c, routed, True),
+            self._permute("moe_permute_bwd", sent),
+            _k("router_topk_bwd", cm.elementwise(3 * 4 * self.T * moe.experts)),
+            *t.block_input_backward_pre(c, "mlp"),
+            _k("router_dgrad", cm.gemm(self.T, self.h, moe.experts)),
+            *t.block_input_backward_post(c, "mlp"),
+            _k("router_wgrad", cm.gemm(self.h, moe.experts, self.T)),
+            self._norm("mlp_norm_bwd", backward=True),
+        ]
+
+    # ------------------------------------------------------------------ whole layer
+    def forward(self, moe: bool = False) -> list[Step]:
+        """One layer's forward pass (``moe``: a mixture-of-experts layer)."""
+        mlp = self.moe_block_forward() if moe else self.mlp_block_forward()
+        return [*self.attention_block_forward(), *mlp]
+
+    def backward(self, param_count: float, moe: bool = False, expert_param_count: float = 0.0) -> list[Step]:
+        """One layer's backward pass, ending with its gradients (``param_count`` dense and
+        ``expert_param_count`` expert parameters on this rank) accumulated and ready."""
+        mlp = self.moe_block_backward() if moe else self.mlp_block_backward()
+        return [
+            *mlp,
+            *self.attention_block_backward(),
+            grad_accumulation(self.ctx, param_count + expert_param_count),
+            GradReady(param_count, expert_param_count),
+        ]
+
+    def recompute(self, mode: str, moe: bool = False) -> list[Step]:
         """What the backward pass recomputes first: the whole forward (full) or the attention core
         (selective, Korthikanti 2022 Sec. 5); flash attention already recomputes its core."""
         if mode == "full":
-            return [_uncounted(s) for s in self.forward()]
+            return [_uncounted(s) for s in self.forward(moe)]
         if mode == "selective" and not self.ctx.training.flash_attention:
             return [_uncounted(s) for s in self.attention_core_forward()]
         return []
@@ -232,6 +355,26 @@ def grad_accumulation(ctx: BuildContext, param_count: float) -> KernelStep:
     fusion): read the fresh 16-bit gradient, read and write the main gradient."""
     nbytes = param_count * (ctx.e + 2 * grad_element_bytes(ctx))
     return _k("grad_accumulate", ctx.compute.elementwise(nbytes))
+
+
+def is_weight_gradient(step: Step) -> bool:
+    """Whether ``step`` belongs to a zero-bubble W pass (Qi et al. 2023, arXiv 2401.10241, Sec. 2): a
+    weight-gradient GEMM, the gradient accumulation consuming it, or the gradient-ready marker."""
+    if isinstance(step, GradReady):
+        return True
+    return isinstance(step, KernelStep) and (step.name.endswith("_wgrad") or step.name == "grad_accumulate")
+
+
+def split_weight_gradients(steps: list[Step]) -> tuple[list[Step], list[Step]]:
+    """A backward pass as (B: input gradients and all communication, W: weight gradients)."""
+    b = [s for s in steps if not is_weight_gradient(s)]
+    w = [s for s in steps if is_weight_gradient(s)]
+    return b, w
+
+
+def _blocking(steps: list[Step]) -> list[Step]:
+    """``steps`` with their communication waited for at once (nothing to overlap it with)."""
+    return [replace(s, join_after=0) if isinstance(s, CommStep) else s for s in steps]
 
 
 def _uncounted(step: Step) -> Step:
@@ -261,7 +404,7 @@ def embedding_backward(ctx: BuildContext, tensor: TensorStrategy, param_count: f
     n = ctx.tokens * ctx.model.hidden
     return [
         *tensor.block_output_backward(ctx, "embedding"),
-        _k("embedding_bwd", ctx.compute.elementwise(3 * ctx.e * n)),
+        _k("embedding_wgrad", ctx.compute.elementwise(3 * ctx.e * n)),  # the table's gradient: a W pass
         grad_accumulation(ctx, param_count),
         GradReady(param_count),
     ]

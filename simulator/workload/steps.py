@@ -30,7 +30,8 @@ class KernelStep:
 class CommStep:
     """A collective on the group ``group``; it starts after the preceding kernel and runs concurrently
     with the next ``join_after`` kernels, after which the compute stream waits for it (0 = blocking).
-    ``join_after = -1`` means it is only waited for at the end of the step (gradient buckets)."""
+    ``join_after = -1`` means it is only waited for at the end of the step (gradient buckets);
+    ``join_after = PREFETCH`` that the compute stream waits for it at the ``Join`` step naming it."""
 
     name: str
     kind: CollectiveKind
@@ -40,14 +41,30 @@ class CommStep:
     join_after: int = 0
 
 
+PREFETCH = -2
+"""``CommStep.join_after`` of a prefetched communication (ZeRO-3 parameter gathers, the distributed optimizer's
+overlapped parameter gather): issued ahead, waited for at a ``Join`` however many kernels and overlapped
+collectives run in between."""
+
+
+@dataclass(frozen=True, slots=True)
+class Join:
+    """The compute stream waits here for the prefetched communication called ``name``."""
+
+    name: str
+
+
 @dataclass(frozen=True, slots=True)
 class GradReady:
-    """Marks that the gradients of ``param_count`` parameters are complete (for DP buckets)."""
+    """Marks that the gradients of ``param_count`` dense and ``expert_param_count`` expert parameters are
+    complete (for the gradient buckets: dense ones reduce over data parallelism, expert ones over the
+    expert-data-parallel group)."""
 
     param_count: float
+    expert_param_count: float = 0.0
 
 
-Step = KernelStep | CommStep | GradReady
+Step = KernelStep | CommStep | GradReady | Join
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +105,7 @@ class FusedCompute:
         return f"{self.names[0]}..{self.names[-1]}"
 
 
-CompiledStep = FusedCompute | CommStep | GradReady
+CompiledStep = FusedCompute | CommStep | GradReady | Join
 InlineTime = Callable[[CommStep], float | None]
 
 
@@ -176,7 +193,9 @@ def compile_steps(
 ) -> tuple[CompiledStep, ...]:
     """Fuse kernel runs into engine ops. A run is cut where a (non-inlined) communication starts and where an
     overlapped communication is joined, so that after compilation an overlapped comm spans exactly one fused
-    op (``join_after`` becomes 1). Overlapped communications may not nest."""
+    op (``join_after`` becomes 1). Overlapped communications counted in kernels may not nest; prefetched ones
+    (``PREFETCH``) are joined by name at a ``Join``, which cuts the run, so any number of them may span
+    kernels and counted overlaps (ZeRO-3's next-layer gather over a layer with sequence-parallel overlaps)."""
     out: list[CompiledStep] = []
     run = _Run()
     deferred: list[GradReady] = []
@@ -208,6 +227,10 @@ def compile_steps(
             if step.join_after > 0:
                 pending = step.join_after
                 step = CommStep(step.name, step.kind, step.comm, step.group, step.bytes, 1)
+            out.append(step)
+        elif isinstance(step, Join):
+            assert not pending, f"a join may not fall inside an overlapped communication ({step.name})"
+            flush()
             out.append(step)
         elif keep_grad_markers:
             if pending:

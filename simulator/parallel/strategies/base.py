@@ -120,6 +120,11 @@ class DataStrategy(Strategy):
         """Communication before a layer's forward or backward (ZeRO-3 parameter all-gather)."""
         return []
 
+    def step_prologue(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+        """Communication issued at the start of the step for a layer's parameters and waited for before
+        the layer's first forward (the distributed optimizer's overlapped parameter all-gather)."""
+        return []
+
     def layer_epilogue(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
         """Communication after a layer's backward in every micro-batch (ZeRO-3 gradient reduce-scatter)."""
         return []
@@ -131,6 +136,22 @@ class DataStrategy(Strategy):
     @abstractmethod
     def optimizer_shard(self, ctx: BuildContext, group_size: int) -> int:
         """Into how many shards the optimizer state (and its update work) is split."""
+
+
+class ExpertStrategy(Strategy):
+    """Expert parallelism: how routed tokens reach the experts of other ranks and come back."""
+
+    dimension = "expert"
+
+    @abstractmethod
+    def dispatch(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
+        """Communication sending ``routed_tokens`` token copies to their experts (or, in the backward pass,
+        their gradients back)."""
+
+    @abstractmethod
+    def combine(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
+        """Communication returning the experts' outputs (or, in the backward pass, the gradients of the
+        outputs to the experts)."""
 
 
 STRATEGIES: Registry[type[Strategy]] = Registry("parallelism strategy", "simulator.parallel.strategies")

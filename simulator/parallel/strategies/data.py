@@ -17,7 +17,11 @@ from simulator.workload.steps import CommStep, Step
 
 def grad_element_bytes(ctx: BuildContext) -> int:
     """Bytes per gradient element on the wire: Megatron-LM reduces bf16 gradients in fp32
-    (arguments.py forces accumulate_allreduce_grads_in_fp32 with --bf16); fp16 training reduces fp16."""
+    (arguments.py forces accumulate_allreduce_grads_in_fp32 with --bf16); fp16 training reduces fp16.
+    ZeRO-3 reduces in the working parameters' dtype, as PyTorch FSDP (MixedPrecision.reduce_dtype defaults
+    to param_dtype) and DeepSpeed (communication_data_type defaults to the model's dtype) do."""
+    if ctx.par.zero == 3:
+        return param_element_bytes(ctx)
     return 2 if ctx.training.precision == "fp16" else 4
 
 
