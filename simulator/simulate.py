@@ -271,7 +271,7 @@ def _account_inline(programs: dict[int, Program], resolver: GroupResolver, netwo
             np.add.at(network.link_bytes, phase.link_ids, phase.link_bytes * n)
 
 
-def _memory(setup: Setup) -> MemoryBreakdown:
+def peak_memory(setup: Setup) -> MemoryBreakdown:
     """The most loaded pipeline stage's memory."""
     w, ctx = setup.workload, setup.ctx
     shards = {g: int(setup.plan.groups(g).shape[1]) for g in (w.dense_group, w.expert_group)}
@@ -316,7 +316,7 @@ def _report(
     model_flops = model_flops_per_token(s.model, s.training.seq_len) * tokens
     mult = np.array([trace.rank_multiplicity[r] for r in trace.rank.tolist()]) if len(trace) else np.zeros(0)
     hw_flops = float((trace.hw_flops * mult).sum())
-    mem = _memory(setup)
+    mem = peak_memory(setup)
     gib = {k: getattr(mem, k) / GiB for k in ("weights", "grads", "optimizer", "activations", "other")}
     fits = mem.total <= setup.gpu.hbm_bytes
     warnings = list(setup.warnings)
