@@ -389,23 +389,18 @@ class ProgramFactory:
         split = c.par.sequence_parallel or (c.par.pp_scatter_gather and c.tp > 1)
         return full / c.tp if split else full
 
+    def _p2p(self, kind: str, task: Task, vs_peer: int, vs_to: int, stage: int, is_send: bool) -> SendRecv:
+        """One side of the transfer of ``kind`` ("act" or "grad") to virtual stage ``vs_to``; a send and its
+        receive share the tag (kind, micro-batch, destination virtual stage)."""
+        off = vs_peer % self.spec.ctx.dims.pp - stage
+        name = f"{'send' if is_send else 'recv'}_{kind}"
+        tag = (kind, task.mb, vs_to)
+        return SendRecv(name, is_send, CommKind.PP, "pp", off, self._p2p_bytes(), tag, task.mb, task.chunk)
+
     def _recv(self, em: _Emitter, kind: str, task: Task, vs_from: int, stage: int) -> None:
-        pp = self.spec.ctx.dims.pp
-        off = vs_from % pp - stage
-        stream = "pp-recv-fwd" if kind == "act" else "pp-recv-bwd"
         vs_to = vs_from + (1 if kind == "act" else -1)
-        op = SendRecv(
-            f"recv_{kind}",
-            False,
-            CommKind.PP,
-            "pp",
-            off,
-            self._p2p_bytes(),
-            (kind, task.mb, vs_to),
-            task.mb,
-            task.chunk,
-        )
-        em.p2p(op, stream, blocking=True)
+        stream = "pp-recv-fwd" if kind == "act" else "pp-recv-bwd"
+        em.p2p(self._p2p(kind, task, vs_from, vs_to, stage, is_send=False), stream, blocking=True)
         c = self.spec.ctx
         if c.tp > 1 and c.par.pp_scatter_gather and not c.par.sequence_parallel:
             # Megatron's scatter-gather: each TP rank received 1/tp of the activation; gather it over NVLink
@@ -416,24 +411,11 @@ class ProgramFactory:
             self._emit(em, compile_steps([gather], False, self.inline), cat, task, None)
 
     def _send(self, em: _Emitter, kind: str, task: Task, vs_to: int, stage: int) -> None:
-        pp = self.spec.ctx.dims.pp
-        off = vs_to % pp - stage
         stream = "pp-send-fwd" if kind == "act" else "pp-send-bwd"
-        op = SendRecv(
-            f"send_{kind}",
-            True,
-            CommKind.PP,
-            "pp",
-            off,
-            self._p2p_bytes(),
-            (kind, task.mb, vs_to),
-            task.mb,
-            task.chunk,
-        )
         # Sends are asynchronous (torch isend): the compute stream goes on, the send stream waits for the
         # matching receive. Blocking sends would deadlock interleaved schedules, where Megatron batches each
         # send with the next receives instead.
-        em.p2p(op, stream, blocking=False)
+        em.p2p(self._p2p(kind, task, vs_to, vs_to, stage, is_send=True), stream, blocking=False)
 
     def _emit(self, em: _Emitter, steps: tuple[CompiledStep, ...], cat: Category, task: Task,
               grads: _GradBuckets | None) -> None:  # fmt: skip
