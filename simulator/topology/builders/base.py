@@ -140,19 +140,24 @@ class FabricSpec(Strict):
     builder: str
 
 
-class SwitchedFabricSpec(FabricSpec):
+class RoutedFabricSpec(FabricSpec):
+    """A fabric with several equal-cost paths between hosts, and how flows spread over them."""
+
+    ecmp: str = "destination"  # destination: D-mod-k like InfiniBand; hash: 5-tuple-like hash per flow
+
+    @model_validator(mode="after")
+    def _ecmp(self) -> RoutedFabricSpec:
+        if self.ecmp not in ("destination", "hash"):
+            raise _FieldError("ecmp", f"{self.ecmp!r} is not supported; valid: destination, hash")
+        return self
+
+
+class SwitchedFabricSpec(RoutedFabricSpec):
     """A fabric of switches with uniform links."""
 
     link_gbps: PosFloat  # per link per direction, GB/s
     link_type: str
     latency_s: NonNegFloat | None = None  # per link; default from the link type (switch port-to-port)
-    ecmp: str = "destination"  # destination: D-mod-k like InfiniBand; hash: 5-tuple-like hash per flow
-
-    @model_validator(mode="after")
-    def _ecmp(self) -> SwitchedFabricSpec:
-        if self.ecmp not in ("destination", "hash"):
-            raise _FieldError("ecmp", f"{self.ecmp!r} is not supported; valid: destination, hash")
-        return self
 
 
 class _FieldError(ValueError):

@@ -12,13 +12,13 @@ from simulator.topology.builders.base import (
     FABRIC_BUILDERS,
     BuildContext,
     FabricBuilder,
-    FabricSpec,
     GraphBuilder,
     HostPorts,
     NonNegFloat,
     NonNegInt,
     PosFloat,
     PosInt,
+    RoutedFabricSpec,
     Strict,
     _FieldError,
     default_latency_s,
@@ -44,17 +44,14 @@ class LinkEntry(Strict):
     count: PosInt = 1
 
 
-class ExplicitSpec(FabricSpec):
+class ExplicitSpec(RoutedFabricSpec):
     """``builder: explicit``."""
 
     switches: list[SwitchEntry] = []
     links: list[LinkEntry]
-    ecmp: str = "destination"
 
     @model_validator(mode="after")
     def _names(self) -> ExplicitSpec:
-        if self.ecmp not in ("destination", "hash"):
-            raise _FieldError("ecmp", f"{self.ecmp!r} is not supported; valid: destination, hash")
         names = [s.name for s in self.switches]
         dup = next((n for n in names if names.count(n) > 1), None)
         if dup is not None:

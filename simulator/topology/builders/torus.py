@@ -10,26 +10,25 @@ import math
 from typing import Any
 
 import numpy as np
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from simulator.errors import ScenarioError
 from simulator.topology.builders.base import (
     FABRIC_BUILDERS,
     BuildContext,
     FabricBuilder,
-    FabricSpec,
     GraphBuilder,
     HostPorts,
     NonNegFloat,
     PosFloat,
     PosInt,
-    _FieldError,
+    RoutedFabricSpec,
     default_latency_s,
     gbps,
 )
 
 
-class TorusSpec(FabricSpec):
+class TorusSpec(RoutedFabricSpec):
     """``builder: torus``."""
 
     dims: list[PosInt] = Field(min_length=1)
@@ -37,13 +36,6 @@ class TorusSpec(FabricSpec):
     link_type: str = "ici"
     latency_s: NonNegFloat | None = None
     wrap: bool = True  # False: a mesh
-    ecmp: str = "destination"
-
-    @model_validator(mode="after")
-    def _ecmp(self) -> TorusSpec:
-        if self.ecmp not in ("destination", "hash"):
-            raise _FieldError("ecmp", f"{self.ecmp!r} is not supported; valid: destination, hash")
-        return self
 
 
 @FABRIC_BUILDERS.register("torus")
