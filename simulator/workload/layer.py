@@ -21,12 +21,24 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 from simulator.hardware.compute import ComputeModel, KernelTime
 from simulator.parallel.strategies.base import BuildContext, ContextStrategy, ExpertStrategy, TensorStrategy
 from simulator.parallel.strategies.data import grad_element_bytes
 from simulator.workload.ops import CollectiveKind, CommKind
 from simulator.workload.steps import CommStep, GradReady, KernelStep, Step
+
+
+class _MoEShape(NamedTuple):
+    """Per-rank sizes of a MoE block."""
+
+    local: int  # experts on this rank
+    routed: float  # token copies its experts process (most loaded rank)
+    per_expert: int  # tokens per local expert
+    fc1: int  # expert FC1 width on this rank
+    fc2: int  # expert FC2 input width on this rank
+    sent: int  # token copies this rank dispatches (T·k)
 
 
 @dataclass(frozen=True)
@@ -216,15 +228,16 @@ class LayerBuilder:
         assert self.s.expert is not None, "a mixture-of-experts layer needs an expert strategy"
         return self.s.expert
 
-    def _moe_tokens(self) -> tuple[int, float, int]:
-        """(experts on this rank, token copies its experts process, tokens per local expert): the rank's
-        T·k copies under uniform routing, times the load factor of the most loaded rank."""
+    def _moe_shape(self) -> _MoEShape:
+        """This rank's share of the MoE block: the rank's T·k token copies under uniform routing, times the
+        load factor of the most loaded rank."""
         c = self.ctx
         moe = c.model.moe
         assert moe is not None
         local = moe.experts // c.dims.ep
         routed = self.T * moe.top_k * c.expert_load_factor
-        return local, routed, math.ceil(routed / local)
+        fc1, fc2 = self._ffn_width(c.model.expert_ffn)
+        return _MoEShape(local, routed, math.ceil(routed / local), fc1, fc2, self.T * moe.top_k)
 
     def _expert_gemm(self, name: str, tokens: int, n_out: int, k_in: int, local: int) -> KernelStep:
         # Megatron-Core GroupedMLP: one grouped GEMM over the rank's experts
@@ -263,9 +276,7 @@ class LayerBuilder:
         c, cm, t, x = self.ctx, self.cm, self.s.tensor, self._experts()
         moe = c.model.moe
         assert moe is not None
-        local, routed, per_expert = self._moe_tokens()
-        fc1, fc2 = self._ffn_width(c.model.expert_ffn)
-        sent = self.T * moe.top_k
+        local, routed, per_expert, fc1, fc2, sent = self._moe_shape()
         # received chunks sorted by local expert and back (Megatron-Core sort_chunks_by_idxs)
         sort = [self._permute("moe_sort", routed)] if local > 1 else []
         return [
@@ -293,9 +304,7 @@ class LayerBuilder:
         c, cm, t, x = self.ctx, self.cm, self.s.tensor, self._experts()
         moe = c.model.moe
         assert moe is not None
-        local, routed, per_expert = self._moe_tokens()
-        fc1, fc2 = self._ffn_width(c.model.expert_ffn)
-        sent = self.T * moe.top_k
+        local, routed, per_expert, fc1, fc2, sent = self._moe_shape()
         sort = [self._permute("moe_sort_bwd", routed)] if local > 1 else []
         g = self._expert_gemm
         return [
