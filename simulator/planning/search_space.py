@@ -37,7 +37,9 @@ from simulator.parallel.strategies.base import STRATEGIES
 from simulator.report.schema import Layout as ReportLayout
 from simulator.scenario import Scenario
 from simulator.simulate import DATA_STRATEGY, Setup
-from simulator.simulate import peak_memory as peak_stage_memory  # the report's own estimate: one source of truth
+from simulator.simulate import (
+    peak_memory as peak_stage_memory,  # the report's own estimate: one source of truth
+)
 from simulator.topology.cluster import Cluster
 from simulator.units import GiB
 
