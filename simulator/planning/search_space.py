@@ -46,7 +46,11 @@ from simulator.units import GiB
 MICRO_BATCHES = (1, 2, 4, 8)
 # (schedule, chunks per rank); interleaved with 2 to 8 chunks as Narayanan et al. 2021 (arXiv 2104.04473,
 # Fig. 12-13) run it. A schedule is searched only where it is registered.
-SCHEDULE_CHOICES: tuple[tuple[str, int], ...] = (("1f1b", 1), *(("interleaved", v) for v in (2, 3, 4, 6, 8)))
+SCHEDULE_CHOICES: tuple[tuple[str, int], ...] = (
+    ("1f1b", 1),
+    ("zero-bubble", 1),
+    *(("interleaved", v) for v in (2, 3, 4, 6, 8)),
+)
 ZERO_STAGES = (0, 1, 2, 3)  # a stage is searched once its strategy is registered (simulate.DATA_STRATEGY)
 SEQUENCE_PARALLEL = (True, False)
 RECOMPUTE = ("none", "selective", "full")  # lightest first
@@ -218,6 +222,8 @@ def _equivalent(lay: Layout, ctx: SpaceContext) -> str | None:
         return "sequence parallelism with tp=1 is the same as without"
     if lay.zero > 0 and lay.dp == 1:
         return f"zero={lay.zero} with dp=1 shards nothing: the same as zero=0"
+    if lay.schedule == "zero-bubble" and lay.pp == 1:
+        return "zero-bubble with pp=1 has no bubble to fill: the same as 1f1b"
     return None
 
 
