@@ -7,6 +7,7 @@ file, the field and what is wrong, and exits with status 2; no traceback. Intern
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,6 +18,15 @@ from simulator.errors import UserInputError
 EXIT_USER_ERROR = 2
 
 Handler = Callable[[argparse.Namespace], int]
+
+
+def _lazy(module: str, function: str) -> Handler:
+    """A handler that imports its command module only when that command runs (``--help`` stays fast)."""
+
+    def handler(args: argparse.Namespace) -> int:
+        return int(getattr(importlib.import_module(module), function)(args))
+
+    return handler
 
 
 def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -42,13 +52,7 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--full", action="store_true", help="simulate every rank instead of one per symmetry class"
     )
-    p.set_defaults(handler=_cmd_run)
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    from simulator.commands.run import run_command
-
-    return run_command(args)
+    p.set_defaults(handler=_lazy("simulator.commands.run", "run_command"))
 
 
 def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -65,13 +69,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                    "llama3-405b-h100, nccl-busbw; default: every suite")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
     p.add_argument("--workers", type=int, default=1, help="processes to run rows in parallel (default 1)")
-    p.set_defaults(handler=_cmd_validate)
-
-
-def _cmd_validate(args: argparse.Namespace) -> int:
-    from simulator.validation.command import validate_command
-
-    return validate_command(args)
+    p.set_defaults(handler=_lazy("simulator.validation.command", "validate_command"))
 
 
 def _positive_int(text: str) -> int:
@@ -121,13 +119,7 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="run on this Dask distributed scheduler instead of local processes")  # fmt: skip
     p.add_argument("--force", action="store_true", help="recompute points already in the store")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (it only shows on a terminal)")
-    p.set_defaults(handler=_cmd_batch)
-
-
-def _cmd_batch(args: argparse.Namespace) -> int:
-    from simulator.commands.batch import batch_command
-
-    return batch_command(args)
+    p.set_defaults(handler=_lazy("simulator.commands.batch", "batch_command"))
 
 
 def _add_compare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -156,13 +148,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     p.add_argument("--width", type=_positive_float, default=12.0, metavar="INCHES",
                    help="width of the bar and scaling charts (default 12; 8 reads well in a README)")  # fmt: skip
     p.add_argument("--title", default="clustersim comparison", help="title of report.html")
-    p.set_defaults(handler=_cmd_compare)
-
-
-def _cmd_compare(args: argparse.Namespace) -> int:
-    from simulator.commands.compare import compare_command
-
-    return compare_command(args)
+    p.set_defaults(handler=_lazy("simulator.commands.compare", "compare_command"))
 
 
 def _add_collective(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -190,13 +176,7 @@ def _add_collective(sub: argparse._SubParsersAction) -> None:  # type: ignore[ty
     p.add_argument("--gpus", type=int, metavar="N",
                    help="GPUs in the group, spread evenly over the hosts (default: every GPU)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
-    p.set_defaults(handler=_cmd_collective)
-
-
-def _cmd_collective(args: argparse.Namespace) -> int:
-    from simulator.commands.collective import collective_command
-
-    return collective_command(args)
+    p.set_defaults(handler=_lazy("simulator.commands.collective", "collective_command"))
 
 
 def _add_search(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -227,12 +207,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-a
     p.add_argument("--objective", choices=OBJECTIVES, default=OBJECTIVES[0],
                    help="rank by throughput (default) or by $ per million tokens at the scenario's cost.usd_per_gpu_hour")  # fmt: skip
 
-    def handler(args: argparse.Namespace) -> int:
-        from simulator.commands.search import search_command
-
-        return search_command(args)
-
-    p.set_defaults(handler=handler)
+    p.set_defaults(handler=_lazy("simulator.commands.search", "search_command"))
 
 
 def _add_plan(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -300,12 +275,7 @@ def _add_plan(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg
     )
     p.add_argument("--json", action="store_true", help="print the plan as one JSON object")
 
-    def handler(args: argparse.Namespace) -> int:
-        from simulator.commands.plan import plan_command
-
-        return plan_command(args)
-
-    p.set_defaults(handler=handler)
+    p.set_defaults(handler=_lazy("simulator.commands.plan", "plan_command"))
 
 
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (  # type: ignore[type-arg]
