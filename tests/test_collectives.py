@@ -4,7 +4,6 @@ Gropp (2005) and NCCL, conservation, step counts, instance independence, channel
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
@@ -389,17 +388,14 @@ BIG_LAYOUTS = {
 
 
 @pytest.mark.parametrize("layout", list(BIG_LAYOUTS))
-def test_phases_for_16384_members_build_fast(big_cluster, layout):
+def test_phases_for_16384_members_build(big_cluster, layout):
+    """Every supported algorithm builds phases for 16,384 members (timed in benchmarks/bench_speed.py)."""
     groups = BIG_LAYOUTS[layout]
     for name, kind in SUPPORTED:
         a = algo(name)
         if kind == SR or not a.supports(kind, groups, big_cluster):
             continue
-        a.phases(kind, groups, 1e6, big_cluster)  # warm caches
-        start = time.perf_counter()
-        a.phases(kind, groups, 1e6, big_cluster)
-        elapsed = time.perf_counter() - start
-        assert elapsed < 0.2, f"{name} {kind}: {elapsed:.3f} s"
+        assert a.phases(kind, groups, 1e6, big_cluster), f"{name} {kind}: no phases"
 
 
 def test_nvls_follows_the_host_groups_of_the_topology():

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -120,8 +118,8 @@ def test_feasible_and_max_min_optimal(inst):
     assert rates == pytest.approx(_reference(cap, a), rel=1e-9)
 
 
-def test_speed_at_20000_flows():
-    """20,000 routed flows in 200 coflows over 8,192 links: loads and rates well under a second."""
+def test_20000_flows_get_finite_feasible_rates():
+    """20,000 routed flows in 200 coflows over 8,192 links (timed in benchmarks/bench_speed.py)."""
     rng = np.random.default_rng(1)
     cap = rng.choice([25e9, 50e9, 450e9], size=8192)
     paths = []
@@ -129,22 +127,17 @@ def test_speed_at_20000_flows():
         hops = rng.integers(1, 7, size=100)
         indptr = np.concatenate([[0], np.cumsum(hops)])
         paths.append((indptr, rng.integers(0, cap.size, size=indptr[-1]), rng.choice([0.5, 1.0], size=100)))
-    start = time.perf_counter()
     rates = maxmin_rates(cap, [coflow_link_loads(*p) for p in paths])
-    elapsed = time.perf_counter() - start
-    assert np.isfinite(rates).all()
-    assert elapsed < 0.5, f"{elapsed:.3f} s"
+    assert rates.shape == (200,) and np.isfinite(rates).all() and (rates > 0).all()
 
 
-def test_speed_at_20000_single_flow_coflows():
-    """The worst case for rounds: per-flow max-min of 20,000 flows with thousands of distinct levels."""
+def test_20000_single_flow_coflows_get_finite_rates():
+    """The worst case for rounds: per-flow max-min of 20,000 flows with thousands of distinct levels
+    (timed in benchmarks/bench_speed.py)."""
     rng = np.random.default_rng(2)
     cap = rng.choice([25e9, 50e9, 450e9], size=8192) * rng.uniform(0.5, 1.5, size=8192)
     hops = rng.integers(1, 7, size=20000)
     indptr = np.concatenate([[0], np.cumsum(hops)])
     links = rng.integers(0, cap.size, size=indptr[-1])
-    start = time.perf_counter()
     rates = maxmin_rates_csr(cap, indptr, links, np.ones(links.size))
-    elapsed = time.perf_counter() - start
-    assert np.isfinite(rates).all()
-    assert elapsed < 2.0, f"{elapsed:.3f} s"
+    assert rates.shape == (20000,) and np.isfinite(rates).all() and (rates > 0).all()

@@ -6,7 +6,6 @@ long-context scenarios showing their all-to-all and context-parallel traffic."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -171,10 +170,9 @@ def test_skew_slows_the_step_and_capacity_caps_it(make_scenario):
     ],
 )
 def test_shipped_scenarios_show_their_traffic(path, kind):
-    """Each runs in under 10 s, fits in memory and shows its all-to-all or context-parallel time."""
-    t0 = time.perf_counter()
+    """Each fits in memory and shows its all-to-all or context-parallel time (its wall time is measured by
+    benchmarks/bench_speed.py, not asserted here: a unit test must not depend on the machine's speed)."""
     rep = simulate(load_scenario(ROOT / path)).report
-    assert time.perf_counter() - t0 < 10.0
     assert getattr(rep.comm, f"{kind}_s") > 0
     assert rep.fits_memory, rep.warnings
     assert 0.05 < rep.mfu < 0.6

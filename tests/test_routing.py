@@ -4,7 +4,6 @@ stay rail-aligned on rail-optimized fabrics, and a 16,384-GPU cluster routes fas
 from __future__ import annotations
 
 import math
-import time
 from functools import cache
 
 import numpy as np
@@ -289,16 +288,11 @@ def test_torus_paths_are_shortest() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- speed
-def test_sixteen_thousand_gpus_build_and_route_fast() -> None:
-    t0 = time.perf_counter()
+def test_sixteen_thousand_gpus_build_and_route() -> None:
+    """16,384 GPUs build and route one flow each (timed in benchmarks/bench_speed.py)."""
     c = load_topology("dgx-h100", nodes=2048)
-    built = time.perf_counter() - t0
-    router = c.router
     src = np.arange(c.num_gpus)
     dst = (src + 8 * 1000) % c.num_gpus  # every flow leaves its host (and most their pod)
-    t1 = time.perf_counter()
-    indptr, links = router.gpu_paths(src, dst)
-    routed = time.perf_counter() - t1
+    indptr, links = c.router.gpu_paths(src, dst)
     assert c.num_gpus == 16384 and indptr[-1] == links.size
-    assert built < 3.0, f"building took {built:.2f} s"
-    assert routed < 0.5, f"routing 16,384 flows took {routed:.2f} s"
+    assert (np.diff(indptr) > 0).all()
