@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import matplotlib
-from matplotlib.figure import Figure
-
 from simulator.units import GiB
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from simulator.hardware.gpu import GpuSpec
 
 # ---- the palette (defined once; every chart reads it) ----------------------------------------------
@@ -243,11 +242,17 @@ def figure_format(path: str | os.PathLike[str]) -> str:
 
 def new_figure(width_in: float, height_in: float) -> Figure:
     """A blank figure with the house style (white background, constrained layout)."""
+    # matplotlib is imported only where a chart is drawn: a run that draws nothing skips its ~1 s import
+    # (issue #10, point 8).
+    from matplotlib.figure import Figure
+
     return Figure(figsize=(width_in, height_in), layout="constrained", facecolor="white")
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     """Save ``fig`` to ``path`` atomically as PNG or SVG (by suffix), without timestamps; returns it."""
+    import matplotlib  # see new_figure: only where a chart is drawn
+
     fmt = figure_format(path)
     metadata: dict[str, str | None] = {"Date": None} if fmt == "svg" else {"Software": None}
     # A fixed salt makes SVG element ids, hence the file, reproducible (the default salt is random).
