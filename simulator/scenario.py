@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simulator.errors import ScenarioError
+from simulator.files import resolve_reference
 from simulator.models.catalog import model_catalog, model_names
 from simulator.models.spec import ModelSpec, MoESpec
 from simulator.registry import Registry
@@ -342,24 +343,9 @@ def apply_override(doc: dict[str, Any], path: list[str], value: Any, *, file: st
 
 
 def _resolve_path(ref: str, base_dir: Path, *, file: str, field: str) -> Path:
-    """A topology reference: a path relative to the scenario file, to the working directory, or the name
-    of a shipped topology (``dgx-h100``). Not found: an error naming the scenario file and its field."""
-    from simulator.topology.loader import shipped_dir, shipped_topology
-
-    for cand in (base_dir / ref, Path(ref)):
-        if cand.is_file():
-            return cand.resolve()
-    shipped = shipped_topology(ref)
-    if shipped is not None:
-        return shipped
-    folder = shipped_dir("topologies")
-    names = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) if folder is not None else ""
-    raise ScenarioError(
-        f"topology file {ref!r} not found (relative to {base_dir}); valid: a path relative to the "
-        f"scenario file or a shipped topology ({names or 'none installed'})",
-        file=file,
-        field=field,
-    )
+    """A topology reference: a path relative to the scenario file, or the bare name of a shipped topology
+    (``dgx-h100``). Not found: an error naming the scenario file, its field and the path."""
+    return resolve_reference(ref, base_dir, kind="topologies", what="topology file", file=file, field=field)
 
 
 def _load_topology(cluster: str | ClusterRef, base_dir: Path, file: str) -> tuple[dict[str, Any], str]:

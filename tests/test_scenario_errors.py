@@ -198,3 +198,67 @@ def test_bad_input_in_a_fresh_process(name, write_scenario, tmp_path):
     assert proc.stdout == ""
     assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("clustersim: error: ")
     assert str(path) in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ---- paths: a path that does not exist is an error naming it; shipped names only for a bare name (#12) ----
+def _error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1, captured.err
+    return captured.err.rstrip("\n")
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        "/no/such/dir/my-modified/dgx-a100.yaml",  # absolute, with a shipped file's name (issue #12)
+        "../topologies/dgx-a100.yaml",  # relative, right from the repository root but not from tmp_path
+        "my-modified/dgx-a100",
+    ],
+)
+def test_a_topology_path_that_does_not_exist_is_an_error(ref, write_scenario, capsys):
+    """It used to run on the shipped dgx-a100 with exit 0: a silently different cluster."""
+    path = write_scenario({**BASE, "cluster": {"topology": ref, "nodes": 1}}, "scenario")
+    assert main(["run", str(path), "--json"]) == 2
+    line = _error_line(capsys)
+    for text in (str(path), "cluster.topology", repr(ref), "not found"):
+        assert text in line, (text, line)
+
+
+def test_a_cluster_path_as_a_string_is_checked_the_same_way(write_scenario, capsys):
+    path = write_scenario({**BASE, "cluster": "/no/such/dir/dgx-a100.yaml"}, "scenario")
+    assert main(["run", str(path), "--json"]) == 2
+    line = _error_line(capsys)
+    assert str(path) in line and ": cluster: " in line and "'/no/such/dir/dgx-a100.yaml'" in line
+
+
+@pytest.mark.parametrize("ref", ["dgx-a100", "dgx-a100.yaml"])
+def test_a_bare_name_is_a_shipped_topology(ref, write_scenario, capsys):
+    path = write_scenario(
+        {**BASE, "cluster": {"topology": ref, "nodes": 1}, "network": {"model": "analytical"}}, "s"
+    )
+    assert main(["run", str(path), "--json"]) == 0
+    assert '"gpus":8' in capsys.readouterr().out
+
+
+def test_a_file_beside_the_scenario_wins_over_the_shipped_name(write_scenario, tmp_path, capsys):
+    """A bare name is first a file in the scenario's folder (here a 2-GPU copy of dgx-a100)."""
+    import yaml
+
+    shipped = yaml.safe_load((REPO / "topologies" / "dgx-a100.yaml").read_text())
+    shipped["host"] |= {"gpus": 2, "nics": 2, "pcie_switches": 1}
+    (tmp_path / "dgx-a100.yaml").write_text(yaml.safe_dump(shipped))
+    doc = {**BASE, "cluster": {"topology": "dgx-a100.yaml", "nodes": 1}, "network": {"model": "analytical"}}
+    doc["parallelism"] = {"tp": 2, "pp": 1}
+    path = write_scenario(doc, "s")
+    assert main(["run", str(path), "--json"]) == 0, capsys.readouterr().err
+    assert '"gpus":2' in capsys.readouterr().out
+
+
+def test_a_relative_path_starts_from_the_scenario_folder(write_scenario, tmp_path, capsys, monkeypatch):
+    """Not from the working directory: ``../topologies/dgx-a100.yaml`` from the repository root is no
+    licence for a scenario elsewhere."""
+    monkeypatch.chdir(REPO)
+    path = write_scenario({**BASE, "cluster": {"topology": "topologies/dgx-a100.yaml", "nodes": 1}}, "s")
+    assert main(["run", str(path), "--json"]) == 2
+    assert "cluster.topology" in _error_line(capsys)

@@ -28,6 +28,7 @@ from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from pydantic import BaseModel
 
 from simulator.errors import ScenarioError
+from simulator.files import is_bare_name
 from simulator.scenario import (
     Scenario,
     ScenarioConfig,
@@ -196,7 +197,11 @@ def _rebase(axis: str, value: Any, sweep_dir: Path, base_dir: Path) -> Any:
     if axis not in PATH_AXES or not isinstance(value, str):
         return value
     cand = sweep_dir / value
-    return os.path.relpath(cand.resolve(), base_dir) if cand.is_file() else value
+    if cand.is_file():
+        return os.path.relpath(cand.resolve(), base_dir)
+    # A path that is not there stays a path (relative to the sweep file), so the point fails naming it;
+    # only a bare name may go on to the base scenario's folder or the shipped topologies (files.py).
+    return value if is_bare_name(value) else os.path.abspath(cand)
 
 
 def _point_doc(sweep: Sweep, swept: dict[str, Any], name: str | None) -> dict[str, Any]:

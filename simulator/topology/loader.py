@@ -18,8 +18,9 @@ from pydantic import model_validator
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-import simulator
 from simulator.errors import ScenarioError
+from simulator.files import resolve_reference, shipped_file
+from simulator.files import shipped_dir as shipped_dir  # re-exported: validation and tests use it here
 from simulator.hardware.gpu import GpuSpec, get_gpu
 from simulator.topology.builders.base import (
     FABRIC_BUILDERS,
@@ -37,24 +38,9 @@ from simulator.topology.builders.base import (
 from simulator.topology.cluster import Cluster
 
 
-def shipped_dir(kind: str) -> Path | None:
-    """The folder of shipped ``topologies`` or ``scenarios``: inside the installed wheel
-    (``simulator/_shipped/<kind>``) or, in a source checkout, at the repository root."""
-    pkg = Path(simulator.__file__).resolve().parent
-    for cand in (pkg / "_shipped" / kind, pkg.parent / kind):
-        if cand.is_dir():
-            return cand
-    return None
-
-
 def shipped_topology(name: str) -> Path | None:
-    """The shipped topology file called ``name`` (with or without ``.yaml``), if there is one."""
-    folder = shipped_dir("topologies")
-    if folder is None:
-        return None
-    stem = name[:-5] if name.endswith(".yaml") else name
-    cand = folder / f"{Path(stem).name}.yaml"
-    return cand if cand.is_file() else None
+    """The shipped topology file called ``name`` (a bare name, with or without ``.yaml``), if any."""
+    return shipped_file("topologies", name)
 
 
 # ---------------------------------------------------------------------------------------------- schema
@@ -218,16 +204,14 @@ def build_cluster(doc: dict[str, Any], *, file: str) -> Cluster:
     )
 
 
-def load_topology(path: str | Path, *, nodes: int | None = None) -> Cluster:
-    """Read a topology file (a path or a shipped name such as ``dgx-h100``) and build it."""
+def load_topology(path: str | Path, *, nodes: int | None = None, field: str | None = None) -> Cluster:
+    """Read a topology file (a path relative to the working directory, or the bare name of a shipped
+    topology such as ``dgx-h100``) and build it."""
     from simulator.scenario import read_yaml
 
-    p = Path(path)
-    if not p.is_file():
-        shipped = shipped_topology(str(path))
-        if shipped is None:
-            raise ScenarioError("topology file not found", file=str(path))
-        p = shipped
+    p = resolve_reference(
+        str(path), Path.cwd(), kind="topologies", what="topology file", file=None, field=field
+    )
     raw = read_yaml(p, "topology file")
     if not isinstance(raw, dict):
         raise ScenarioError("a topology file must be a mapping", file=str(p))
