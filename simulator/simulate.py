@@ -35,8 +35,9 @@ from simulator.parallel.plan import ParallelDims, ParallelPlan
 from simulator.parallel.schedules.base import SCHEDULES
 from simulator.parallel.strategies.base import STRATEGIES, BuildContext, DataStrategy, ExpertStrategy
 from simulator.parallel.strategies.expert import expert_load_factor
+from simulator.report.links import bottleneck_tier, busiest_links, tier_usage
 from simulator.report.metrics import StepMetrics, step_metrics
-from simulator.report.schema import Breakdown, CommTimes, Layout, LinkUse, MemoryGiB, StepReport
+from simulator.report.schema import Breakdown, CommTimes, Layout, LinkUse, MemoryGiB, StepReport, TierUse
 from simulator.scenario import Scenario
 from simulator.topology.cluster import Cluster
 from simulator.topology.loader import build_cluster
@@ -290,20 +291,10 @@ def peak_memory(setup: Setup) -> MemoryBreakdown:
     return best
 
 
-def _links(setup: Setup, network: NetworkModel, step_s: float, top: int = 10) -> list[LinkUse]:
-    c = setup.cluster
-    util = network.link_bytes / (c.link_capacity_bytes_per_s * max(step_s, 1e-30))
-    order = np.argsort(-util, kind="stable")[:top]
-    return [
-        LinkUse(
-            link=c.link_name(int(i)),
-            link_type=c.link_type[int(i)],
-            bytes=float(network.link_bytes[i]),
-            utilization=float(util[i]),
-        )  # fmt: skip
-        for i in order
-        if network.link_bytes[i] > 0
-    ]
+def _links(setup: Setup, network: NetworkModel, step_s: float) -> tuple[list[LinkUse], list[TierUse], str]:
+    """The report's link fields: the busiest links, the load per fabric tier and the bottleneck tier."""
+    tiers = tier_usage(setup.cluster, network.link_bytes, step_s)
+    return busiest_links(setup.cluster, network.link_bytes, step_s), tiers, bottleneck_tier(tiers)
 
 
 def _report(
@@ -326,6 +317,7 @@ def _report(
             f"does not fit: {mem.total / GiB:.1f} GiB per GPU > {setup.gpu.hbm_bytes / GiB:.1f} GiB HBM; "
             f"largest term: {name} {size / GiB:.1f} GiB"
         )
+    links, tiers, bottleneck = _links(setup, network, step)
     p = s.parallelism
     layout = Layout(
         tp=p.tp, pp=p.pp, dp=setup.dims.dp, cp=p.cp, ep=p.ep, zero=p.zero, sequence_parallel=p.sequence_parallel,
@@ -360,7 +352,9 @@ def _report(
         gpu=setup.gpu.name,
         cluster=setup.cluster.name,
         layout=layout,
-        links=_links(setup, network, step),
+        links=links,
+        tiers=tiers,
+        bottleneck_tier=bottleneck,
         warnings=warnings,
         version=simulator.__version__,
     )

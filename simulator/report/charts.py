@@ -1,4 +1,4 @@
-"""Charts of one simulated step: time breakdown, memory per GPU, busiest links (PNG or SVG by suffix)."""
+"""Charts of one simulated step: time breakdown, memory per GPU, link load per tier (PNG or SVG by suffix)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from matplotlib.axes import Axes
 from matplotlib.patches import Patch
 
-from simulator.report.schema import StepReport
+from simulator.report.schema import LinkUse, StepReport
 from simulator.report.style import (
     BREAKDOWN_COLORS,
     BREAKDOWN_LABELS,
@@ -27,6 +27,8 @@ from simulator.report.style import (
     new_figure,
     save_figure,
     text_color_on,
+    tier_color,
+    tier_label,
     time_unit,
 )
 
@@ -218,9 +220,15 @@ def memory_chart(report: StepReport, path: str | os.PathLike[str], capacity_gib:
     return save_figure(fig, path)
 
 
-def links_chart(report: StepReport, path: str | os.PathLike[str], max_links: int = 15) -> Path:
-    """Utilisation of the busiest links (most loaded on top), coloured by link type, with the bytes
-    each moved. A report without link data gives a chart that says so. Returns the path."""
+def links_chart(
+    report: StepReport, path: str | os.PathLike[str], max_links: int = 15, per_tier: int = 3
+) -> Path:
+    """Link load over the step. With tiers (current reports): the top panel is one bar per fabric tier
+    (its utilisation, and a tick at its busiest link's), the bottleneck tier named in the title; the bottom
+    panel the ``per_tier`` busiest links of every tier, coloured by tier. Older reports (links only): the
+    ``max_links`` busiest links coloured by link type. Without link data the chart says so."""
+    if report.tiers:
+        return _tiers_chart(report, path, per_tier)
     links = report.links[:max_links]
     fig = new_figure(10, 1.6 + 0.32 * max(len(links), 2))
     ax = fig.add_subplot()
@@ -232,9 +240,63 @@ def links_chart(report: StepReport, path: str | os.PathLike[str], max_links: int
         ax.set_axis_off()
         return save_figure(fig, path)
     colors = link_type_colors([link.link_type for link in links])
+    _link_bars(ax, links, [colors[link.link_type] for link in links])
+    ax.legend(
+        handles=[Patch(color=c, label=t) for t, c in sorted(colors.items())],
+        title="link type",
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+        frameon=False,
+        fontsize=8,
+        title_fontsize=8,
+    )
+    return save_figure(fig, path)
+
+
+def _tiers_chart(report: StepReport, path: str | os.PathLike[str], per_tier: int) -> Path:
+    tiers = report.tiers
+    links = [(t.tier, link) for t in tiers for link in t.busiest[:per_tier]]
+    fig = new_figure(10, 2.4 + 0.3 * len(tiers) + 0.3 * max(len(links), 1))
+    top_ax, low_ax = fig.subplots(2, 1, height_ratios=[len(tiers) + 1, max(len(links), 1) + 1])
+    bottleneck = f"bottleneck tier: {tier_label(report.bottleneck_tier)}" if report.bottleneck_tier else ""
+    top_ax.set_title(
+        f"{report.scenario}: link load per fabric tier over one step"
+        + (f" ({bottleneck})" if bottleneck else ""),
+        loc="left",
+        fontsize=11,
+    )
+    ys = list(range(len(tiers)))[::-1]
+    mean = [t.utilization * 100 for t in tiers]
+    peak = [t.max_utilization * 100 for t in tiers]
+    span = max(100.0, max(peak, default=0.0) * 1.15)
+    top_ax.barh(ys, mean, color=[tier_color(t.tier) for t in tiers], height=0.6, label="tier (all its links)")
+    top_ax.scatter(peak, ys, marker="|", s=260, color="black", zorder=3, label="its busiest link")
+    for y, t, m, p in zip(ys, tiers, mean, peak, strict=True):
+        note = f"{m:.1f}% · busiest {p:.1f}% · {t.used_links:,}/{t.links:,} links · {t.bytes / 1e9:,.0f} GB"
+        weight = "bold" if t.tier == report.bottleneck_tier else "normal"
+        top_ax.text(max(m, p) + span * 0.01, y, note, va="center", fontsize=8, fontweight=weight)
+    top_ax.set_yticks(ys, [tier_label(t.tier) for t in tiers], fontsize=9)
+    top_ax.set_xlim(0, span * 1.45)
+    top_ax.set_ylim(-0.7, len(tiers) - 0.3)
+    top_ax.axvline(100, color="black", linewidth=0.8, alpha=0.5)
+    top_ax.grid(axis="x", alpha=0.3)
+    top_ax.set_axisbelow(True)
+    top_ax.legend(loc="lower right", frameon=False, fontsize=8)
+    low_ax.set_title(f"busiest {per_tier} links of each tier", loc="left", fontsize=10)
+    if not links:
+        low_ax.text(0.5, 0.5, "no link carried bytes", ha="center", va="center", transform=low_ax.transAxes)
+        low_ax.set_axis_off()
+        return save_figure(fig, path)
+    _link_bars(low_ax, [link for _, link in links], [tier_color(t) for t, _ in links])
+    low_ax.set_xlim(0, span * 1.45)
+    return save_figure(fig, path)
+
+
+def _link_bars(ax: Axes, links: list[LinkUse], colors: list[str]) -> None:
+    """Horizontal bars of link utilisation (first on top), each labelled with its % and bytes."""
     ys = list(range(len(links)))[::-1]
     values = [link.utilization * 100 for link in links]
-    ax.barh(ys, values, color=[colors[link.link_type] for link in links], height=0.7)
+    ax.barh(ys, values, color=colors, height=0.7)
     top = max(100.0, max(values) * 1.15)
     for y, value, link in zip(ys, values, links, strict=True):
         ax.text(
@@ -250,16 +312,6 @@ def links_chart(report: StepReport, path: str | os.PathLike[str], max_links: int
     ax.set_xlabel("utilisation over the step (% of link bandwidth)")
     ax.grid(axis="x", alpha=0.3)
     ax.set_axisbelow(True)
-    ax.legend(
-        handles=[Patch(color=c, label=t) for t, c in sorted(colors.items())],
-        title="link type",
-        loc="center left",
-        bbox_to_anchor=(1.01, 0.5),
-        frameon=False,
-        fontsize=8,
-        title_fontsize=8,
-    )
-    return save_figure(fig, path)
 
 
 def _shorten(text: str, width: int) -> str:

@@ -1,7 +1,7 @@
 """The JSON report of one simulated step (the contract of DESIGN.md, "JSON report").
 
 ``clustersim run S.yaml --json`` prints exactly one ``StepReport`` object. Fields beyond the contract
-(``comm_bytes``, ``links``, ``warnings``, ``layout`` ...) are additions; the contract's fields never change
+(``comm_bytes``, ``links``, ``tiers``, ``warnings``, ``layout`` ...) are additions; the contract's fields never change
 meaning. Times are seconds of one optimizer step; memory is GiB (2**30 bytes) per GPU.
 """
 
@@ -57,6 +57,20 @@ class LinkUse(_Frozen):
     utilization: float  # busy bytes / (capacity × step time)
 
 
+class TierUse(_Frozen):
+    """One tier of the fabric (``nvlink``, ``pcie``, ``nic-leaf``, ``leaf-spine``, ``spine-core`` ...) over
+    the step: how many directed links it has, the bytes they moved, its aggregate utilisation (tier bytes
+    over tier capacity × step time), its busiest link's utilisation, and its busiest links."""
+
+    tier: str
+    links: int  # directed links of this tier in the cluster
+    used_links: int  # those that carried any bytes
+    bytes: float
+    utilization: float  # tier bytes / (sum of its link capacities × step time)
+    max_utilization: float  # of its busiest link
+    busiest: list[LinkUse] = Field(default_factory=list)  # most loaded first
+
+
 class Layout(_Frozen):
     """The parallel layout that was simulated (after defaults were derived)."""
 
@@ -102,5 +116,7 @@ class StepReport(_Frozen):
     layout: Layout | None = None
     exposed_comm: CommTimes = Field(default_factory=CommTimes)  # the exposed part, per kind
     links: list[LinkUse] = Field(default_factory=list)  # busiest links, most loaded first
+    tiers: list[TierUse] = Field(default_factory=list)  # per fabric tier, inner (NVLink) to outer (core)
+    bottleneck_tier: str = ""  # the tier whose busiest link is the most utilised ("" without link data)
     warnings: list[str] = Field(default_factory=list)
     version: str = ""

@@ -77,6 +77,24 @@ MEMORY_COLORS: dict[str, str] = {
 CAPACITY_COLOR = "#C00000"  # the HBM line, and NOT FITS marks
 
 LINK_TYPE_COLORS: dict[str, str] = {"nvlink": "#76B900", "pcie": "#4E79A7", "ib": "#F28E2B"}
+# Fabric tiers (``Cluster.link_tier``), inner to outer: names for tables and charts, and one colour each
+# (NVLink keeps the NVLink link-type green; the switched tiers darken outwards).
+TIER_LABELS: dict[str, str] = {
+    "nvlink": "NVLink (scale-up)",
+    "ici": "ICI (torus links)",
+    "pcie": "host PCIe",
+    "nic-leaf": "NIC - leaf",
+    "leaf-spine": "leaf - spine",
+    "spine-core": "spine - core",
+}
+TIER_COLORS: dict[str, str] = {
+    "nvlink": "#76B900",
+    "ici": "#76B900",
+    "pcie": "#4E79A7",
+    "nic-leaf": "#F28E2B",
+    "leaf-spine": "#D1495B",
+    "spine-core": "#7B2D43",
+}
 _FALLBACK_CYCLE: tuple[str, ...] = ("#4E79A7", "#F28E2B", "#59A14F", "#E15759", "#76B7B2", "#EDC948")
 SERIES_CYCLE: tuple[str, ...] = ("#1F77B4", "#D62728", "#2CA02C", "#9467BD", "#FF7F0E", "#17BECF", "#8C564B")
 
@@ -125,6 +143,16 @@ def link_type_colors(link_types: list[str]) -> dict[str, str]:
         if known is not None:
             colors[t] = LINK_TYPE_COLORS[known]
     return colors
+
+
+def tier_label(tier: str) -> str:
+    """Display name of a fabric tier (the tier's own name when it has none)."""
+    return TIER_LABELS.get(tier, tier)
+
+
+def tier_color(tier: str) -> str:
+    """Colour of a fabric tier; an unknown tier gets a neutral grey."""
+    return TIER_COLORS.get(tier, "#8C8C8C")
 
 
 def text_color_on(color: str) -> str:
@@ -256,6 +284,11 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     fmt = figure_format(path)
     metadata: dict[str, str | None] = {"Date": None} if fmt == "svg" else {"Software": None}
     # A fixed salt makes SVG element ids, hence the file, reproducible (the default salt is random).
-    with atomic_path(path) as tmp, matplotlib.rc_context({"svg.hashsalt": "clustersim"}):
+    # svg.fonttype "none" keeps text as <text> elements (searchable, editable, selectable), not outlines
+    # (issue #10, point 7).
+    with (
+        atomic_path(path) as tmp,
+        matplotlib.rc_context({"svg.hashsalt": "clustersim", "svg.fonttype": "none"}),
+    ):
         fig.savefig(tmp, format=fmt, dpi=FIGURE_DPI, metadata=metadata)
     return Path(path)

@@ -20,6 +20,7 @@ from simulator.report.style import (
     format_seconds,
     gpu_display_name,
     hbm_capacity_gib,
+    tier_label,
     time_unit,
 )
 
@@ -40,6 +41,8 @@ def print_report(
     parts.append(memory_table(report, capacity))
     if report.warnings:
         parts.append(warnings_text(report.warnings))
+    if report.tiers:
+        parts.append(tiers_table(report))
     if report.links and max_links > 0:
         parts.append(links_table(report, max_links))
     parts.append(cost_text(report))
@@ -182,10 +185,44 @@ def warnings_text(warnings: list[str]) -> Text:
     return text
 
 
+def tiers_table(report: StepReport) -> Table:
+    """Load per fabric tier, inner to outer: links used, bytes moved, the tier's utilisation over the step
+    and its busiest link's; the bottleneck tier (busiest link most utilised) is marked."""
+    table = Table(title="Link load per fabric tier (average over the step)", title_justify="left")
+    table.add_column("tier")
+    table.add_column("links used", justify="right")
+    table.add_column("GB moved", justify="right")
+    table.add_column("tier util.", justify="right")
+    table.add_column("busiest", justify="right")
+    table.add_column("busiest link", overflow="fold")
+    table.add_column("")
+    for tier in report.tiers:
+        top = tier.busiest[0].link if tier.busiest else "–"
+        mark = Text("bottleneck", style="bold red") if tier.tier == report.bottleneck_tier else Text("")
+        table.add_row(
+            tier_label(tier.tier),
+            f"{format_count(tier.used_links)} / {format_count(tier.links)}",
+            f"{tier.bytes / 1e9:,.1f}",
+            format_percent(tier.utilization),
+            format_percent(tier.max_utilization),
+            top,
+            mark,
+        )
+    return table
+
+
 def links_table(report: StepReport, max_links: int) -> Table:
-    """The busiest links (most loaded first): bytes moved and utilisation over the step."""
-    shown = report.links[:max_links]
-    title = f"Busiest links ({len(shown)} of {len(report.links)})"
+    """The busiest links of the bottleneck tier (of the whole cluster when the report has no tiers),
+    most loaded first: bytes moved and utilisation over the step."""
+    tier = next((t for t in report.tiers if t.tier == report.bottleneck_tier), None)
+    pool = tier.busiest if tier is not None else report.links
+    shown = pool[:max_links]
+    if tier is not None:
+        title = (
+            f"Busiest links of the bottleneck tier, {tier_label(tier.tier)} ({len(shown)} of {tier.links})"
+        )
+    else:
+        title = f"Busiest links ({len(shown)} of {len(report.links)})"
     table = Table(title=title, title_justify="left")
     table.add_column("link", overflow="fold")
     table.add_column("type")

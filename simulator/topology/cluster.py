@@ -9,6 +9,10 @@ Graph conventions (every builder follows them; the network model and the reports
   ``latency_s`` the one-way latency, ``link_type`` the hardware kind (``nvlink3``, ``nvlink4``,
   ``pcie4``, ``ib-hdr``, ``ib-ndr`` ...) that selects the calibrated efficiency.
 
+Each link also belongs to a *tier* of the fabric (``link_tier``, derived from its endpoints' kinds and
+switch tiers, listed inner to outer in ``LINK_TIERS``), so that reports can say which level of the fabric is
+loaded instead of listing the busiest individual ports.
+
 Directed links are numbered once here (``link_*`` arrays) so that routing and max-min sharing can work on
 integer arrays instead of the graph.
 """
@@ -26,6 +30,26 @@ from simulator.hardware.gpu import GpuSpec
 
 if TYPE_CHECKING:
     from simulator.topology.routing import Router
+
+# Tiers of the interconnect, inner to outer: scale-up (NVLink, or a torus's inter-chip links), the host's
+# PCIe/CPU links, NIC to its leaf switch, leaf to spine, spine to core (the 3-tier fat-tree's top).
+LINK_TIERS = ("nvlink", "ici", "pcie", "nic-leaf", "leaf-spine", "spine-core")
+_SWITCH_TIER_NAMES = {1: "leaf", 2: "spine", 3: "core"}
+
+
+def _tier(kind_a: str, tier_a: int, kind_b: str, tier_b: int, link_type: str) -> str:
+    """Fabric tier of a link between nodes of the given kinds (``tier_*``: switch tier, 0 if not a switch)."""
+    kinds = {kind_a, kind_b}
+    if link_type.startswith("nvlink") and kinds <= {"gpu", "nvswitch"}:
+        return "nvlink"
+    if link_type == "ici":
+        return "ici"
+    if "switch" not in kinds:
+        return "pcie"  # GPU/NIC/PCIe-switch/CPU links inside a host
+    if kinds == {"switch"}:
+        lo, hi = sorted((tier_a, tier_b))
+        return f"{_SWITCH_TIER_NAMES.get(lo, f'tier{lo}')}-{_SWITCH_TIER_NAMES.get(hi, f'tier{hi}')}"
+    return f"nic-{_SWITCH_TIER_NAMES.get(max(tier_a, tier_b), 'switch')}"
 
 
 @dataclass(frozen=True, eq=False)
@@ -148,6 +172,21 @@ class Cluster:
     def link_type(self) -> tuple[str, ...]:
         """Hardware kind of each directed link."""
         return self._links[4]
+
+    @cached_property
+    def link_tier(self) -> tuple[str, ...]:
+        """Fabric tier of each directed link (one of ``LINK_TIERS`` on the shipped builders)."""
+        nodes = [self.graph.nodes[n] for n in self.node_names]
+        kind = [str(d.get("kind", "")) for d in nodes]
+        tier = [int(d.get("tier", 0) or 0) for d in nodes]
+        memo: dict[tuple[str, int, str, int, str], str] = {}
+        out = []
+        for a, b, t in zip(self.link_src.tolist(), self.link_dst.tolist(), self.link_type, strict=True):
+            key = (kind[a], tier[a], kind[b], tier[b], t)
+            if key not in memo:
+                memo[key] = _tier(*key)
+            out.append(memo[key])
+        return tuple(out)
 
     @cached_property
     def link_id(self) -> dict[tuple[int, int], int]:
