@@ -49,14 +49,82 @@ class RoutedPhase:
     alone_rate: float  # bytes/s of the largest flow when nothing else runs
 
 
-class PhaseCache:
-    """Routes the phases of each distinct collective once; picks algorithms like NCCL's tuner."""
+class RouteMemo:
+    """Routed phases of one cluster and link calibration, keyed by geometry, shareable between runs.
 
-    def __init__(self, cluster: Cluster, calib: LinkCalibration, algorithm: str) -> None:
+    A ``PhaseCache`` keys collectives by the engine's group identity, which only means something inside one
+    run; this memo keys them by what routing actually depends on: the algorithm's phases are memoised by
+    (algorithm, kind, member GPU ids, bytes), and each phase's routing by its flows' (source, destination,
+    bytes relative to the largest flow, steps, protocol). Routing, link loads and the alone rate are
+    invariant when every flow's bytes scale together, so a phase of another size reuses them (only the
+    byte counts scale), and a search that tries many layouts on one cluster routes each distinct group
+    shape once (issue #11).
+    """
+
+    def __init__(self, cluster: Cluster, calib: LinkCalibration) -> None:
+        self.cluster = cluster
+        self.calib = calib
+        self.capacity = cluster.link_capacity_bytes_per_s
+        types, code = np.unique(np.asarray(cluster.link_type, dtype=object).astype(str), return_inverse=True)
+        self._types = tuple(str(t) for t in types)
+        self._type_code = code.astype(np.int64)
+        self._eff: dict[str, np.ndarray] = {}  # efficiency_key → efficiency per link-type code
+        self._alpha = np.array([calib.step_latency(t) for t in self._types])
+        self.phases: dict[tuple[object, ...], tuple[Phase, ...]] = {}
+        self._routed: dict[tuple[object, ...], tuple[RoutedPhase, np.ndarray]] = {}
+
+    def _efficiency(self, key: str) -> np.ndarray:
+        table = self._eff.get(key)
+        if table is None:
+            table = np.array([self.calib.link_efficiency(t, key) for t in self._types])
+            self._eff[key] = table
+        return table
+
+    def route(self, phase: Phase) -> RoutedPhase:
+        """``phase`` routed: computed once per geometry, scaled to this phase's bytes."""
+        max_bytes = float(phase.bytes.max()) if phase.bytes.size else 0.0
+        rel = phase.bytes / max_bytes if max_bytes > 0 else phase.bytes
+        key = (
+            phase.src.tobytes(), phase.dst.tobytes(), np.asarray(rel, dtype=np.float64).tobytes(),
+            phase.steps, phase.efficiency_key,
+        )  # fmt: skip
+        hit = self._routed.get(key)
+        if hit is None:
+            hit = self._route(phase)
+            self._routed[key] = hit
+        routed, k = hit
+        if routed.phase is phase:
+            return routed
+        return replace(routed, phase=phase, max_flow_bytes=max_bytes, link_bytes=k * max_bytes)
+
+    def _route(self, phase: Phase) -> tuple[RoutedPhase, np.ndarray]:
+        indptr, links = self.cluster.router.paths(phase.src, phase.dst)
+        link_ids, k = coflow_link_loads(indptr, links, phase.bytes)
+        max_bytes = float(phase.bytes.max()) if phase.bytes.size else 0.0
+        codes = self._type_code[link_ids]
+        load = k / np.maximum(self._efficiency(phase.efficiency_key)[codes], 1e-9)
+        alpha = float(self._alpha[np.unique(codes)].max()) if codes.size else 0.0
+        rate = float(maxmin_rates(self.capacity, [(link_ids, load)])[0]) if link_ids.size else float("inf")
+        routed = RoutedPhase(phase, link_ids, load, max_bytes, phase.steps * alpha, k * max_bytes, rate)
+        return routed, k
+
+
+class PhaseCache:
+    """Routes the phases of each distinct collective once; picks algorithms like NCCL's tuner.
+
+    ``memo`` (optional) shares routed geometry with other runs on the same cluster and calibration.
+    """
+
+    def __init__(
+        self, cluster: Cluster, calib: LinkCalibration, algorithm: str, memo: RouteMemo | None = None
+    ) -> None:
+        if memo is not None and (memo.cluster is not cluster or memo.calib is not calib):
+            raise ValueError("a RouteMemo is only valid for the cluster and calibration it was built on")
         self.cluster = cluster
         self.calib = calib
         self.algorithm = algorithm
         self.capacity = cluster.link_capacity_bytes_per_s
+        self.memo = memo if memo is not None else RouteMemo(cluster, calib)
         self._phases: dict[tuple[object, ...], tuple[RoutedPhase, ...]] = {}
         self._algos: dict[str, CollectiveAlgorithm] = {}
         self._choice: dict[tuple[object, ...], str] = {}
@@ -80,9 +148,13 @@ class PhaseCache:
 
     def _routed_phases(self, name: str, req: CollectiveRequest) -> tuple[RoutedPhase, ...]:
         """Route the algorithm's phases; the first also pays the algorithm's fixed launch cost."""
-        phases = [
-            self._route(p) for p in self._algo(name).phases(req.kind, req.groups, req.nbytes, self.cluster)
-        ]
+        groups = np.ascontiguousarray(req.groups, dtype=np.int64)
+        key = (name, req.kind, groups.shape, groups.tobytes(), req.nbytes)
+        algo_phases = self.memo.phases.get(key)
+        if algo_phases is None:
+            algo_phases = tuple(self._algo(name).phases(req.kind, req.groups, req.nbytes, self.cluster))
+            self.memo.phases[key] = algo_phases
+        phases = [self.memo.route(p) for p in algo_phases]
         if phases:
             first = phases[0]
             phases[0] = replace(first, latency_s=first.latency_s + self.calib.base_latency(name))
@@ -119,21 +191,6 @@ class PhaseCache:
         if self._algo(self.algorithm).supports(req.kind, req.groups, self.cluster):
             return self.algorithm
         return None
-
-    def _route(self, phase: Phase) -> RoutedPhase:
-        router = self.cluster.router
-        indptr, links = router.paths(phase.src, phase.dst)
-        link_ids, k = coflow_link_loads(indptr, links, phase.bytes)
-        max_bytes = float(phase.bytes.max()) if phase.bytes.size else 0.0
-        eff = np.array(
-            [self.calib.link_efficiency(self.cluster.link_type[i], phase.efficiency_key) for i in link_ids]
-        )
-        load = k / np.maximum(eff, 1e-9)
-        types = {self.cluster.link_type[i] for i in link_ids}
-        alpha = max((self.calib.step_latency(t) for t in types), default=0.0)
-        rate = float(maxmin_rates(self.capacity, [(link_ids, load)])[0]) if link_ids.size else float("inf")
-        return RoutedPhase(phase, link_ids, load, max_bytes, phase.steps * alpha, k * max_bytes, rate)
-
 
 def alone_time(phases: list[RoutedPhase] | tuple[RoutedPhase, ...]) -> float:
     """Duration of a collective on an otherwise idle network (the α-β fast path)."""
