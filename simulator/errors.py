@@ -7,6 +7,27 @@
 
 from __future__ import annotations
 
+# How much of a bad value an error echoes: enough to recognise it, never a 100 KB line (issue #12).
+SHOWN_CHARS = 80
+# The longest reason kept (a reason may list the valid names, ~600 characters); a file or field gets half.
+PART_CHARS = 2000
+
+
+def one_line_text(text: str, limit: int = PART_CHARS) -> str:
+    """``text`` on one line: control characters escaped (a newline in a file name stays visible as
+    ``\\n``), at most ``limit`` characters, with the number of characters left out."""
+    out = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+    if len(out) > limit:
+        out = f"{out[:limit]}... ({len(out) - limit:,} more characters)"
+    return out
+
+
+def shorten(value: object, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for echoing a user's value in an error."""
+    if isinstance(value, int) and value.bit_length() > 256:  # repr() of a huge int is slow or refused
+        return f"<an integer of {value.bit_length():,} bits>"
+    return one_line_text(repr(value), limit)
+
 
 class UserInputError(Exception):
     """A mistake in what the user gave us: a file, a field, a value."""
@@ -19,8 +40,8 @@ class UserInputError(Exception):
 
     def one_line(self) -> str:
         """``file: field: reason`` on a single line, omitting the parts we do not know."""
-        parts = [p for p in (self.file, self.field) if p]
-        text = " ".join(self.reason.split())
+        parts = [one_line_text(p, PART_CHARS // 2) for p in (self.file, self.field) if p]
+        text = one_line_text(" ".join(self.reason.split()))
         return ": ".join([*parts, text]) if parts else text
 
 

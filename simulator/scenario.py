@@ -16,8 +16,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from simulator.errors import ScenarioError
-from simulator.files import resolve_reference
+from simulator.errors import ScenarioError, shorten
+from simulator.files import parse_yaml, resolve_reference
+from simulator.files import read_yaml as read_yaml  # re-exported: sweep and plan read files through it
 from simulator.models.catalog import model_catalog, model_names
 from simulator.models.spec import ModelSpec, MoESpec
 from simulator.registry import Registry
@@ -34,7 +35,7 @@ class _Strict(BaseModel):
 def _registered(registry: Registry[Any], name: str, also: tuple[str, ...] = ()) -> str:
     """``name`` if ``registry`` knows it; else a validation error listing the valid names."""
     if name not in registry:
-        raise ValueError(f"unknown {registry.kind} {name!r}; valid: {', '.join([*also, *registry.names()])}")
+        raise ValueError(f"unknown {registry.kind} {shorten(name)}; valid: {', '.join([*also, *registry.names()])}")
     return name
 
 
@@ -215,7 +216,7 @@ class ScenarioConfig(_Strict):
     @classmethod
     def _known_model(cls, v: str | ModelConfig) -> str | ModelConfig:
         if isinstance(v, str) and v not in model_catalog():
-            raise ValueError(f"unknown model {v!r}; valid: {', '.join(model_names())}, or an inline mapping")
+            raise ValueError(f"unknown model {shorten(v)}; valid: {', '.join(model_names())}, or an inline mapping")
         return v
 
 
@@ -271,7 +272,7 @@ def _describe_error(err: dict[str, Any]) -> tuple[str, str]:
         return field, "required key is missing"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
-    shown = repr(value) if not isinstance(value, dict | list) else type(value).__name__
+    shown = shorten(value) if not isinstance(value, dict | list) else type(value).__name__
     return field, f"{msg} (got {shown})"
 
 
@@ -285,34 +286,17 @@ def _raise_validation(e: ValidationError, file: str) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- loading
-def read_yaml(path: Path, what: str = "file") -> Any:
-    """``yaml.safe_load`` of a file, with user-facing errors for a missing file or bad YAML."""
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ScenarioError(f"{what} not found", file=str(path)) from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as e:
-        raise ScenarioError(f"cannot read {what}: {e.__class__.__name__}", file=str(path)) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
-        problem = getattr(e, "problem", None) or "invalid syntax"
-        raise ScenarioError(f"not valid YAML: {where}{problem}", file=str(path)) from None
-
-
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``"parallelism.tp=4"`` → (``["parallelism", "tp"]``, ``4``); the value is parsed as YAML."""
     if "=" not in text:
-        raise ScenarioError(f"override {text!r} is not KEY=VALUE (e.g. parallelism.tp=4)", field="--set")
+        raise ScenarioError(f"override {shorten(text)} is not KEY=VALUE (e.g. parallelism.tp=4)", field="--set")
     key, _, raw = text.partition("=")
     path = [p for p in key.strip().split(".") if p]
     if not path:
-        raise ScenarioError(f"override {text!r} has an empty key", field="--set")
+        raise ScenarioError(f"override {shorten(text)} has an empty key", field="--set")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = parse_yaml(raw) if raw.strip() else ""
+    except yaml.YAMLError:  # not YAML (or past its bounds): the text itself, which the schema then checks
         value = raw
     return path, value
 

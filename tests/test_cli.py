@@ -195,3 +195,114 @@ def test_run_out_writes_report_and_breakdown_chart(scenario_file, tmp_path, caps
     for chart in charts:
         assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert chart.stat().st_size > 1000
+
+
+# ------------------------------------------------------------------------ output and input paths (#10.6, #12)
+def _refused(capsys, argv: list[str], *expect: str) -> str:
+    """``main(argv)`` exits 2 with one stderr line containing ``expect``, and nothing on stdout."""
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured
+    line = captured.err.rstrip("\n")
+    assert line.startswith("clustersim: error: ") and "Traceback" not in line
+    for text in expect:
+        assert text in line, (text, line)
+    return line
+
+
+@pytest.fixture
+def no_simulation(monkeypatch):
+    """Fail the test if the command gets as far as simulating: paths must be checked before."""
+    import simulator.commands.run as run_module
+
+    def boom(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("simulated before checking the output paths")
+
+    monkeypatch.setattr(run_module, "simulate", boom)
+
+
+def _unwritable_dir(tmp_path: Path) -> Path:
+    """A folder this process cannot create files in (root ignores permission bits; /sys refuses it)."""
+    if os.geteuid() == 0:
+        return Path("/sys")
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("flag", "target", "expect"),
+    [
+        ("--out", "a-file", ("--out", "is a file, not a folder")),  # FileExistsError after simulating
+        ("--out", "a-file/below", ("--out", "is a file, not a folder")),
+        ("--timeline", "step.pdf", ("--timeline", ".png or .svg", "'.pdf'")),  # ValueError after simulating
+        ("--timeline", "step.txt", ("--timeline", ".png or .svg", "'.txt'")),
+        ("--timeline", "a-folder", ("--timeline", ".png or .svg")),
+        ("--trace", "a-folder", ("--trace", "is a folder")),
+        ("--trace", "a-file/trace.json", ("--trace", "is a file, not a folder")),
+        ("--out", "x" * 300, ("--out", "300 bytes long", "at most 255")),
+        ("--trace", "t" * 250 + ".json", ("--trace", "at most 223")),
+        ("--out", "loop/below", ("--out", "leads nowhere", "symbolic links")),
+    ],
+)
+def test_output_paths_are_checked_before_simulating(
+    flag, target, expect, scenario_file, tmp_path, capsys, monkeypatch, no_simulation
+):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a-file").write_text("not a folder\n")
+    (tmp_path / "a-folder").mkdir()
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    line = _refused(capsys, ["run", str(scenario_file), flag, target], *expect)
+    assert target[:40] in line
+    assert (tmp_path / "a-file").read_text() == "not a folder\n"
+
+
+def test_an_unwritable_out_is_refused_before_simulating(scenario_file, tmp_path, capsys, no_simulation):
+    folder = _unwritable_dir(tmp_path)
+    _refused(capsys, ["run", str(scenario_file), "--out", str(folder / "out")], "--out", "cannot write in")
+
+
+def test_a_failed_write_leaves_no_partial_file(scenario_file, tmp_path, capsys, monkeypatch):
+    """A disk that fills while writing: one line naming the file, and no half-written report.json."""
+    import simulator.report.style as style
+
+    def full(self: Path, *args: Any, **kwargs: Any) -> int:
+        raise OSError(28, os.strerror(28))  # ENOSPC
+
+    monkeypatch.setattr(style.Path, "write_text", full)
+    out = tmp_path / "out"
+    _refused(capsys, ["run", str(scenario_file), "--out", str(out)], "--out", "No space left on device")
+    assert not (out / "report.json").exists()
+    assert not [p for p in out.iterdir() if p.name.startswith(".")] if out.exists() else True
+
+
+@pytest.mark.parametrize(
+    ("make", "expect"),
+    [
+        (lambda d: Path("/dev/zero"), "a device or socket, not a regular file"),
+        (lambda d: d, "is a folder, not a file"),
+        (lambda d: d / "a-file" / "s.yaml", "a component of the path is a file"),
+        (lambda d: d / ("s" * 300 + ".yaml"), "File name too long"),
+        (lambda d: d / "loop", "Too many levels of symbolic links"),
+        (lambda d: d / "fifo", "named pipe (FIFO)"),  # open() would block for ever
+        (lambda d: d / "huge.yaml", "at most 2,097,152"),  # a 50 MB scenario parsed for minutes
+        (lambda d: d / "latin1.yaml", "not UTF-8"),
+    ],
+)
+def test_scenario_files_that_cannot_be_read(make, expect, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("x: 1\n")
+    (tmp_path / "loop").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop")
+    os.mkfifo(tmp_path / "fifo")
+    (tmp_path / "huge.yaml").write_text("# " + "x" * (3 * 1024 * 1024) + "\n")
+    (tmp_path / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    path = make(tmp_path)
+    _refused(capsys, ["run", str(path)], expect, str(path)[:40])
+
+
+def test_a_newline_in_a_file_name_stays_on_one_line(tmp_path, capsys):
+    path = tmp_path / "two\nlines.yaml"
+    line = _refused(capsys, ["run", str(path)], "not found")
+    assert "two\\nlines.yaml" in line

@@ -19,7 +19,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from simulator.errors import ScenarioError
-from simulator.files import resolve_reference, shipped_file
+from simulator.files import read_yaml, resolve_reference, shipped_file
 from simulator.files import shipped_dir as shipped_dir  # re-exported: validation and tests use it here
 from simulator.hardware.gpu import GpuSpec, get_gpu
 from simulator.topology.builders.base import (
@@ -207,8 +207,6 @@ def build_cluster(doc: dict[str, Any], *, file: str) -> Cluster:
 def load_topology(path: str | Path, *, nodes: int | None = None, field: str | None = None) -> Cluster:
     """Read a topology file (a path relative to the working directory, or the bare name of a shipped
     topology such as ``dgx-h100``) and build it."""
-    from simulator.scenario import read_yaml
-
     p = resolve_reference(
         str(path), Path.cwd(), kind="topologies", what="topology file", file=None, field=field
     )
