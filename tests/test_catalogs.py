@@ -28,7 +28,8 @@ SHARED_FILES = (
     "korthikanti-2022-layer.yaml",
     "nccl-busbw.yaml",
 )
-GPUS = ("v100-sxm2-16gb", "v100-sxm2-32gb", "a100-sxm-40gb", "a100-sxm-80gb", "h100-sxm", "h200-sxm", "b200")
+GPUS = ("v100-sxm2-16gb", "v100-sxm2-32gb", "a100-sxm-40gb", "a100-sxm-80gb", "h100-sxm", "h200-sxm", "b200", "h800-sxm",
+        "h100-96gb-hbm2e", "gb200")
 LINKS = (
     "nvlink2",
     "nvlink3",
@@ -89,6 +90,45 @@ def test_gpu_datasheet_figures() -> None:
     assert cat["h200-sxm"].peak("bf16") == pytest.approx(cat["h100-sxm"].peak("bf16"))
     assert cat["b200"].peak("bf16") == pytest.approx(2250e12)  # dense, half the 4.5 PF sparse figure
     assert cat["b200"].nvlink_bytes_per_s == pytest.approx(900e9)
+
+
+def test_current_gpu_datasheet_figures() -> None:
+    """Issue #8 point 3: dense (not sparse) datasheet peaks of the 2023-2025 GPUs, per GPU."""
+    cat = gpu_catalog()
+    h100, h800, gb200, b200 = cat["h100-sxm"], cat["h800-sxm"], cat["gb200"], cat["b200"]
+    # H800: the H100's compute and HBM3, NVLink 400 GB/s bidirectional (8 links) = 200 GB/s per direction
+    assert h800.peak_flops_per_s == h100.peak_flops_per_s and h800.hbm_bytes_per_s == h100.hbm_bytes_per_s
+    assert h800.nvlink_bytes_per_s == pytest.approx(200e9)
+    assert b200.peak("fp8") == pytest.approx(4500e12) and b200.peak("fp4") == pytest.approx(9000e12)
+    # GB200 NVL72: 360 PF BF16 / 720 PF FP8 sparse per 72 GPUs -> 2.5 / 5 PF dense per GPU; NVLink5 1.8 TB/s
+    assert gb200.peak("bf16") == pytest.approx(360e15 / 72 / 2)
+    assert gb200.peak("fp8") == pytest.approx(720e15 / 72 / 2)
+    assert gb200.nvlink_bytes_per_s == pytest.approx(900e9) and gb200.hbm_bytes_per_s == pytest.approx(8e12)
+    assert cat["h100-96gb-hbm2e"].hbm_bytes_per_s == pytest.approx(2.4e12)  # torchtitan's Grand Teton H100
+    assert (h100.sm_count, h800.sm_count, cat["h200-sxm"].sm_count, b200.sm_count) == (132, 132, 132, 148)
+
+
+def test_new_gpus_have_a_calibration_profile_that_says_it_is_inherited() -> None:
+    from simulator.hardware.calibration import compute_calibration
+
+    for gpu in ("h800-sxm", "h100-96gb-hbm2e", "gb200", "b200", "h200-sxm"):
+        assert compute_calibration(gpu).inherited_from == "h100-sxm", gpu
+
+
+@pytest.mark.parametrize(
+    ("name", "gpu", "per_host", "nvlink_gbps"),
+    [("dgx-h800", "h800-sxm", 8, 200), ("dgx-b200", "b200", 8, 900), ("gb200-nvl72", "gb200", 72, 900),
+     ("grand-teton-h100", "h100-96gb-hbm2e", 8, 450)],
+)
+def test_current_topologies_load(name: str, gpu: str, per_host: int, nvlink_gbps: float) -> None:
+    from simulator.topology.loader import build_cluster
+
+    folder = Path(__file__).resolve().parents[1] / "topologies"
+    doc = yaml.safe_load((folder / f"{name}.yaml").read_text())
+    assert doc["source"] and doc["host"]["gpu"] == gpu and doc["host"]["nvlink_gbps"] == nvlink_gbps
+    doc["nodes"] = 2
+    cluster = build_cluster(doc, file=name)
+    assert cluster.meta["gpus_per_host"] == per_host and cluster.meta["hosts"] == 2
 
 
 # ----------------------------------------------------------------------------------------------- links

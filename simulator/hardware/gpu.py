@@ -12,7 +12,8 @@ import yaml
 from simulator.errors import ScenarioError
 from simulator.units import GiB
 
-PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8")
+# fp4: Blackwell datasheet figure (no fp4 training precision in scenarios yet)
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16", "fp8", "fp4")
 
 
 @dataclass(frozen=True)
