@@ -20,7 +20,7 @@ from simulator.errors import ScenarioError, shorten
 from simulator.files import parse_yaml, resolve_reference
 from simulator.files import read_yaml as read_yaml  # re-exported: sweep and plan read files through it
 from simulator.models.catalog import model_catalog, model_names
-from simulator.models.spec import ModelSpec, MoESpec
+from simulator.models.spec import MLASpec, ModelSpec, MoESpec, SlidingWindowSpec
 from simulator.registry import Registry
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -58,6 +58,26 @@ class MoEConfig(_Strict):
         return self
 
 
+class MLAConfig(_Strict):
+    """Multi-head latent attention (DeepSeek-V2/V3): low-rank compressed queries and keys/values, and a decoupled
+    rotary part of each query/key head (DeepSeek-AI 2024, arXiv 2412.19437 s2.1.1; config_671B.json)."""
+
+    q_lora_rank: PosInt
+    kv_lora_rank: PosInt
+    qk_nope_head_dim: PosInt
+    qk_rope_head_dim: PosInt
+    v_head_dim: PosInt
+
+
+class SlidingWindowConfig(_Strict):
+    """Sliding-window (local) attention of ``size`` tokens on every ``every``-th layer from layer ``first``
+    (0-based); the other layers attend to the full causal context (gpt-oss alternates, starting windowed)."""
+
+    size: PosInt
+    every: PosInt = 1
+    first: NonNegInt = 0
+
+
 class ModelConfig(_Strict):
     """An inline model shape (or a catalog entry after lookup)."""
 
@@ -73,12 +93,25 @@ class ModelConfig(_Strict):
     head_dim: PosInt | None = None
     tied_embeddings: bool = False
     linear_bias: bool = True
+    # None: implied by gated_mlp (GeLU, or SwiGLU when gated); squared_relu is Nemotron's (not gated)
+    activation: Literal["gelu", "swiglu", "squared_relu", "relu"] | None = None
+    position_embedding: Literal["rope", "learned", "alibi", "none"] | None = None  # None: not stated
+    mla: MLAConfig | None = None  # None: multi-head / grouped-query attention
+    sliding_window: SlidingWindowConfig | None = None
+    attention_sinks: bool = False  # a learned per-head softmax sink logit (gpt-oss)
+    mtp_layers: NonNegInt = 0  # multi-token-prediction modules after the last layer (DeepSeek-V3: 1)
     source: str = ""
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
         if self.head_dim is None and self.hidden % self.heads:
             raise ValueError(f"heads={self.heads} does not divide hidden={self.hidden}; give head_dim")
+        if self.activation == "swiglu" and not self.gated_mlp:
+            raise ValueError("activation swiglu needs gated_mlp: true (SwiGLU is a gated MLP)")
+        if self.activation in ("gelu", "squared_relu", "relu") and self.gated_mlp:
+            raise ValueError(f"activation {self.activation} is not gated; valid with gated_mlp: true: swiglu")
+        if self.mla is not None and self.kv_heads is not None and self.kv_heads != self.heads:
+            raise ValueError("mla: latent attention has one key/value head per query head; leave kv_heads out")
         kv = self.kv_heads or self.heads
         if self.heads % kv:
             raise ValueError(f"kv_heads={kv} does not divide heads={self.heads}")
@@ -102,6 +135,12 @@ class ModelConfig(_Strict):
             head_dim=self.head_dim,
             tied_embeddings=self.tied_embeddings,
             linear_bias=self.linear_bias,
+            activation=self.activation or ("swiglu" if self.gated_mlp else "gelu"),
+            position_embedding=self.position_embedding,
+            mla=MLASpec(**self.mla.model_dump()) if self.mla is not None else None,
+            sliding_window=SlidingWindowSpec(**self.sliding_window.model_dump()) if self.sliding_window else None,
+            attention_sinks=self.attention_sinks,
+            mtp_layers=self.mtp_layers,
             source=self.source,
         )
 
@@ -124,6 +163,37 @@ class TrainingConfig(_Strict):
     flash_attention: bool = True
     optimizer: Literal["adam", "sgd"] = "adam"
     expert_load: ExpertLoadConfig = ExpertLoadConfig()
+    # FP8 scaling recipe (precision fp8 only). Transformer Engine: delayed (DelayedScaling, per-tensor amax
+    # history), current (Float8CurrentScaling, per tensor), blockwise (Float8BlockScaling, 1x128/128x128 as
+    # DeepSeek-V3), mxfp8 (MXFP8BlockScaling, 32-element blocks, Blackwell); torchao float8: tensorwise (dynamic
+    # per-tensor, = current) and rowwise. None: not stated.
+    fp8_recipe: Literal["delayed", "current", "blockwise", "mxfp8", "rowwise"] | None = None
+    # What recompute=selective recomputes: Megatron's core attention (Korthikanti et al. 2022) or torchtitan's
+    # per-op policy (saves matmul and attention outputs, recomputes every second matmul and the element-wise
+    # ops). None with selective: core_attention.
+    selective_recompute: Literal["core_attention", "op_level"] | None = None
+
+    @model_validator(mode="after")
+    def _precision_options(self) -> TrainingConfig:
+        if self.fp8_recipe is not None and self.precision != "fp8":
+            raise ValueError(f"fp8_recipe needs precision fp8 (precision is {self.precision})")
+        if self.selective_recompute is not None and self.recompute != "selective":
+            raise ValueError(f"selective_recompute needs recompute selective (recompute is {self.recompute})")
+        return self
+
+
+class FrameworkConfig(_Strict):
+    """The training framework that ran the step (issue #9: the simulator models its mechanisms, not a speed-up)."""
+
+    name: Literal["megatron-core", "torchtitan", "llm-foundry", "deepspeed"] = "megatron-core"
+    version: str = ""  # free text, e.g. "NeMo 24.07", "Megatron-Bridge 25.11", "torchtitan 9dec370"
+    compile: bool = False  # torch.compile of the model (torchtitan --training.compile, Composer compile_config)
+
+    @model_validator(mode="after")
+    def _compile(self) -> FrameworkConfig:
+        if self.compile and self.name == "megatron-core":
+            raise ValueError("compile: true needs a PyTorch-eager framework; valid: torchtitan, llm-foundry, deepspeed")
+        return self
 
 
 class ParallelismConfig(_Strict):
@@ -145,6 +215,9 @@ class ParallelismConfig(_Strict):
     pp_scatter_gather: bool = True  # Megatron: send 1/tp of the activation, all-gather on NVLink
     cp_algorithm: Literal["ring", "all_gather"] = "ring"
     grad_bucket_mb: PosFloat = 25.0  # PyTorch DDP default bucket_cap_mb
+    etp: PosInt | None = None  # expert tensor parallelism; None: tp (Megatron-Core's expert_tensor_parallel_size default)
+    # Element type of gradient reduction on the wire; None: the data strategy's default (parallel/strategies/data.py)
+    grad_reduce_dtype: Literal["fp32", "bf16", "fp16"] | None = None
 
     @field_validator("schedule")
     @classmethod
@@ -207,6 +280,7 @@ class ScenarioConfig(_Strict):
     model: str | ModelConfig
     cluster: str | ClusterRef
     training: TrainingConfig
+    framework: FrameworkConfig = FrameworkConfig()
     parallelism: ParallelismConfig = ParallelismConfig()
     network: NetworkConfig = NetworkConfig()
     engine: EngineConfig = EngineConfig()

@@ -19,6 +19,26 @@ class MoESpec:
 
 
 @dataclass(frozen=True)
+class MLASpec:
+    """Multi-head latent attention dimensions (DeepSeek-V3 config_671B.json names)."""
+
+    q_lora_rank: int
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+
+
+@dataclass(frozen=True)
+class SlidingWindowSpec:
+    """Local attention of ``size`` tokens on layers ``first, first + every, ...`` (0-based)."""
+
+    size: int
+    every: int = 1
+    first: int = 0
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """Decoder-only transformer shape. ``kv_heads < heads`` is GQA; ``gated_mlp`` is SwiGLU (3 matrices)."""
 
@@ -34,6 +54,12 @@ class ModelSpec:
     head_dim: int | None = None  # None = hidden // heads
     tied_embeddings: bool = False
     linear_bias: bool = True  # GPT-2/3 and Megatron GPT have biases; Llama has none
+    activation: str = "gelu"  # gelu, swiglu (gated), squared_relu (Nemotron), relu
+    position_embedding: str | None = None  # rope, learned, alibi, none; None = not stated
+    mla: MLASpec | None = None  # multi-head latent attention; None = MHA/GQA
+    sliding_window: SlidingWindowSpec | None = None
+    attention_sinks: bool = False
+    mtp_layers: int = 0  # multi-token-prediction modules (DeepSeek-V3: 1)
     source: str = ""
 
     @property
