@@ -19,6 +19,25 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from simulator.errors import ScenarioError, shorten
 from simulator.files import parse_yaml, resolve_reference
 from simulator.files import read_yaml as read_yaml  # re-exported: sweep and plan read files through it
+from simulator.limits import (
+    MAX_BATCH,
+    MAX_BUCKET_MB,
+    MAX_CAPACITY_FACTOR,
+    MAX_DEGREE,
+    MAX_EXPERTS,
+    MAX_FFN_HIDDEN,
+    MAX_HEAD_DIM,
+    MAX_HEADS,
+    MAX_HIDDEN,
+    MAX_LAYERS,
+    MAX_NODES,
+    MAX_SEED,
+    MAX_SEQ_LEN,
+    MAX_SKEW,
+    MAX_STAGES,
+    MAX_USD_PER_GPU_HOUR,
+    MAX_VOCAB,
+)
 from simulator.models.catalog import model_catalog, model_names
 from simulator.models.spec import MLASpec, ModelSpec, MoESpec, SlidingWindowSpec
 from simulator.registry import Registry
@@ -27,9 +46,14 @@ PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 PosFloat = Annotated[float, Field(gt=0)]
 
+def _upto(n: int) -> Any:
+    """``Field`` of a positive integer at most ``n``."""
+    return Field(gt=0, le=n)
+
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+    # allow_inf_nan=False: .inf or .nan for a float is an error, never a silently infinite result (#12).
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False, allow_inf_nan=False)
 
 
 def _registered(registry: Registry[Any], name: str, also: tuple[str, ...] = ()) -> str:
@@ -43,13 +67,13 @@ def _registered(registry: Registry[Any], name: str, also: tuple[str, ...] = ()) 
 class MoEConfig(_Strict):
     """Mixture-of-experts settings of an inline model."""
 
-    experts: PosInt
-    top_k: PosInt
-    capacity_factor: PosFloat | None = None
-    every: PosInt = 1
-    shared_experts: NonNegInt = 0
-    expert_ffn_hidden: PosInt | None = None
-    first_dense_layers: NonNegInt = 0
+    experts: Annotated[int, _upto(MAX_EXPERTS)]
+    top_k: Annotated[int, _upto(MAX_EXPERTS)]
+    capacity_factor: Annotated[float, Field(gt=0, le=MAX_CAPACITY_FACTOR)] | None = None
+    every: Annotated[int, _upto(MAX_LAYERS)] = 1
+    shared_experts: Annotated[int, Field(ge=0, le=MAX_EXPERTS)] = 0
+    expert_ffn_hidden: Annotated[int, _upto(MAX_FFN_HIDDEN)] | None = None
+    first_dense_layers: Annotated[int, Field(ge=0, le=MAX_LAYERS)] = 0
 
     @model_validator(mode="after")
     def _k_le_e(self) -> MoEConfig:
@@ -82,15 +106,15 @@ class ModelConfig(_Strict):
     """An inline model shape (or a catalog entry after lookup)."""
 
     name: str = "custom"
-    layers: PosInt
-    hidden: PosInt
-    heads: PosInt
-    kv_heads: PosInt | None = None
-    ffn_hidden: PosInt | None = None
-    vocab: PosInt
+    layers: Annotated[int, _upto(MAX_LAYERS)]
+    hidden: Annotated[int, _upto(MAX_HIDDEN)]
+    heads: Annotated[int, _upto(MAX_HEADS)]
+    kv_heads: Annotated[int, _upto(MAX_HEADS)] | None = None
+    ffn_hidden: Annotated[int, _upto(MAX_FFN_HIDDEN)] | None = None
+    vocab: Annotated[int, _upto(MAX_VOCAB)]
     gated_mlp: bool = False
     moe: MoEConfig | None = None
-    head_dim: PosInt | None = None
+    head_dim: Annotated[int, _upto(MAX_HEAD_DIM)] | None = None
     tied_embeddings: bool = False
     linear_bias: bool = True
     # None: implied by gated_mlp (GeLU, or SwiGLU when gated); squared_relu is Nemotron's (not gated)
@@ -104,6 +128,10 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
+        if self.moe is not None and self.moe.first_dense_layers > self.layers:
+            raise ValueError(
+                f"moe.first_dense_layers={self.moe.first_dense_layers} exceeds layers={self.layers}"
+            )
         if self.head_dim is None and self.hidden % self.heads:
             raise ValueError(f"heads={self.heads} does not divide hidden={self.hidden}; give head_dim")
         if self.activation == "swiglu" and not self.gated_mlp:
@@ -149,15 +177,15 @@ class ExpertLoadConfig(_Strict):
     """How tokens spread over experts: uniform, or Zipf-skewed with exponent ``skew``."""
 
     distribution: Literal["uniform", "zipf"] = "uniform"
-    skew: Annotated[float, Field(ge=0)] = 1.0
+    skew: Annotated[float, Field(ge=0, le=MAX_SKEW)] = 1.0
 
 
 class TrainingConfig(_Strict):
     """Batch, sequence, precision and recomputation."""
 
-    seq_len: PosInt
-    global_batch: PosInt
-    micro_batch: PosInt = 1
+    seq_len: Annotated[int, _upto(MAX_SEQ_LEN)]
+    global_batch: Annotated[int, _upto(MAX_BATCH)]
+    micro_batch: Annotated[int, _upto(MAX_BATCH)] = 1
     precision: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
     recompute: Literal["none", "selective", "full"] = "none"
     flash_attention: bool = True
@@ -199,22 +227,23 @@ class FrameworkConfig(_Strict):
 class ParallelismConfig(_Strict):
     """The parallel layout and the framework options that change its communication."""
 
-    tp: PosInt = 1
-    pp: PosInt = 1
-    dp: PosInt | None = None  # None: gpus / (tp * pp * cp)
-    cp: PosInt = 1
-    ep: PosInt = 1
+    tp: Annotated[int, _upto(MAX_DEGREE)] = 1
+    pp: Annotated[int, _upto(MAX_DEGREE)] = 1
+    dp: Annotated[int, _upto(MAX_DEGREE)] | None = None  # None: gpus / (tp * pp * cp)
+    cp: Annotated[int, _upto(MAX_DEGREE)] = 1
+    ep: Annotated[int, _upto(MAX_DEGREE)] = 1
     zero: Literal[0, 1, 2, 3] = 1
     sequence_parallel: bool = False
     schedule: str = "1f1b"
-    virtual_stages: PosInt = 1
-    pp_layers: list[NonNegInt] | None = None  # layers per pipeline stage, for uneven splits
+    virtual_stages: Annotated[int, _upto(MAX_STAGES)] = 1
+    # layers per pipeline stage, for uneven splits
+    pp_layers: Annotated[list[Annotated[int, Field(ge=0, le=MAX_LAYERS)]], Field(max_length=MAX_STAGES)] | None = None
     dp_overlap: bool = True  # bucketed gradient reduction overlapped with backward (PyTorch DDP)
     param_gather_overlap: bool = True  # ZeRO-3 / distributed-optimizer all-gathers prefetched
     tp_comm_overlap: bool = False  # Megatron --tp-comm-overlap
     pp_scatter_gather: bool = True  # Megatron: send 1/tp of the activation, all-gather on NVLink
     cp_algorithm: Literal["ring", "all_gather"] = "ring"
-    grad_bucket_mb: PosFloat = 25.0  # PyTorch DDP default bucket_cap_mb
+    grad_bucket_mb: Annotated[float, Field(gt=0, le=MAX_BUCKET_MB)] = 25.0  # PyTorch DDP default bucket_cap_mb
     etp: PosInt | None = None  # expert tensor parallelism; None: tp (Megatron-Core's expert_tensor_parallel_size default)
     # Element type of gradient reduction on the wire; None: the data strategy's default (parallel/strategies/data.py)
     grad_reduce_dtype: Literal["fp32", "bf16", "fp16"] | None = None
@@ -252,7 +281,7 @@ class EngineConfig(_Strict):
     """Simulation options: ``symmetric`` simulates one rank per class, ``full`` every rank."""
 
     mode: Literal["symmetric", "full"] = "symmetric"
-    seed: NonNegInt = 0
+    seed: Annotated[int, Field(ge=0, le=MAX_SEED)] = 0
     # Fold tensor-parallel collectives that stay inside one host (and share no link with other traffic)
     # into compute ops, at their uncontended network time: same result, far fewer events.
     fuse_local_comm: bool = True
@@ -261,14 +290,14 @@ class EngineConfig(_Strict):
 class CostConfig(_Strict):
     """Prices used for cost estimates (cloud prices move; make them explicit)."""
 
-    usd_per_gpu_hour: Annotated[float, Field(ge=0)] = 2.5
+    usd_per_gpu_hour: Annotated[float, Field(ge=0, le=MAX_USD_PER_GPU_HOUR)] = 2.5
 
 
 class ClusterRef(_Strict):
     """A cluster: a topology file plus overrides of its top-level keys (``nodes`` above all)."""
 
     topology: str | dict[str, Any]
-    nodes: PosInt | None = None
+    nodes: Annotated[int, _upto(MAX_NODES)] | None = None
     overrides: dict[str, Any] = Field(default_factory=dict)
 
 

@@ -262,3 +262,84 @@ def test_a_relative_path_starts_from_the_scenario_folder(write_scenario, tmp_pat
     path = write_scenario({**BASE, "cluster": {"topology": "topologies/dgx-a100.yaml", "nodes": 1}}, "s")
     assert main(["run", str(path), "--json"]) == 2
     assert "cluster.topology" in _error_line(capsys)
+
+
+# ---- hardened inputs (#12): non-finite numbers, bounds where no real cluster goes, YAML attacks ----
+HARDENING: dict[str, tuple[str, tuple[str, ...]]] = {
+    # --set override -> substrings of the error line
+    "inf grad_bucket_mb": ("parallelism.grad_bucket_mb=.inf", ("parallelism.grad_bucket_mb", "finite")),
+    "nan grad_bucket_mb": ("parallelism.grad_bucket_mb=.nan", ("parallelism.grad_bucket_mb", "finite")),
+    "inf skew": ("training.expert_load.skew=.inf", ("training.expert_load.skew", "finite")),
+    "huge skew": ("training.expert_load.skew=1000000", ("training.expert_load.skew", "16")),
+    "inf usd": ("cost.usd_per_gpu_hour=.inf", ("cost.usd_per_gpu_hour", "finite")),
+    "inf capacity_factor": (
+        "model={layers: 2, hidden: 64, heads: 4, vocab: 100, moe: {experts: 4, top_k: 1, capacity_factor: .inf}}",
+        ("model.moe.capacity_factor", "finite"),
+    ),
+    "inf link_gbps": (
+        "cluster.overrides.fabric={builder: single_switch, link_gbps: .inf}",
+        ("link_gbps", "finite"),
+    ),
+    "nan nvlink in a host": (
+        "cluster.overrides.host={builder: nvswitch, gpu: a100-sxm-80gb, gpus: 8, nvlink_gbps: .nan}",
+        ("host.nvlink_gbps", "finite"),
+    ),
+    "10^6 nodes": ("cluster.nodes=1000000", ("cluster.nodes", "65536")),
+    "10^30 GPUs per host": (
+        "cluster.overrides.host={builder: nvswitch, gpu: a100-sxm-80gb, gpus: 1000000000000000000000000000000, "
+        "nvlink_gbps: 300}",
+        ("host.gpus", "at most"),
+    ),
+    "2^63-1 layers": ("model.layers=9223372036854775807", ("model.layers", "2048")),
+    "huge head_dim": ("model.head_dim=10000000000", ("model.head_dim", "8192")),
+    "huge seq_len": ("training.seq_len=100000000000", ("training.seq_len", "16777216")),
+    "huge vocab": ("model.vocab=100000000000", ("model.vocab", "16777216")),
+    "huge hidden": ("model.hidden=100000000000", ("model.hidden",)),
+    "huge ffn_hidden": ("model.ffn_hidden=100000000000", ("model.ffn_hidden",)),
+    "first_dense_layers past layers": (
+        "model={layers: 2, hidden: 64, heads: 4, vocab: 100, moe: {experts: 4, top_k: 1, first_dense_layers: 3}}",
+        ("model", "first_dense_layers=3", "layers=2"),
+    ),
+    "5,000-digit integer": ("training.seq_len=" + "9" * 5000, ("training.seq_len", "more characters")),
+    "100 k-character value": (
+        "parallelism.schedule=" + "z" * 100_000,
+        ("parallelism.schedule", "more characters"),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(HARDENING))
+def test_hardened_values_are_one_line_errors(name, write_scenario, capsys):
+    override, expect = HARDENING[name]
+    path = write_scenario(BASE, "s")
+    assert main(["run", str(path), "--set", override, "--json"]) == 2
+    line = _error_line(capsys)
+    assert len(line) < 2500, len(line)  # a bounded prefix of the value, not 100 KB
+    for text in expect:
+        assert text in line, (text, line)
+
+
+@pytest.mark.parametrize(
+    ("text", "expect"),
+    [
+        ("model: gpt3-350m\nmodel: gpt3-125m\n", ("duplicate key 'model'", "line 2")),  # last won silently
+        ("a: " + "[" * 1000 + "]" * 1000 + "\n", ("nested deeper than 64",)),  # RecursionError
+        ("a: &x [1, 2]\nb: *x\n", ("aliases",)),  # billion laughs
+        ("training: {seq_len: " + "9" * 5000 + "}\n", ("4,300 digits",)),  # ValueError in int()
+        ("model: !!python/object/apply:os.system [echo hi]\n", ("not valid YAML",)),
+    ],
+)
+def test_raw_yaml_attacks_are_one_line_errors(text, expect, write_scenario, capsys):
+    path = write_scenario(text, "s")
+    assert main(["run", str(path), "--json"]) == 2
+    line = _error_line(capsys)
+    assert str(path) in line
+    for t in expect:
+        assert t in line, (t, line)
+
+
+def test_tp_comm_overlap_needs_sequence_parallelism(write_scenario, capsys):
+    """Megatron asserts it (--tp-comm-overlap needs --sequence-parallel); it was silently ignored."""
+    doc = {**BASE, "parallelism": {"tp": 2, "pp": 2, "tp_comm_overlap": True}}
+    assert main(["run", str(write_scenario(doc, "s")), "--json"]) == 2
+    assert "tp_comm_overlap" in _error_line(capsys)

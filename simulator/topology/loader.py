@@ -8,20 +8,22 @@ the field) and builds the graph with the conventions of ``simulator/topology/clu
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import networkx as nx
 import numpy as np
-from pydantic import model_validator
+from pydantic import Field, model_validator
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from simulator.errors import ScenarioError
+from simulator.errors import ScenarioError, shorten
 from simulator.files import read_yaml, resolve_reference, shipped_file
 from simulator.files import shipped_dir as shipped_dir  # re-exported: validation and tests use it here
 from simulator.hardware.gpu import GpuSpec, get_gpu
+from simulator.limits import MAX_GPUS, MAX_HOST_GPUS, MAX_NODES, MAX_TOPOLOGY_COUNT, MAX_TOPOLOGY_NUMBER
 from simulator.topology.builders.base import (
     FABRIC_BUILDERS,
     HOST_BUILDERS,
@@ -58,7 +60,9 @@ class TopologyDoc(Strict):
     name: str | None = None
     description: str = ""
     source: str | list[str] = ""
-    nodes: PosInt | None = None  # hosts; a scenario overrides it (cluster: {topology: ..., nodes: 128})
+    nodes: Annotated[int, Field(gt=0, le=MAX_NODES)] | None = (
+        None  # hosts; a scenario overrides it (cluster: {topology: ..., nodes: 128})
+    )
     host: dict[str, Any] | None = None
     host_groups: list[HostGroup] | None = None
     fabric: dict[str, Any] = {"builder": "none"}
@@ -99,6 +103,13 @@ def _host_group(raw: dict[str, Any], count: int, *, file: str, field: str) -> _G
         _builder_name(raw, file=file, field=field), file=file, field=f"{field}.builder"
     )
     spec = validate(builder_cls.schema, raw, file=file, field=field)
+    if spec.gpus > MAX_HOST_GPUS:
+        raise ScenarioError(
+            f"{shorten(spec.gpus)} GPUs in one host; at most {MAX_HOST_GPUS:,} (the largest NVLink domain "
+            "announced is NVL576)",
+            file=file,
+            field=f"{field}.gpus",
+        )
     gpu = get_gpu(spec.gpu, file=file, field=f"{field}.gpu")
     return _Group(builder_cls(), spec, count, gpu, field)
 
@@ -174,14 +185,76 @@ def _meta(
     }
 
 
-def build_cluster(doc: dict[str, Any], *, file: str) -> Cluster:
-    """Build the cluster a topology document describes (``nodes`` already overridden)."""
+def _numbers_problem(node: Any, path: str) -> tuple[str, str] | None:
+    """(field, reason) of the first number of a topology document that is not finite or is past the
+    bounds of ``simulator.limits``, or None. Builders' schemas check meaning; this keeps every one of
+    them away from inf, NaN and 10^30 hosts (issue #12)."""
+    if isinstance(node, bool):
+        return None
+    if isinstance(node, int):
+        if abs(node) > MAX_TOPOLOGY_COUNT:
+            return path, f"{shorten(node)} is past any real cluster; at most {MAX_TOPOLOGY_COUNT:,}"
+        return None
+    if isinstance(node, float):
+        if not math.isfinite(node):
+            return path, f"{node} is not a finite number"
+        if abs(node) > MAX_TOPOLOGY_NUMBER:
+            return path, f"{node:g} is past any real link; at most {MAX_TOPOLOGY_NUMBER:g}"
+        return None
+    if isinstance(node, dict):
+        items: Any = node.items()
+    elif isinstance(node, list):
+        items = ((f"[{i}]", v) for i, v in enumerate(node))
+    else:
+        return None
+    for key, value in items:
+        sub = f"{path}{key}" if str(key).startswith("[") else (f"{path}.{key}" if path else str(key))
+        found = _numbers_problem(value, sub)
+        if found is not None:
+            return found
+    return None
+
+
+@dataclass(frozen=True)
+class _Checked:
+    top: TopologyDoc
+    groups: list[_Group]
+    fabric_name: str
+    fabric_cls: type[FabricBuilder]
+    fabric_spec: Any
+    total_gpus: int
+
+
+def _check(doc: dict[str, Any], *, file: str) -> _Checked:
+    found = _numbers_problem(doc, "")
+    if found is not None:
+        raise ScenarioError(found[1], file=file, field=found[0] or None)
     top = validate(TopologyDoc, doc, file=file, field="")
     groups = _groups(top, file=file)
     fabric_name = _builder_name(top.fabric, file=file, field="fabric")
     fabric_cls = FABRIC_BUILDERS.get(fabric_name, file=file, field="fabric.builder")
     fabric_spec = validate(fabric_cls.schema, top.fabric, file=file, field="fabric")
     total_gpus = sum(grp.count * grp.spec.gpus for grp in groups)
+    if total_gpus > MAX_GPUS:
+        raise ScenarioError(
+            f"{total_gpus:,} GPUs; at most {MAX_GPUS:,} (over twice the largest cluster announced)",
+            file=file,
+            field="nodes",
+        )
+    return _Checked(top, groups, fabric_name, fabric_cls, fabric_spec, total_gpus)
+
+
+def check_topology(doc: dict[str, Any], *, file: str) -> int:
+    """Validate a topology document without building its graph (cheap: a sweep checks every point's
+    cluster up front); returns its GPU count."""
+    return _check(doc, file=file).total_gpus
+
+
+def build_cluster(doc: dict[str, Any], *, file: str) -> Cluster:
+    """Build the cluster a topology document describes (``nodes`` already overridden)."""
+    checked = _check(doc, file=file)
+    top, groups, total_gpus = checked.top, checked.groups, checked.total_gpus
+    fabric_name, fabric_cls, fabric_spec = checked.fabric_name, checked.fabric_cls, checked.fabric_spec
     g = GraphBuilder()
     hosts: list[HostPorts] = []
     gpu_specs: list[GpuSpec] = []
