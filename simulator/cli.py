@@ -60,13 +60,17 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
         "validate",
         help="compare predictions with published measured runs",
         description="Simulate every published run shipped with clustersim (Megatron-LM SC'21 on A100, "
-        "Megatron-Core on H100, held-out runs) and print predicted vs measured step time. Exits 1 when a "
-        "row is outside its tolerance.",
+        "Megatron-Core on H100, held-out runs, runs on current stacks) and print predicted vs measured step "
+        "time, whether the predicted memory fits, and median/max error per class. Exits 1 when a row is "
+        "outside its tolerance, does not fit in memory, or does not run.",
     )
     p.add_argument("--suite", action="append", default=[], metavar="NAME",
                    help="only this suite (repeatable): megatron-2021-a100, korthikanti-2022-layer, "
                    "korthikanti-2022-e2e-a100, mtnlg-530b-a100, bloom-176b-a100, megatron-readme-h100, "
-                   "llama3-405b-h100, nccl-busbw; default: every suite")  # fmt: skip
+                   "llama3-405b-h100, modern-training-runs, nccl-busbw; default: every suite")  # fmt: skip
+    p.add_argument("--class", dest="cls", action="append", default=[], metavar="CLASS",
+                   help="only step-time rows of this class (repeatable): dense-bf16, dense-fp8, long-context, moe, "
+                   "gpu:<type> (e.g. gpu:b200) or framework:<name> (e.g. framework:torchtitan)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
     p.add_argument("--workers", type=int, default=1, help="processes to run rows in parallel (default 1)")
     p.set_defaults(handler=_lazy("simulator.validation.command", "validate_command"))

@@ -27,6 +27,7 @@ SHARED_FILES = (
     "megatron-readme-h100.yaml",
     "korthikanti-2022-layer.yaml",
     "nccl-busbw.yaml",
+    "modern-training-runs.yaml",
 )
 GPUS = ("v100-sxm2-16gb", "v100-sxm2-32gb", "a100-sxm-40gb", "a100-sxm-80gb", "h100-sxm", "h200-sxm", "b200", "h800-sxm",
         "h100-96gb-hbm2e", "gb200")
@@ -245,7 +246,7 @@ def test_moe_counts_shared_experts_router_and_dense_layers() -> None:
 def _names_a_source(doc: dict[str, Any]) -> bool:
     if str(doc.get("source", "")).strip():
         return True
-    rows = doc.get("runs") or doc.get("rows") or doc.get("points") or []
+    rows = doc.get("runs") or doc.get("rows") or doc.get("points") or doc.get("cases") or []
     return bool(rows) and all(str(r.get("source", "")).strip() for r in rows)
 
 
@@ -257,7 +258,7 @@ def test_every_validation_file_parses_and_names_a_source() -> None:
         doc = yaml.safe_load(_data_dir().joinpath(name).read_text())
         assert isinstance(doc, dict), name
         assert _names_a_source(doc), f"{name} names no source"
-        rows = doc.get("runs") or doc.get("rows") or doc.get("points")
+        rows = doc.get("runs") or doc.get("rows") or doc.get("points") or doc.get("cases")
         assert rows, f"{name} has no rows"
 
 
