@@ -10,17 +10,57 @@ semantics at a fraction of the cost per event.
 
 from __future__ import annotations
 
+import heapq
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import simpy
+from simpy.events import NORMAL
 
 from simulator.engine.groups import GroupResolver
 from simulator.engine.trace import Trace, TraceRecorder
-from simulator.network.models.base import NetworkModel
+from simulator.network.models.base import CollectiveRequest, NetworkModel
 from simulator.workload.ops import Collective, Compute, SendRecv
 from simulator.workload.program import Program
+
+
+class _Timer:
+    """What ``HeapEnvironment.timeout`` returns: the callbacks to run when it fires."""
+
+    __slots__ = ("callbacks",)
+
+    def __init__(self) -> None:
+        self.callbacks: list[Callable[[Any], None]] | None = []
+
+
+class HeapEnvironment(simpy.Environment):
+    """A simpy environment for models that only ever wait on timeouts (the engine and the analytical and
+    flow network models do): the same event order as simpy, (time, priority, insertion order), without
+    the cost of simpy's event objects, so that a step replays exactly as on ``simpy.Environment``."""
+
+    def timeout(self, delay: float = 0, value: Any = None) -> _Timer:  # type: ignore[override]
+        """A timer firing ``delay`` seconds from now (``value`` is not supported)."""
+        if delay < 0:
+            raise ValueError(f"negative delay {delay}")
+        assert value is None, "HeapEnvironment timers carry no value"
+        timer = _Timer()
+        heapq.heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), timer))  # type: ignore[arg-type,misc]
+        return timer
+
+    def run(self, until: Any = None) -> None:
+        """Run until no timer is left (``until`` is not supported)."""
+        assert until is None, "HeapEnvironment runs to completion"
+        queue, pop = self._queue, heapq.heappop
+        while queue:
+            self._now, _, _, timer = pop(queue)
+            callbacks, timer.callbacks = timer.callbacks, None  # type: ignore[assignment]
+            for callback in callbacks:  # type: ignore[union-attr]
+                callback(timer)
+
+
+_COMPUTE, _COLLECTIVE, _P2P = 0, 1, 2
 
 
 @dataclass(eq=False)
@@ -29,6 +69,7 @@ class _RankState:
     program: Program
     succ: list[list[int]]
     waits: list[int]
+    kinds: list[int]  # _COMPUTE, _COLLECTIVE or _P2P per op (one list lookup instead of isinstance tests)
     seq: dict[tuple[object, ...], int] = field(default_factory=lambda: defaultdict(int))
     finished: int = 0
 
@@ -56,12 +97,17 @@ class Engine:
         self.resolver = resolver
         self.network = network
         self.trace = TraceRecorder()
+        self._row = self.trace.rows.append  # one append per executed op
         self.events = 0
         self._meetings: dict[tuple[object, ...], _Meeting] = {}
         self._ranks: dict[int, _RankState] = {}
+        self._peer: dict[tuple[int, int], int] = {}  # (rank, offset) → the peer's representative
+        self._send: dict[tuple[int, int, float], CollectiveRequest] = {}  # (rank, offset, bytes) → request
         for rank, prog in programs.items():
             succ, waits = prog.successors()
-            self._ranks[rank] = _RankState(rank, prog, succ, list(waits))
+            kinds = [_COMPUTE if isinstance(op, Compute) else _COLLECTIVE if isinstance(op, Collective) else _P2P
+                     for op in prog.ops]  # fmt: skip
+            self._ranks[rank] = _RankState(rank, prog, succ, list(waits), kinds)
 
     def run(self) -> None:
         """Run until every op of every rank has finished."""
@@ -75,31 +121,34 @@ class Engine:
 
     # --------------------------------------------------------------------------- op lifecycle
     def _start(self, st: _RankState, i: int) -> None:
+        kind = st.kinds[i]
         op = st.program.ops[i]
-        if isinstance(op, Compute):
+        if kind == _COMPUTE:
             start = self.env.now
             self.events += 1
-            self.env.timeout(op.duration_s).callbacks.append(lambda _ev: self._finish_compute(st, i, start))
-        elif isinstance(op, Collective):
-            self._arrive_collective(st, i, op)
+            self.env.timeout(op.duration_s).callbacks.append(  # type: ignore[union-attr]
+                lambda _ev: self._finish_compute(st, i, start)
+            )
+        elif kind == _COLLECTIVE:
+            self._arrive_collective(st, i, op)  # type: ignore[arg-type]
         else:
-            self._arrive_p2p(st, i, op)
+            self._arrive_p2p(st, i, op)  # type: ignore[arg-type]
 
     def _finish_compute(self, st: _RankState, i: int, start: float) -> None:
-        op = st.program.ops[i]
-        assert isinstance(op, Compute)
-        self.trace.add(
+        op: Compute = st.program.ops[i]  # type: ignore[assignment]
+        self._row((
             st.rank, st.program.streams[i], op.name, op.category.value, "", start, self.env.now,
             op.bytes, op.model_flops, op.hw_flops, op.micro_batch,
             op.inline_comm_s, op.inline_hidden_s, op.segments,
-        )  # fmt: skip
+        ))  # fmt: skip
         self._done(st, i)
 
     def _done(self, st: _RankState, i: int) -> None:
         st.finished += 1
+        waits = st.waits
         for j in st.succ[i]:
-            st.waits[j] -= 1
-            if st.waits[j] == 0:
+            waits[j] -= 1
+            if not waits[j]:
                 self._start(st, j)
 
     # --------------------------------------------------------------------------- communication
@@ -118,7 +167,10 @@ class Engine:
             self._launch(meeting, req)
 
     def _arrive_p2p(self, st: _RankState, i: int, op: SendRecv) -> None:
-        peer = self.resolver.classes.rep_of(self.resolver.peer(st.rank, op))
+        pkey = (st.rank, op.offset)
+        peer = self._peer.get(pkey)
+        if peer is None:
+            peer = self._peer[pkey] = self.resolver.classes.rep_of(self.resolver.peer(st.rank, op))
         src, dst = (st.rank, peer) if op.is_send else (peer, st.rank)
         key = ("p2p", src, dst, op.tag)
         meeting = self._meetings.get(key)
@@ -127,7 +179,11 @@ class Engine:
             self._meetings[key] = meeting
         meeting.arrived.append((st, i))
         if op.is_send:
-            meeting.request = self.resolver.send_request(st.rank, op)
+            skey = (st.rank, op.offset, op.bytes)
+            req = self._send.get(skey)
+            if req is None:
+                req = self._send[skey] = self.resolver.send_request(st.rank, op)
+            meeting.request = req
         if len(meeting.arrived) == 2:
             del self._meetings[key]
             self._launch(meeting, meeting.request)
@@ -139,13 +195,11 @@ class Engine:
 
     def _finisher(self, meeting: _Meeting, start: float) -> Callable[[], None]:
         def finish() -> None:
+            now = self.env.now
             for st, i in meeting.arrived:
-                op = st.program.ops[i]
-                assert isinstance(op, Collective | SendRecv)
-                self.trace.add(
-                    st.rank, st.program.streams[i], op.name, "comm", op.comm.value, start, self.env.now,
-                    op.bytes, 0.0, 0.0, op.micro_batch,
-                )  # fmt: skip
+                op: Collective | SendRecv = st.program.ops[i]  # type: ignore[assignment]
+                self._row((st.rank, st.program.streams[i], op.name, "comm", op.comm.value, start, now,
+                           op.bytes, 0.0, 0.0, op.micro_batch, 0.0, 0.0, ()))  # fmt: skip
                 self._done(st, i)
 
         return finish

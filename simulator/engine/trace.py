@@ -6,25 +6,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+_ROW_DEFAULTS = (0.0, 0.0, 0.0, -1, 0.0, 0.0, ())  # bytes, model/hw FLOPs, micro-batch, inline, segments
+
 
 @dataclass
 class TraceRecorder:
-    """Append-only columns filled by the engine while it runs (one row per op)."""
+    """Append-only rows filled by the engine while it runs (one tuple per op: a single append per op is
+    the cheapest record in CPython; ``freeze`` turns the rows into columns once)."""
 
-    rank: list[int] = field(default_factory=list)
-    stream: list[str] = field(default_factory=list)
-    name: list[str] = field(default_factory=list)
-    category: list[str] = field(default_factory=list)  # compute Category value, or "comm"
-    comm: list[str] = field(default_factory=list)  # CommKind value for communication, "" for compute
-    start_s: list[float] = field(default_factory=list)
-    end_s: list[float] = field(default_factory=list)
-    bytes: list[float] = field(default_factory=list)
-    model_flops: list[float] = field(default_factory=list)
-    hw_flops: list[float] = field(default_factory=list)
-    micro_batch: list[int] = field(default_factory=list)
-    inline_comm_s: list[float] = field(default_factory=list)
-    inline_hidden_s: list[float] = field(default_factory=list)
-    segments: list[tuple[object, ...]] = field(default_factory=list)
+    rows: list[tuple[object, ...]] = field(default_factory=list)
 
     def add(
         self,
@@ -43,39 +33,37 @@ class TraceRecorder:
         inline_hidden_s: float = 0.0,
         segments: tuple[object, ...] = (),
     ) -> None:
-        """Record one executed op."""
-        self.rank.append(rank)
-        self.stream.append(stream)
-        self.name.append(name)
-        self.category.append(category)
-        self.comm.append(comm)
-        self.start_s.append(start_s)
-        self.end_s.append(end_s)
-        self.bytes.append(nbytes)
-        self.model_flops.append(model_flops)
-        self.hw_flops.append(hw_flops)
-        self.micro_batch.append(micro_batch)
-        self.inline_comm_s.append(inline_comm_s)
-        self.inline_hidden_s.append(inline_hidden_s)
-        self.segments.append(segments)
+        """Record one executed op (``category``: a compute Category value or "comm"; ``comm``: the CommKind
+        value of a communication, "" for compute)."""
+        self.rows.append((rank, stream, name, category, comm, start_s, end_s, nbytes, model_flops, hw_flops,
+                          micro_batch, inline_comm_s, inline_hidden_s, segments))  # fmt: skip
+
+    def add_row(self, row: tuple[object, ...]) -> None:
+        """Record one executed op given as the 7 leading fields of ``add`` or all 14, in that order."""
+        self.rows.append(row if len(row) == 14 else row + _ROW_DEFAULTS)
 
     def freeze(self, rank_labels: dict[int, str], rank_multiplicity: dict[int, int]) -> Trace:
         """The finished, immutable trace."""
+        cols: list[tuple[object, ...]] = list(zip(*self.rows, strict=True)) if self.rows else [()] * 14
+
+        def num(i: int, dtype: type) -> np.ndarray:
+            return np.asarray(cols[i], dtype=dtype)
+
         return Trace(
-            rank=np.asarray(self.rank, dtype=np.int64),
-            stream=tuple(self.stream),
-            name=tuple(self.name),
-            category=tuple(self.category),
-            comm=tuple(self.comm),
-            start_s=np.asarray(self.start_s, dtype=np.float64),
-            end_s=np.asarray(self.end_s, dtype=np.float64),
-            bytes=np.asarray(self.bytes, dtype=np.float64),
-            model_flops=np.asarray(self.model_flops, dtype=np.float64),
-            hw_flops=np.asarray(self.hw_flops, dtype=np.float64),
-            micro_batch=np.asarray(self.micro_batch, dtype=np.int64),
-            inline_comm_s=np.asarray(self.inline_comm_s, dtype=np.float64),
-            inline_hidden_s=np.asarray(self.inline_hidden_s, dtype=np.float64),
-            segments=tuple(self.segments),
+            rank=num(0, np.int64),
+            stream=tuple(map(str, cols[1])),
+            name=tuple(map(str, cols[2])),
+            category=tuple(map(str, cols[3])),
+            comm=tuple(map(str, cols[4])),
+            start_s=num(5, np.float64),
+            end_s=num(6, np.float64),
+            bytes=num(7, np.float64),
+            model_flops=num(8, np.float64),
+            hw_flops=num(9, np.float64),
+            micro_batch=num(10, np.int64),
+            inline_comm_s=num(11, np.float64),
+            inline_hidden_s=num(12, np.float64),
+            segments=tuple(cols[13]),  # type: ignore[arg-type]
             rank_labels=dict(rank_labels),
             rank_multiplicity=dict(rank_multiplicity),
         )

@@ -65,9 +65,13 @@ class RouteMemo:
         self.cluster = cluster
         self.calib = calib
         self.capacity = cluster.link_capacity_bytes_per_s
-        types, code = np.unique(np.asarray(cluster.link_type, dtype=object).astype(str), return_inverse=True)
-        self._types = tuple(str(t) for t in types)
-        self._type_code = code.astype(np.int64)
+        codes: dict[str, int] = {}
+        self._type_code = np.fromiter(
+            (codes.setdefault(t, len(codes)) for t in cluster.link_type),
+            dtype=np.int64,
+            count=len(cluster.link_type),
+        )
+        self._types = tuple(codes)
         self._eff: dict[str, np.ndarray] = {}  # efficiency_key → efficiency per link-type code
         self._alpha = np.array([calib.step_latency(t) for t in self._types])
         self.phases: dict[tuple[object, ...], tuple[Phase, ...]] = {}
@@ -192,6 +196,7 @@ class PhaseCache:
             return self.algorithm
         return None
 
+
 def alone_time(phases: list[RoutedPhase] | tuple[RoutedPhase, ...]) -> float:
     """Duration of a collective on an otherwise idle network (the α-β fast path)."""
     total = 0.0
@@ -210,15 +215,26 @@ class NetworkModel(ABC):
     def __init__(self, env: simpy.Environment, cache: PhaseCache) -> None:
         self.env = env
         self.cache = cache
-        self.link_bytes = np.zeros(cache.capacity.size)  # bytes carried per directed link (all instances)
+        self._link_bytes = np.zeros(cache.capacity.size)
+        self._pending: dict[int, tuple[tuple[RoutedPhase, ...], int]] = {}  # id → (phases, runs not added)
+
+    @property
+    def link_bytes(self) -> np.ndarray:
+        """Bytes carried per directed link (all instances) by the collectives run so far."""
+        for phases, runs in self._pending.values():
+            for p in phases:
+                np.add.at(self._link_bytes, p.link_ids, p.link_bytes * runs)
+        self._pending.clear()
+        return self._link_bytes
 
     @abstractmethod
     def run(self, req: CollectiveRequest, on_done: Callable[[], None]) -> None:
         """Start ``req`` now; call ``on_done`` when its last phase ends."""
 
     def _account(self, phases: tuple[RoutedPhase, ...]) -> None:
-        for p in phases:
-            np.add.at(self.link_bytes, p.link_ids, p.link_bytes)
+        # counted per routed collective and added when read: one scatter per distinct collective, not per run
+        hit = self._pending.get(id(phases))
+        self._pending[id(phases)] = (phases, 1 if hit is None else hit[1] + 1)
 
 
 NETWORK_MODELS: Registry[type[NetworkModel]] = Registry("network model", "simulator.network.models")
