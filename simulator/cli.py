@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from simulator import __version__
-from simulator.errors import UserInputError
+from simulator.errors import InternalError, UserInputError, one_line_text, shorten
 
 EXIT_USER_ERROR = 2
+# A result that breaks one of clustersim's invariants (simulator/report/invariants.py): a bug to report,
+# kept apart from the user's mistakes (2) and from validate's "outside tolerance" (1).
+EXIT_INTERNAL_ERROR = 3
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -72,7 +77,9 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
                    help="only step-time rows of this class (repeatable): dense-bf16, dense-fp8, long-context, moe, "
                    "gpu:<type> (e.g. gpu:b200) or framework:<name> (e.g. framework:torchtitan)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the rows as one JSON object")
-    p.add_argument("--workers", type=int, default=1, help="processes to run rows in parallel (default 1)")
+    p.add_argument(
+        "--workers", type=_positive_int, default=1, help="processes to run rows in parallel (default 1)"
+    )
     p.set_defaults(handler=_lazy("simulator.validation.command", "validate_command"))
 
 
@@ -80,21 +87,21 @@ def _positive_int(text: str) -> int:
     """An argparse type: an integer of at least 1."""
     try:
         value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    except ValueError:  # also a number of more than 4,300 digits
+        raise argparse.ArgumentTypeError(f"{shorten(text)} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
     return value
 
 
 def _positive_float(text: str) -> float:
-    """An argparse type: a number above 0."""
+    """An argparse type: a finite number above 0 (``inf`` and ``nan`` parse as floats; refuse them)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+        raise argparse.ArgumentTypeError(f"{shorten(text)} is not a number") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"{value} is not a finite positive number")
     return value
 
 
@@ -293,9 +300,17 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (  # type: 
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose mistakes are one line, like every other user error (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = f"; see {self.prog} --help"
+        self.exit(EXIT_USER_ERROR, f"clustersim: error: {self.prog}: {one_line_text(message)}{hint}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="clustersim",
         description="Simulate distributed LLM training on GPU clusters: step time, throughput, MFU, "
         "communication, pipeline bubbles and memory, from a YAML scenario.",
@@ -319,6 +334,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             e.file = str(args.scenario)  # raised while simulating: name the scenario it came from
         print(f"clustersim: error: {e.one_line()}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except InternalError as e:
+        print(f"clustersim: internal error (a bug, please report it with the scenario): {e}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
     except KeyboardInterrupt:
         print("clustersim: interrupted", file=sys.stderr)
         return 130

@@ -54,3 +54,14 @@ class InfeasibleConfig(UserInputError):
 
     Sweeps record the reason and skip the point instead of failing.
     """
+
+
+class InternalError(Exception):
+    """A result that breaks one of clustersim's own invariants (a bug, not the user's mistake): the CLI
+    prints it as a bug report naming the scenario and exits with status 3 (``EXIT_INTERNAL_ERROR``)."""
+
+    def __init__(self, message: str, *, scenario: str | None = None) -> None:
+        self.scenario = scenario
+        self.reason = message
+        where = f"{one_line_text(scenario, PART_CHARS // 2)}: " if scenario else ""
+        super().__init__(where + one_line_text(" ".join(message.split())))

@@ -13,6 +13,8 @@ The rule for a reference such as ``cluster: ...`` or ``--cluster ...`` (issue #1
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import stat
 import tempfile
@@ -331,3 +333,19 @@ def check_output_file(path: Path, flag: str, suffixes: tuple[str, ...] = ()) -> 
             file=str(path),
             field=flag,
         )
+
+
+def finite_json(doc: Any, **kwargs: Any) -> str:
+    """``json.dumps`` that never writes ``Infinity`` or ``NaN`` (they are not JSON; parsers reject
+    them): a non-finite float is written as ``null``, as pydantic writes it in the run report."""
+    return json.dumps(_finite(doc), allow_nan=False, **kwargs)
+
+
+def _finite(node: Any) -> Any:
+    if isinstance(node, float) and not math.isfinite(node):
+        return None
+    if isinstance(node, dict):
+        return {k: _finite(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        return [_finite(v) for v in node]
+    return node

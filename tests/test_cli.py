@@ -306,3 +306,75 @@ def test_a_newline_in_a_file_name_stays_on_one_line(tmp_path, capsys):
     path = tmp_path / "two\nlines.yaml"
     line = _refused(capsys, ["run", str(path)], "not found")
     assert "two\\nlines.yaml" in line
+
+
+# ------------------------------------------------------------------ CLI arguments: one line, exit 2 (#12)
+def exit_status(argv: list[str]) -> int:
+    """``main(argv)``'s status, also when argparse exits (``SystemExit``) instead of returning."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return int(e.code or 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "expect"),
+    [
+        (["plan", "--budget-flops", "5e-324"], ("--budget-flops", "1e+15 to 1e+32")),
+        (["plan", "--budget-flops", "1e-100"], ("--budget-flops",)),  # planned 4e-46 parameters, exit 0
+        (["plan", "--budget-flops", "1e308P"], ("--budget-flops",)),  # printed Infinity in --json
+        (["plan", "--budget-flops", "1e24", "--usd-per-gpu-hour", "inf"], ("--usd-per-gpu-hour", "finite")),
+        (["plan", "--budget-flops", "1e24", "--mfu", "nan"], ("--mfu",)),
+        (["compare", "x", "--out", "y", "--width", "inf"], ("--width", "finite")),
+        (["validate", "--workers", "-1"], ("--workers", "positive")),
+        (
+            ["validate", "--suite", "nope"],
+            ("--suite", "korthikanti-2022-layer", "nccl-busbw", "megatron-2021-a100"),
+        ),
+        (["run"], ("run", "scenario")),
+        (["frobnicate"], ("invalid choice",)),
+        (["search", "s.yaml", "--top", "9" * 5000], ("--top", "not an integer", "more characters")),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(argv, expect, capsys):
+    status = exit_status(argv)
+    captured = capsys.readouterr()
+    assert status == 2, captured
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    for text in expect:
+        assert text in captured.err, (text, captured.err)
+
+
+def test_plan_json_is_strict_json(capsys):
+    """No ``Infinity`` or ``NaN`` (json.loads accepts them; strict parsers do not)."""
+    assert main(["plan", "--budget-flops", "1e32", "--json"]) == 0
+    text = capsys.readouterr().out
+
+    def refuse(name: str) -> float:
+        raise AssertionError(f"{name} in --json output")
+
+    json.loads(text, parse_constant=refuse)
+
+
+def test_batch_on_dask_without_dask_is_one_line(write_scenario, tmp_path, capsys):
+    """It was ModuleNotFoundError from an import before the guarded one."""
+    pytest.importorskip("simulator.batch.executors.dask_cluster")
+    try:
+        import distributed  # noqa: F401
+
+        expect = "cannot reach the Dask scheduler"
+    except ImportError:
+        expect = "dask[distributed]"
+    path = write_scenario(SCENARIO | {"network": {"model": "analytical"}}, "s")
+    argv = [
+        "batch",
+        str(path),
+        "--out",
+        str(tmp_path / "out"),
+        "--scheduler",
+        "tcp://127.0.0.1:9",
+        "--no-progress",
+    ]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and expect in err, err

@@ -15,7 +15,6 @@ GPUs of each, as ``mpirun --map-by ppr:N/hosts:node`` would place them). Send/re
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ import numpy as np
 import simpy
 
 from simulator.errors import ScenarioError
+from simulator.files import finite_json
 from simulator.hardware.calibration import LinkCalibration, link_calibration
 from simulator.network.collectives.base import ALGORITHMS
 from simulator.network.models.base import NETWORK_MODELS, CollectiveRequest, PhaseCache, alone_time
@@ -216,7 +216,7 @@ def collective_command(args: argparse.Namespace) -> int:
             "algorithm": args.algorithm,
             "network": args.network,
         }
-        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.write(finite_json(doc) + "\n")
     else:
         title = (
             f"clustersim collective: {kind.value} on {gpus} GPUs ({cluster.num_hosts} node(s) of "

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.errors import InfeasibleConfig, ScenarioError
+from simulator.files import finite_json
 from simulator.models.catalog import model_catalog, model_names
 from simulator.models.params import parameter_count
 from simulator.models.spec import ModelSpec
@@ -76,8 +77,32 @@ class Simulated:
     layout_source: str
 
 
+# What a plan may be asked about (issue #12: 1e-100 FLOPs planned 4e-46 parameters at a loss of 2.4e18,
+# 1e308P printed Infinity). Below 1e15 FLOPs the compute-optimal model has under 3M parameters, far below
+# the 70M-16B parameters of the runs the fits come from (Hoffmann et al. 2022, arXiv 2203.15556, Sec. 1);
+# 1e32 is over 10^6 times Llama 3 405B's 3.8e25 FLOPs (Dubey et al. 2024, arXiv 2407.21783, Sec. 3.2.1).
+BUDGET_BOUNDS: dict[str, tuple[float, float, str]] = {
+    "budget_flops": (1e15, 1e32, "--budget-flops"),
+    "budget_gpu_hours": (1e-2, 1e12, "--budget-gpu-hours"),
+    "tokens": (1e6, 1e18, "--tokens"),  # Llama 3 trained on 1.5e13 (Dubey 2024)
+}
+
+
+def check_budget(args: argparse.Namespace) -> None:
+    """The budget given is finite and within ``BUDGET_BOUNDS``, or a one-line error naming the flag."""
+    for attr, (low, high, flag) in BUDGET_BOUNDS.items():
+        value = getattr(args, attr, None)
+        if value is None:
+            continue
+        if not (math.isfinite(value) and low <= value <= high):
+            raise ScenarioError(
+                f"{value:g} is outside the range planned for; valid: {low:g} to {high:g}", field=flag
+            )
+
+
 def plan_command(args: argparse.Namespace) -> int:
     """Resolve the model and the cluster, simulate a step if there is one, and print the plan."""
+    check_budget(args)
     fit = loss_fit(args.fit)
     scenario, layout_given = resolve_scenario(args)
     spec = scenario.model if scenario is not None else model_spec(args.model)
@@ -88,7 +113,7 @@ def plan_command(args: argparse.Namespace) -> int:
     sim = simulate_step(scenario, layout_given, args.workers) if scenario is not None else None
     doc = build_plan(args, fit, spec, sim)
     if args.json:
-        sys.stdout.write(json.dumps(doc) + "\n")
+        sys.stdout.write(finite_json(doc) + "\n")
     else:
         sys.stdout.write(summary(doc))
     return 0

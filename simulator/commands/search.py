@@ -7,7 +7,6 @@ prints the ranked table (or one JSON object) and writes ``results.csv``, ``prune
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -20,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 
 from simulator.errors import InfeasibleConfig
+from simulator.files import finite_json
 from simulator.planning.search import (
     FAST_NETWORK,
     Evaluated,
@@ -51,7 +51,7 @@ def search_command(args: argparse.Namespace) -> int:
     if not result.ranked:
         raise InfeasibleConfig(f"no layout runs and fits: {counts_line(result)}", field="parallelism")
     if args.json:
-        sys.stdout.write(json.dumps(result_json(result)) + "\n")
+        sys.stdout.write(finite_json(result_json(result)) + "\n")
     else:
         print_result(result, Console(width=None if sys.stdout.isatty() else TABLE_WIDTH))
     return 0

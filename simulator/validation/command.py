@@ -10,8 +10,9 @@ import sys
 from rich.console import Console
 from rich.table import Table
 
+from simulator.errors import ScenarioError, shorten
 from simulator.validation.layer import korthikanti_cases, layer_times
-from simulator.validation.suites import KINDS, Result, run_rows, select_rows, suite_rows
+from simulator.validation.suites import KINDS, Result, run_rows, select_rows, suite_rows, suite_specs
 
 LAYER_SUITE = "korthikanti-2022-layer"
 LAYER_TOLERANCE = 0.10
@@ -167,6 +168,10 @@ def _fmt(seconds: float) -> str:
 def validate_command(args: argparse.Namespace) -> int:
     """Run the suites, print the table and a summary line; exit 1 when a row is outside its tolerance."""
     wanted = list(args.suite)
+    valid = [*suite_specs(), *SPECIAL_SUITES]
+    for name in wanted:  # every valid suite in the error, the step-time and the special ones (#12)
+        if name not in valid:
+            raise ScenarioError(f"unknown suite {shorten(name)}; valid: {', '.join(valid)}", field="--suite")
     classes = list(getattr(args, "cls", None) or [])
     rows: list[dict[str, object]] = []
     # The layer-time and bus-bandwidth suites have no classes: a --class filter leaves them out unless named.

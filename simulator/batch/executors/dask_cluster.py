@@ -23,9 +23,9 @@ class DaskExecutor(Executor):
         """Run ``fn(item)`` for every item on the cluster; yield outcomes as they complete."""
         if not items:
             return
+        client = self._connect()  # first: without dask installed it is a one-line error, not ImportError
         from distributed import as_completed
 
-        client = self._connect()
         futures: list[Any] = []
         try:
             futures = client.map(fn, list(items), pure=False)
@@ -52,7 +52,8 @@ class DaskExecutor(Executor):
             from distributed import Client
         except ImportError:
             raise UserInputError(
-                "the dask executor needs dask[distributed]: pip install 'clustersim[dask]'"
+                "the dask executor needs dask[distributed]: pip install 'clustersim[dask]'",
+                field="--scheduler",
             ) from None
         try:
             return Client(address, set_as_default=False, timeout=self.options.connect_timeout_s)
