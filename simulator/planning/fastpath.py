@@ -1,0 +1,203 @@
+"""The search's fast path: one step of a layout without simpy, with everything a layout shares reused.
+
+What it reuses across the layouts of one search (issue #11):
+
+* the cluster (topology graph, router) is built once;
+* routed collectives come from one ``RouteMemo``: each distinct phase geometry is routed once per search,
+  whatever layout, stage or size asks for it (``simulator.network.models.base``);
+* kernel durations come from the same program builder and compute model as ``clustersim run``
+  (``ProgramFactory``, which compiles each chunk's forward and backward once per layout): there is no
+  second copy of the kernel formulas here, so the fast path follows the compute model when it changes.
+
+How it times the step: the programs run on the engine itself (``Engine``: the same stream, dependency and
+rendezvous semantics, the same matching of collectives) with the analytical network model, on
+``HeapEnvironment``, a lighter event queue with simpy's ordering. With the analytical model every op's
+duration is fixed when it starts, so the schedule is a max-plus recurrence over stages and micro-batches,
+which this evaluates exactly: the result equals ``simulate()`` with ``network.model: analytical`` bit for bit
+(``tests/test_fast_path.py``).
+
+Where contention could matter: the flow model only departs from the analytical one when concurrent
+collectives together ask more of some link than its capacity. After the run, every launched collective's
+interval and its links' demand at its uncontended rate are swept in time order; a layout where some link
+is over-subscribed at some instant is marked ``contended``: its fast time is a lower bound, and the search
+sends it to the engine with the scenario's own network model when it ranks among the best. Unmarked
+layouts agree with the flow engine (``tests/test_fast_path.py``, ``benchmarks/bench_fast_path.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from simulator.engine.groups import GroupResolver
+from simulator.engine.simulation import Engine, HeapEnvironment
+from simulator.hardware.calibration import link_calibration
+from simulator.network.models.analytical import AnalyticalNetwork
+from simulator.network.models.base import (
+    NETWORK_MODELS,
+    CollectiveRequest,
+    NetworkModel,
+    PhaseCache,
+    RoutedPhase,
+    RouteMemo,
+    alone_time,
+)
+from simulator.report.metrics import step_metrics
+from simulator.report.schema import StepReport
+from simulator.scenario import Scenario
+from simulator.simulate import Setup, _account_inline, _report
+from simulator.topology.cluster import Cluster
+from simulator.workload.builder import ProgramFactory
+
+# Relative slack when comparing a link's summed demand with its capacity: demands at the uncontended rate
+# are exactly at capacity on each phase's own bottleneck, so the sum of one phase alone must not trip it.
+_OVERSUBSCRIBED_RTOL = 1e-9
+
+
+@dataclass(frozen=True)
+class FastResult:
+    """A layout's report from the fast path, and whether contention could change it."""
+
+    report: StepReport
+    contended: bool  # some link over-subscribed at some instant: the flow model may be slower
+    launches: int  # collectives and transfers launched
+
+
+class _RecordingNetwork(AnalyticalNetwork):
+    """The analytical model, remembering when each collective ran and on which routed phases."""
+
+    def __init__(self, env: HeapEnvironment, cache: PhaseCache) -> None:
+        super().__init__(env, cache)  # type: ignore[arg-type]  # HeapEnvironment is a simpy.Environment
+        self.launched: list[tuple[float, float, tuple[RoutedPhase, ...]]] = []
+
+    def run(self, req: CollectiveRequest, on_done: Callable[[], None]) -> None:
+        """Finish after the uncontended duration; record the interval."""
+        phases = self.cache.routed(req)
+        self._account(phases)
+        t0 = self.env.now
+        dt = alone_time(phases)
+        self.launched.append((t0, t0 + dt, phases))
+        self.env.timeout(dt).callbacks.append(lambda _ev: on_done())
+
+
+class _MemoSetup(Setup):
+    """``Setup`` whose routed collectives come from a memo shared by every layout of a search."""
+
+    def __init__(self, scenario: Scenario, cluster: Cluster, memo: RouteMemo) -> None:
+        super().__init__(scenario, cluster, "symmetric")
+        self._memo = memo
+
+    @cached_property
+    def phase_cache(self) -> PhaseCache:
+        """Routed collectives: this run's cache over the search's geometry memo."""
+        return PhaseCache(self.cluster, self._memo.calib, self.scenario.config.network.algorithm, self._memo)
+
+
+def _demand(phases: tuple[RoutedPhase, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """(links, bytes/s) a collective asks of each link at its uncontended rate: a phase's demand on a link
+    is its alone rate × its load there; the collective holds the largest of its phases' demands."""
+    ids: list[np.ndarray] = []
+    use: list[np.ndarray] = []
+    for p in phases:
+        if p.link_ids.size and p.max_flow_bytes > 0 and np.isfinite(p.alone_rate):
+            ids.append(p.link_ids)
+            use.append(p.alone_rate * p.load)
+    if not ids:
+        return np.zeros(0, dtype=np.int64), np.zeros(0)
+    links, inv = np.unique(np.concatenate(ids), return_inverse=True)
+    per = np.zeros(links.size)
+    np.maximum.at(per, inv, np.concatenate(use))
+    return links, per
+
+
+def oversubscribed(
+    launched: list[tuple[float, float, tuple[RoutedPhase, ...]]], capacity: np.ndarray
+) -> bool:
+    """Whether, at some instant, collectives running together ask more of a link than its capacity, each
+    at its uncontended rate. A collective is taken to hold all its phases' links for its whole interval:
+    conservative, it never misses contention. Launches of one routed collective share its demand, and
+    each distinct set of concurrently running collectives is checked once."""
+    if len(launched) < 2:
+        return False
+    index: dict[int, int] = {}
+    demands: list[tuple[np.ndarray, np.ndarray]] = []
+    geometry = []
+    for _, _, phases in launched:
+        g = index.get(id(phases))
+        if g is None:
+            g = index[id(phases)] = len(demands)
+            demands.append(_demand(phases))
+        geometry.append(g)
+    idle = {g for g, (links, _) in enumerate(demands) if not links.size}
+    # sweep: ends before starts at the same instant (back-to-back collectives do not overlap)
+    events = sorted(
+        [(t1, 0, i) for i, (_, t1, _) in enumerate(launched)]
+        + [(t0, 1, i) for i, (t0, _, _) in enumerate(launched)]
+    )
+    active: dict[int, int] = {}
+    checked: dict[tuple[tuple[int, int], ...], bool] = {}
+    limit = capacity * (1.0 + _OVERSUBSCRIBED_RTOL)
+    for _, is_start, i in events:
+        g = geometry[i]
+        if g in idle:
+            continue
+        if not is_start:
+            active[g] -= 1
+            if not active[g]:
+                del active[g]
+            continue
+        active[g] = active.get(g, 0) + 1
+        if len(active) == 1 and active[g] == 1:
+            continue
+        key = tuple(sorted(active.items()))
+        hit = checked.get(key)
+        if hit is None:
+            links = np.concatenate([demands[h][0] for h, _ in key])
+            use = np.concatenate([demands[h][1] * n for h, n in key])
+            ids, inv = np.unique(links, return_inverse=True)
+            hit = checked[key] = bool(np.any(np.bincount(inv, weights=use) > limit[ids]))
+        if hit:
+            return True
+    return False
+
+
+class FastPath:
+    """Times layouts of scenarios on one cluster, sharing the cluster and the routed geometry."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.memo = RouteMemo(cluster, link_calibration())
+
+    def evaluate(self, scenario: Scenario, network: str = "analytical") -> FastResult:
+        """One step of ``scenario`` in symmetric mode; raises ``InfeasibleConfig`` as ``simulate()`` does.
+
+        ``network="analytical"``: uncontended timing, with the contention mark. Any other registered model
+        (``"flow"``) runs that model on the engine exactly as ``simulate()`` would (same event order, so the
+        same report), only with the cluster and the routed geometry shared; ``contended`` is then False,
+        since the model itself accounts for contention."""
+        t0 = time.perf_counter()
+        setup = _MemoSetup(scenario, self.cluster, self.memo)
+        factory = ProgramFactory(setup.workload, setup.inline_comm)
+        classes = setup.classes
+        programs = {int(r): factory.build(int(r)) for r in classes.representatives}
+        env = HeapEnvironment()
+        if network == "analytical":
+            model: NetworkModel = _RecordingNetwork(env, setup.phase_cache)
+        else:
+            model = NETWORK_MODELS.get(network, field="network.model")(env, setup.phase_cache)
+        resolver = GroupResolver(setup.plan, classes)
+        engine = Engine(env, programs, resolver, model)
+        engine.run()
+        _account_inline(programs, resolver, model)
+        labels = {int(r): classes.labels[c] for c, r in enumerate(classes.representatives)}
+        mult = {int(r): int(classes.multiplicity[c]) for c, r in enumerate(classes.representatives)}
+        trace = engine.finish_trace(labels, mult)
+        metrics = step_metrics(trace, pipelined=setup.dims.pp > 1)
+        launched = model.launched if isinstance(model, _RecordingNetwork) else []
+        contended = oversubscribed(launched, self.cluster.link_capacity_bytes_per_s)
+        report = _report(setup, trace, metrics, model, engine.events, time.perf_counter() - t0)
+        return FastResult(report, contended, len(launched))
