@@ -33,16 +33,30 @@ UNMARKED_RTOL = 1e-6  # fast path vs flow engine where no link is over-subscribe
 
 def _scenarios(make_doc: Callable[..., dict[str, Any]]) -> list[tuple[str, Scenario, int]]:
     """(name, scenario, layouts to draw): a 4-host single-switch cluster (NICs shared by rings and pipeline
-    transfers) and two DGX H100 hosts of the shipped fat-tree (NVSwitch, rails)."""
+    transfers) and two H100 hosts with NDR NICs on one switch."""
     small = make_doc(gpus_per_host=8, nodes=4, model=MODEL, tp=2, pp=2, seq_len=1024, zero=1)
     small["training"].update(global_batch=64, micro_batch=1)
     shipped = {
         "model": {"layers": 8, "hidden": 2048, "heads": 16, "kv_heads": 8, "vocab": 32000, "gated_mlp": True},
-        "cluster": {"topology": {"name": "dgx-h100-2", "nodes": 2, "host": {"builder": "nvswitch",
-                    "gpu": "h100-sxm", "gpus": 8, "nvlink_gbps": 450.0, "nvlink_type": "nvlink4",
-                    "nics": 8, "nic_gbps": 50.0, "nic_type": "ib-ndr", "pcie_gbps": 64.0,
-                    "pcie_type": "pcie5"}, "fabric": {"builder": "single_switch", "link_gbps": 50.0,
-                    "link_type": "ib-ndr"}}},  # fmt: skip
+        "cluster": {
+            "topology": {
+                "name": "dgx-h100-2",
+                "nodes": 2,
+                "host": {
+                    "builder": "nvswitch",
+                    "gpu": "h100-sxm",
+                    "gpus": 8,
+                    "nvlink_gbps": 450.0,
+                    "nvlink_type": "nvlink4",
+                    "nics": 8,
+                    "nic_gbps": 50.0,
+                    "nic_type": "ib-ndr",
+                    "pcie_gbps": 64.0,
+                    "pcie_type": "pcie5",
+                },
+                "fabric": {"builder": "single_switch", "link_gbps": 50.0, "link_type": "ib-ndr"},
+            }
+        },  # fmt: skip
         "training": {"seq_len": 2048, "global_batch": 32, "micro_batch": 1, "precision": "bf16"},
         "parallelism": {"tp": 2, "pp": 2, "zero": 1},
     }
