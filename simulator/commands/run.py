@@ -61,7 +61,14 @@ def run_command(args: argparse.Namespace) -> int:
     if args.trace is not None:
         from simulator.report.perfetto import write_chrome_trace
 
-        _write(args.trace, "--trace", lambda: write_chrome_trace(result.trace.expanded(), args.trace))
+        report = result.report
+        _write(
+            args.trace,
+            "--trace",
+            lambda: write_chrome_trace(
+                result.trace.expanded(), args.trace, tiers=report.tiers, step_s=report.step_time_s
+            ),
+        )
     if args.timeline is not None:
         from simulator.report.timeline import timeline_chart
 

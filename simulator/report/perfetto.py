@@ -5,6 +5,19 @@ metadata event (``"rank 8 · pp1 (×128)"``: the rank, its class label, how many
 one thread per stream of that rank (``compute`` first), named by ``thread_name``; one complete event
 (``ph: "X"``) per executed op, ``ts`` and ``dur`` in microseconds rounded to the nanosecond.
 
+Communication can be followed across ranks (issue #10): flow events (``ph: "s"``/``"f"``, bound to the
+enclosing slices) link each pipeline send to its receive, and the members of one collective that run on
+different simulated ranks, one arrow from each member to the next. The engine completes a transfer or a
+collective for all its participants at the same instant (engine/simulation.py), so a send and its receive
+are the pp-send-*/pp-recv-* slices of one direction with the same micro-batch, bytes and end time, and
+the members of a collective are the slices of one stream, name and micro-batch that end together. Pipeline
+peers sit a fixed rank stride apart (world / pp, ``GroupResolver.peer``), so when several replicas make the
+same transfer at once, sorted senders pair with sorted receivers exactly. Under ``--full`` the twins of a
+collective in other groups end at the same instant too and are linked with it: the trace cannot tell them
+apart. With the report's ``tiers``, a "fabric" process carries one counter track per tier with its link
+utilisation in percent: the average over the step (the network model records bytes per link, not their
+timing), drawn from the step's start to its end.
+
 Ids: pid = rank + 1 and tid = pid × 100 + stream index + 1, so no id is 0 (pid 0 is special in Perfetto's
 importer, google/perfetto#394) and every tid is unique across processes. Ops of one stream never overlap,
 so slices on one thread are sequential; an overlap is a bug in the engine and raises.
@@ -21,9 +34,11 @@ from typing import Any
 import numpy as np
 
 from simulator.engine.trace import Trace
-from simulator.report.style import atomic_path, rank_title, stream_sort_key
+from simulator.report.schema import TierUse
+from simulator.report.style import atomic_path, rank_title, stream_sort_key, tier_label
 
 US_PER_S = 1e6
+FABRIC_PID = 0x7FFF_FFF0  # the counter tracks' process: above any rank's pid (rank + 1 < 2**31 - 16)
 TID_STRIDE = 100  # tids of rank r's streams are (r + 1) * TID_STRIDE + 1 ...
 OVERLAP_TOLERANCE_S = 1e-9  # ops of one stream may touch; overlaps above a nanosecond are a bug
 
@@ -144,14 +159,91 @@ def _slice(trace: Trace, i: int, pid: int, tid: int, start_us: float, end_us: fl
     }
 
 
-def write_chrome_trace(trace: Trace, path: str | os.PathLike[str]) -> int:
-    """Write ``trace`` as Chrome trace JSON to ``path`` (atomically, deterministically); returns the
-    number of slices written (one per op)."""
+def flow_events(trace: Trace, streams: list[str]) -> Iterator[dict[str, Any]]:
+    """Flow start/finish pairs: each pipeline send to its receive, and each collective's members (on
+    different simulated ranks) in rank order. Each end sits at its slice's midpoint, so Perfetto binds it
+    to that slice (``bp: "e"``: the enclosing slice)."""
+    index_of = {s: i for i, s in enumerate(streams)}
+    end_us = np.round(trace.end_s * US_PER_S, 3)
+    mid_us = np.round((trace.start_s + trace.end_s) / 2 * US_PER_S, 3)
+    sends: dict[tuple[object, ...], list[int]] = {}
+    recvs: dict[tuple[object, ...], list[int]] = {}
+    members: dict[tuple[object, ...], list[int]] = {}
+    for i in range(len(trace)):
+        if trace.category[i] != "comm" or end_us[i] <= np.round(trace.start_s[i] * US_PER_S, 3):
+            continue  # only slices with a duration can hold a flow's end
+        stream, mb, nbytes = trace.stream[i], int(trace.micro_batch[i]), float(trace.bytes[i])
+        if stream.startswith(("pp-send", "pp-recv")):
+            direction = stream.split("-", 2)[2:]  # "fwd", "bwd", or nothing
+            side = sends if stream.startswith("pp-send") else recvs
+            side.setdefault((tuple(direction), mb, nbytes, float(end_us[i])), []).append(i)
+        else:
+            members.setdefault((stream, trace.name[i], mb, float(end_us[i])), []).append(i)
+    pairs: list[tuple[int, int, str]] = []
+    for key, out in sends.items():
+        into = recvs.get(key, [])
+        by_rank = sorted(out, key=lambda i: int(trace.rank[i]))
+        targets = sorted(into, key=lambda i: int(trace.rank[i]))
+        if len(by_rank) == len(targets):
+            pairs += [
+                (a, b, "pp") for a, b in zip(by_rank, targets, strict=True) if trace.rank[a] != trace.rank[b]
+            ]
+    for rows in members.values():
+        ranks = sorted({int(trace.rank[i]) for i in rows})
+        if len(ranks) < 2:
+            continue
+        first: dict[int, int] = {}
+        for i in rows:
+            first.setdefault(int(trace.rank[i]), i)
+        chain_rows = [first[r] for r in ranks]
+        pairs += [(a, b, trace.comm[a] or "comm") for a, b in zip(chain_rows, chain_rows[1:], strict=False)]
+    for n, (a, b, cat) in enumerate(sorted(pairs)):
+        for ph, i in (("s", a), ("f", b)):
+            rank = int(trace.rank[i])
+            event = {
+                "ph": ph, "id": n + 1, "name": trace.name[a], "cat": f"flow.{cat}", "pid": process_id(rank),
+                "tid": thread_id(rank, index_of[trace.stream[i]]), "ts": float(mid_us[i]),
+            }  # fmt: skip
+            if ph == "f":
+                event["bp"] = "e"
+            yield event
+
+
+def counter_events(tiers: list[TierUse], step_s: float) -> Iterator[dict[str, Any]]:
+    """A "fabric" process with one counter track per tier: its average link utilisation (%) over the step,
+    from 0 to ``step_s`` (then back to 0)."""
+    if not tiers:
+        return
+    yield {"ph": "M", "name": "process_name", "pid": FABRIC_PID, "tid": 0, "args": {"name": "fabric"}}
+    end = round(step_s * US_PER_S, 3)
+    for tier in tiers:
+        name = f"link utilisation % · {tier_label(tier.tier)}"
+        for ts, value in ((0.0, tier.utilization * 100), (end, 0.0)):
+            yield {"ph": "C", "name": name, "pid": FABRIC_PID, "tid": 0, "ts": ts, "args": {"value": value}}
+
+
+def write_chrome_trace(
+    trace: Trace,
+    path: str | os.PathLike[str],
+    *,
+    tiers: list[TierUse] | None = None,
+    step_s: float | None = None,
+) -> int:
+    """Write ``trace`` as Chrome trace JSON to ``path`` (atomically, deterministically), with its flow
+    events and, given the report's ``tiers``, the link-utilisation counters over ``step_s`` (default: the
+    trace's end); returns the number of slices written (one per op)."""
     streams = ordered_streams(trace)
+    span = step_s if step_s is not None else (float(trace.end_s.max()) if len(trace) else 0.0)
     count = 0
+    events = chain(
+        metadata_events(trace, streams),
+        slice_events(trace, streams),
+        flow_events(trace, streams),
+        counter_events(list(tiers or []), span),
+    )
     with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as out:
         out.write('{"displayTimeUnit":"ms","otherData":{"generator":"clustersim"},"traceEvents":[')
-        for n, event in enumerate(chain(metadata_events(trace, streams), slice_events(trace, streams))):
+        for n, event in enumerate(events):
             out.write(("\n" if n == 0 else ",\n") + _dump(event))
             count += event["ph"] == "X"
         out.write("\n]}\n")
