@@ -35,19 +35,36 @@ th[data-dir="asc"]::after { content: " ▲"; } th[data-dir="desc"]::after { cont
 tr:hover td { background: #f7fbff; }
 """.replace("BAD_COLOR", CAPACITY_COLOR)
 
-# Click a header to sort by that column; click again to reverse. Numbers sort as numbers (data-v).
+# Click a header to sort by that column; click again to reverse. Numbers sort as numbers (data-v), text
+# naturally ("pp=2" before "pp=16": digit runs compare as numbers), empty cells last either way.
 _JS = """
+const collator = new Intl.Collator(undefined, {numeric: true, sensitivity: "base"});
 document.querySelectorAll("table.sortable th").forEach((th, col) => th.addEventListener("click", () => {
   const table = th.closest("table"), body = table.tBodies[0], asc = th.dataset.dir !== "asc";
   table.querySelectorAll("th").forEach(h => delete h.dataset.dir);
   th.dataset.dir = asc ? "asc" : "desc";
-  const key = td => { const v = td.dataset.v ?? td.textContent, n = Number(v);
-                      return v.trim() !== "" && !isNaN(n) ? n : v; };
-  const cmp = (a, b) => typeof a === typeof b ? (a < b ? -1 : a > b ? 1 : 0) : (typeof a === "number" ? -1 : 1);
-  Array.from(body.rows).sort((a, b) => (asc ? 1 : -1) * cmp(key(a.cells[col]), key(b.cells[col])))
-       .forEach(row => body.appendChild(row));
+  const key = td => { const v = (td.dataset.v ?? td.textContent).trim(), n = Number(v);
+                      return v === "" ? null : !isNaN(n) ? n : v; };
+  const cmp = (a, b) => typeof a === typeof b
+    ? (typeof a === "number" ? a - b : collator.compare(a, b)) : (typeof a === "number" ? -1 : 1);
+  const rows = Array.from(body.rows).map(row => [key(row.cells[col]), row]);
+  rows.sort(([a], [b]) => a === null || b === null ? (a === null) - (b === null) : (asc ? 1 : -1) * cmp(a, b))
+      .forEach(([, row]) => body.appendChild(row));
 }));
 """
+
+# The columns a buyer decides on come first, in this order, when the rows have them: what the step takes,
+# what it trains per second, how well it uses the GPUs, and what a run costs in money and days.
+DECISION_COLUMNS: tuple[str, ...] = (
+    "scenario",
+    "step_time_s",
+    "tokens_per_s",
+    "mfu",
+    "usd_per_million_tokens",
+    "usd",
+    "days",
+    "fits_memory",
+)
 
 
 def write_html_report(
@@ -64,6 +81,7 @@ def write_html_report(
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<link rel="icon" href="data:,">',  # no favicon request: the page references nothing outside it
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{escape(title)}</h1>",
         summary_html(reports),
@@ -120,12 +138,14 @@ def chart_data_uri(path: str | os.PathLike[str]) -> str:
 
 
 def results_table_html(rows: Sequence[Mapping[str, object]]) -> str:
-    """The results as an HTML table (columns in first-seen order) that sorts on a header click."""
+    """The results as an HTML table that sorts on a header click: the DECISION_COLUMNS the rows have
+    first, then the others in first-seen order."""
     if not rows:
         return ""
-    columns: list[str] = []
+    seen: list[str] = []
     for row in rows:
-        columns += [k for k in row if k not in columns]
+        seen += [k for k in row if k not in seen]
+    columns = [c for c in DECISION_COLUMNS if c in seen] + [c for c in seen if c not in DECISION_COLUMNS]
     head = "".join(f'<th title="click to sort">{escape(c)}</th>' for c in columns)
     body = "\n".join("<tr>" + "".join(_cell(c, row.get(c, "")) for c in columns) + "</tr>" for row in rows)
     return (

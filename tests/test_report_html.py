@@ -1,0 +1,107 @@
+"""report.html in a real browser (headless Chromium via selenium, see tests/browser.py): the page that
+``clustersim compare`` writes loads without a console error, every chart image decodes, the decision
+columns come first, and sorting orders numbers numerically and names naturally (``pp=2`` before
+``pp=16``). A screenshot of the page is taken; ``CLUSTERSIM_DOCS_SCREENSHOT=1`` also writes it to
+docs/images/report-html.png, the one the docs show."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from browser import console_errors, start_browser
+from test_report_outputs import make_report
+
+from simulator.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+# (pp, step time s): step times whose text order (10.5 < 100.2 < 9.75) is not their numeric order
+POINTS = ((2, 9.75), (4, 10.5), (8, 100.2), (16, 12.0), (32, 11.1))
+
+
+@pytest.fixture(scope="module")
+def page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
+    """(driver with report.html open, the report folder): one browser and one compare run per module."""
+    folder = tmp_path_factory.mktemp("html")
+    inputs = folder / "reports"
+    inputs.mkdir()
+    for pp, step in POINTS:
+        report = make_report(
+            scenario=f"llama3-70b pp={pp}",
+            step_time_s=step,
+            tokens_per_s=4.2e6 / step,
+            mfu=0.5 * 9.75 / step,
+            fits_memory=pp > 2,
+        )
+        (inputs / f"pp{pp}.json").write_text(report.model_dump_json())
+    out = folder / "out"
+    assert main(["compare", str(inputs), "--out", str(out), "--format", "svg,png"]) == 0
+    driver = start_browser()
+    try:
+        driver.get((out / "report.html").as_uri())  # as a user opens it: a local file, no server
+        yield driver, out
+    finally:
+        driver.quit()
+
+
+def _column(driver: Any, header: str) -> list[str]:
+    index = _headers(driver).index(header)
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('table.sortable tbody tr'))"
+        ".map(r => r.cells[arguments[0]].textContent.trim())",
+        index,
+    )
+
+
+def _headers(driver: Any) -> list[str]:
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('table.sortable th')).map(th => th.textContent.trim())"
+    )
+
+
+def _click(driver: Any, header: str) -> None:
+    index = _headers(driver).index(header)
+    driver.execute_script("document.querySelectorAll('table.sortable th')[arguments[0]].click()", index)
+
+
+def test_page_loads_without_console_errors_and_every_image_decodes(page) -> None:
+    driver, out = page
+    assert console_errors(driver) == []
+    images = driver.execute_script(
+        "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight])"
+    )
+    assert len(images) == len(list(out.glob("*.svg"))) >= 3, images  # breakdown, throughput/MFU, memory
+    broken = [alt for alt, complete, width, height in images if not (complete and width > 0 and height > 0)]
+    assert broken == [], f"images that did not load: {broken}"
+
+
+def test_decision_columns_come_first(page) -> None:
+    driver, _ = page
+    assert _headers(driver)[:5] == ["scenario", "step_time_s", "tokens_per_s", "mfu", "fits_memory"]
+
+
+def test_sorting_is_numeric_for_numbers_and_natural_for_names(page) -> None:
+    driver, _ = page
+    _click(driver, "step_time_s")
+    assert [float(v) for v in _column(driver, "step_time_s")] == sorted(step for _, step in POINTS)
+    _click(driver, "step_time_s")  # again: descending
+    assert [float(v) for v in _column(driver, "step_time_s")] == sorted((s for _, s in POINTS), reverse=True)
+    _click(driver, "scenario")
+    assert _column(driver, "scenario") == [f"llama3-70b pp={pp}" for pp, _ in POINTS]  # 2, 4, 8, 16, 32
+    _click(driver, "mfu")  # percentages sort by their value, not their text
+    shown = [float(v.rstrip("%")) for v in _column(driver, "mfu")]
+    assert shown == sorted(shown)
+    assert console_errors(driver) == []
+
+
+def test_screenshot_for_the_docs(page, tmp_path: Path) -> None:
+    driver, _ = page
+    driver.set_window_size(1400, 1000)
+    shot = tmp_path / "report-html.png"
+    assert driver.save_screenshot(str(shot))
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 10_000
+    if os.environ.get("CLUSTERSIM_DOCS_SCREENSHOT") == "1":
+        (ROOT / "docs/images/report-html.png").write_bytes(shot.read_bytes())
