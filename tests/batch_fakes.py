@@ -89,3 +89,11 @@ def fake_simulate_crash(scenario: Scenario) -> StepReport:
     if scenario.parallelism.tp == 8 and scenario.topology.get("nodes") == 32:
         os._exit(9)
     return fake_simulate(scenario)
+
+
+def fake_simulate_logged(scenario: Scenario) -> StepReport:
+    """``fake_simulate_slow``, appending ``<pid> <content hash>`` to the file ``$CLUSTERSIM_FAKE_LOG`` first
+    (the tests of two batches on one store count how often each point was computed, and by whom)."""
+    with open(os.environ["CLUSTERSIM_FAKE_LOG"], "a", encoding="utf-8") as log:
+        log.write(f"{os.getpid()} {scenario.content_hash()}\n")
+    return fake_simulate_slow(scenario)

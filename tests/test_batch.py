@@ -72,14 +72,15 @@ def store_rows(out_dir: Path) -> list[tuple[str, str]]:
 
 
 # ------------------------------------------------------------------------------------------- sweeps
-def test_grid_of_200_points_then_rerun_from_the_store_is_20x_faster(tmp_path: Path) -> None:
+def test_grid_of_200_points_then_rerun_from_the_store_computes_nothing(tmp_path: Path) -> None:
+    """The re-run takes every point from the store (no wall-clock comparison: issue #10, point 1;
+    benchmarks/ times it)."""
     sweep = make_sweep(tmp_path, GRID_200)
     out = tmp_path / "out"
     first = run_batch(sweep, out, workers=2, progress=False, simulate_fn=fake_simulate)
     assert (first.total, first.ran, first.cached, first.ok) == (200, 200, 0, 200)
     second = run_batch(sweep, out, workers=2, progress=False, simulate_fn=fake_simulate)
     assert (second.total, second.ran, second.cached, second.ok) == (200, 0, 200, 200)
-    assert second.wall_s * 20 <= first.wall_s, (first.wall_s, second.wall_s)
     rows = read_csv(out / "results.csv")
     assert len(rows) == 200 and len({r["label"] for r in rows}) == 200
     assert len(list((out / "reports").glob("*.json"))) == 200

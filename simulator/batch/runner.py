@@ -1,12 +1,15 @@
 """Batch runs: load the points, look them up in the store, run the missing ones, write the table.
 
-``run_batch`` validates the whole source first (a bad sweep fails before any point runs), stores every
-result as soon as it arrives (so an interrupted batch resumes where it stopped), and derives
-``results.csv`` and ``reports/<label>.json`` from the store at the end, each written atomically.
+``run_batch`` validates the whole source first (a bad sweep, or any point whose cluster is malformed,
+fails before any point runs), stores every result as soon as it arrives (so an interrupted batch resumes
+where it stopped), and derives ``results.csv`` and ``reports/<label>.json`` from the store at the end,
+each written atomically. Batches sharing one output folder claim points in the store and wait for what
+the others are computing (``ResultStore.claim``), so each point is simulated once.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
@@ -28,15 +31,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
 from simulator.batch.executors.base import Done, ExecutorOptions, make_executor
-from simulator.batch.store import PointOutcome, ResultStore, StoredResult, point_key
+from simulator.batch.store import CACHED_STATUSES, PointOutcome, ResultStore, StoredResult, now_iso, point_key
 from simulator.batch.sweep import Point, load_points
-from simulator.errors import InfeasibleConfig, UserInputError
+from simulator.errors import ScenarioError, UserInputError
 from simulator.report.schema import StepReport
 from simulator.scenario import Scenario
+from simulator.topology.loader import check_topology
 
 SimulateFn = Callable[[Scenario], StepReport]
+CheckFn = Callable[[Point], None]
 CSV_FILE = "results.csv"
 REPORTS_DIR = "reports"
+POLL_S = 0.5  # how often a batch looks at the store for the points another batch is computing
 
 
 def simulate_report(scenario: Scenario) -> StepReport:
@@ -51,10 +57,10 @@ def run_point(simulate_fn: SimulateFn, scenario: Scenario) -> PointOutcome:
     start = time.perf_counter()
     try:
         report = simulate_fn(scenario)
-    except InfeasibleConfig as e:
-        return PointOutcome("infeasible", None, e.one_line(), wall_s=time.perf_counter() - start)
     except UserInputError as e:
-        return PointOutcome("error", None, e.one_line(), wall_s=time.perf_counter() - start)
+        # The input's fault, found only while simulating: as deterministic as the result, so it is stored
+        # for good (not retried as "a point failed (a bug)" on every re-run).
+        return PointOutcome("infeasible", None, e.one_line(), wall_s=time.perf_counter() - start)
     except Exception as e:
         detail = traceback.format_exc()
         return PointOutcome("error", None, _one_line(e), detail, time.perf_counter() - start)
@@ -91,23 +97,33 @@ def run_batch(
     force: bool = False,
     progress: bool = True,
     simulate_fn: SimulateFn = simulate_report,
+    check_fn: CheckFn | None = None,
 ) -> BatchResult:
     """Run every point of ``source`` (a sweep file, scenario file or folder) not yet in ``out_dir``'s store.
 
     ``workers`` local processes (default: CPU count), or the Dask cluster at ``scheduler``; ``force``
-    recomputes stored points. Writes ``results.csv`` and ``reports/<label>.json`` from the store.
+    recomputes stored points. Every point is first checked by ``check_fn`` (default: ``check_point``
+    with the engine's simulate function; none with another, which brings its own idea of a cluster).
+    Writes ``results.csv`` and ``reports/<label>.json`` from the store.
     """
     start = time.perf_counter()
+    since = now_iso()
     _check_picklable(simulate_fn)
     points = load_points(Path(source))
+    check = check_fn if check_fn is not None else (check_point if simulate_fn is simulate_report else None)
+    if check is not None:
+        for point in points:
+            check(point)
     keys = [point_key(p.scenario) for p in points]
     copies = Counter(keys)
     with ResultStore.open(Path(out_dir)) as store:
         todo = _pending(keys, set() if force else store.done_keys())
-        ran = sum(copies[k] for k in todo)
         options = ExecutorOptions(workers=workers or os.cpu_count() or 1, scheduler=scheduler)
-        with BatchProgress(len(points), len(points) - ran, enabled=progress) as bar:
-            _execute(points, keys, todo, store, simulate_fn, options, bar)
+        with BatchProgress(len(points), len(points) - sum(copies[k] for k in todo), enabled=progress) as bar:
+            computed = _execute(
+                points, keys, todo, store, simulate_fn, options, bar, since=since, force=force
+            )
+        ran = sum(copies[k] for k in computed)
         results = store.get_many(keys)
         store_path = store.path
     csv_path = write_outputs(Path(out_dir), points, keys, results)
@@ -116,6 +132,29 @@ def run_batch(
         *(len(points), ran, len(points) - ran, status["ok"], status["infeasible"], status["error"]),
         *(time.perf_counter() - start, Path(out_dir), csv_path, store_path),
     )
+
+
+def check_point(point: Point) -> None:
+    """Check a point's cluster (its topology document, overrides applied) without building its graph, so
+    that ``cluster.overrides.colour: [red]`` fails the batch up front, naming the file and the point."""
+    topology = point.scenario.topology
+    token = json.dumps(topology, sort_keys=True, default=str)
+    if token in _CHECKED:
+        return
+    try:
+        check_topology(copy.deepcopy(topology), file=point.scenario.topology_file)
+    except ScenarioError as e:
+        values = ", ".join(f"{a}={v!r}" for a, v in point.swept.items()) or point.label
+        field = ", ".join(point.swept) or None
+        raise ScenarioError(
+            f"point {values}: {e.one_line()}", file=point.file or point.scenario.file, field=field
+        ) from None
+    if len(_CHECKED) < _CHECKED_MAX:
+        _CHECKED.add(token)
+
+
+_CHECKED: set[str] = set()  # topology documents already checked (points of a sweep share a few)
+_CHECKED_MAX = 10_000
 
 
 def _check_picklable(fn: SimulateFn) -> None:
@@ -144,12 +183,46 @@ def _execute(
     simulate_fn: SimulateFn,
     options: ExecutorOptions,
     bar: BatchProgress,
-) -> None:
-    """Run the pending points on the chosen executor, storing each outcome as it arrives."""
+    *,
+    since: str,
+    force: bool,
+) -> set[str]:
+    """Run the pending points this batch can claim, storing each outcome as it arrives; wait for those
+    another batch on the same store is computing (taking over any whose batch died). Returns the keys
+    this batch computed."""
     if not todo:
-        return
+        return set()
     executor = make_executor("dask" if options.scheduler else "local", options)
-    order = list(todo.values())
+    copies = Counter(keys)
+    waiting = dict(todo)
+    computed: set[str] = set()
+    try:
+        while waiting:
+            mine = store.claim(waiting, since=since, force=force)
+            if mine:
+                ours = {k: waiting.pop(k) for k in list(waiting) if k in mine}
+                _run_claimed(points, keys, list(ours.values()), store, simulate_fn, executor, bar)
+                computed |= ours.keys()
+            for key, row in store.get_many(waiting).items():  # what the other batches finished
+                if (row.status in CACHED_STATUSES and not force) or row.created >= since:
+                    bar.advance(row.status, copies[key])
+                    del waiting[key]
+            if waiting and not mine:
+                time.sleep(POLL_S)
+    finally:
+        store.release(todo)  # claims left on an interrupt: free at once (a killed batch's go stale)
+    return computed
+
+
+def _run_claimed(
+    points: list[Point],
+    keys: list[str],
+    order: list[int],
+    store: ResultStore,
+    simulate_fn: SimulateFn,
+    executor: Any,
+    bar: BatchProgress,
+) -> None:
     copies = Counter(keys)
     task = partial(run_point, simulate_fn)
     with closing(executor.run(task, [points[i].scenario for i in order])) as results:

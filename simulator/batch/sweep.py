@@ -39,6 +39,13 @@ from simulator.scenario import (
 )
 
 SWEEP_KEYS = ("name", "description", "base", "mode", "axes", "filter")
+# At most this many points in one batch (before filtering): each is resolved and checked up front, and
+# even at the analytical model's ~0.1 s a point, 100,000 points are hours of work on a machine. A 4-axis
+# sweep of 100 values each (10^8 points) expanded for ever (issue #12); split it into several sweeps.
+MAX_SWEEP_POINTS = 100_000
+# A filter expression: short, shallow, arithmetic on numbers only (no "x" * 10**9 strings or lists).
+MAX_FILTER_CHARS = 1000
+MAX_FILTER_DEPTH = 32
 PATH_AXES = ("cluster", "cluster.topology")  # axes whose string values are paths relative to the sweep file
 _LABEL_MAX_CHARS = 120
 
@@ -50,6 +57,7 @@ class Point:
     label: str
     scenario: Scenario
     swept: dict[str, Any]  # axis → value as written in the sweep file
+    file: str = ""  # the sweep or scenario file the point comes from (for errors)
 
 
 @dataclass(frozen=True)
@@ -127,6 +135,13 @@ def sweep_from_doc(doc: Any, path: Path) -> Sweep:
     filters = _parse_filters(doc.get("filter"), list(axes), file)
     name = str(doc.get("name") or path.stem)
     sweep = Sweep(path, name, base_file, base_doc, mode, axes, filters)
+    if sweep.size > MAX_SWEEP_POINTS:
+        lengths = " x ".join(str(len(v)) for v in axes.values())
+        raise ScenarioError(
+            f"{lengths} = {sweep.size:,} points; at most {MAX_SWEEP_POINTS:,} in one batch (split the sweep)",
+            file=file,
+            field="axes",
+        )
     _check_axis_values(sweep)
     return sweep
 
@@ -338,7 +353,7 @@ class Filter:
 
         try:
             return bool(_evaluate(self.tree.body, lookup))
-        except (TypeError, ValueError, ZeroDivisionError) as e:
+        except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
             values = ", ".join(f"{a}={v!r}" for a, v in swept.items())
             msg = f"{self.text!r} fails on point {values}: {e.__class__.__name__}: {e}"
             raise ScenarioError(msg, file=self.file, field=self.field) from None
@@ -346,10 +361,18 @@ class Filter:
 
 def parse_filter(text: str, axes: list[str], *, file: str, field: str) -> Filter:
     """Parse and check one filter expression against the sweep's axes and the scenario schema."""
+    if len(text) > MAX_FILTER_CHARS:
+        raise ScenarioError(
+            f"a filter of {len(text):,} characters; at most {MAX_FILTER_CHARS:,}", file=file, field=field
+        )
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as e:
         raise ScenarioError(f"not a valid expression: {e.msg}", file=file, field=field) from None
+    except (RecursionError, MemoryError, ValueError):  # nested past the parser's stack, or NUL bytes
+        raise ScenarioError("not a valid expression (nested too deeply)", file=file, field=field) from None
+    if _depth(tree) > MAX_FILTER_DEPTH:
+        raise ScenarioError(f"nested deeper than {MAX_FILTER_DEPTH} levels", file=file, field=field)
     for node in ast.walk(tree):
         if not isinstance(node, _NODES):
             raise ScenarioError(
@@ -357,7 +380,11 @@ def parse_filter(text: str, axes: list[str], *, file: str, field: str) -> Filter
             )
     axis_of = {short: axis for axis, short in _short_names(axes).items()} | {a: a for a in axes}
     names: dict[str, str] = {}
-    for name in _names(tree.body):
+    try:
+        found = list(_names(tree.body))
+    except ValueError as e:  # an attribute of something that is not a name: (1).real
+        raise ScenarioError(f"{e}; e.g. parallelism.tp or tp", file=file, field=field) from None
+    for name in found:
         parts = name.split(".")
         if name in axis_of:
             names[name] = axis_of[name]
@@ -366,6 +393,18 @@ def parse_filter(text: str, axes: list[str], *, file: str, field: str) -> Filter
         else:
             raise ScenarioError(f"unknown name {name!r}: {problem}", file=file, field=field)
     return Filter(text, tree, names, file, field)
+
+
+def _depth(node: ast.AST) -> int:
+    """How deeply ``node``'s tree nests (iteratively: the tree may be deeper than Python's stack)."""
+    deepest, stack = 0, [(node, 1)]
+    while stack:
+        current, level = stack.pop()
+        deepest = max(deepest, level)
+        if deepest > MAX_FILTER_DEPTH:
+            return deepest
+        stack.extend((child, level + 1) for child in ast.iter_child_nodes(current))
+    return deepest
 
 
 def _names(node: ast.AST) -> Iterator[str]:
@@ -403,7 +442,11 @@ def _evaluate(node: ast.AST, lookup: Callable[[str], Any]) -> Any:
             else (-value if isinstance(node.op, ast.USub) else +value)
         )
     if isinstance(node, ast.BinOp):
-        return _BINARY[type(node.op)](_evaluate(node.left, lookup), _evaluate(node.right, lookup))
+        left, right = _evaluate(node.left, lookup), _evaluate(node.right, lookup)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in (left, right)):
+            # Arithmetic on numbers only: "x" * 10**9 or [0] * 10**9 would fill the memory.
+            raise TypeError(f"arithmetic needs numbers, not {type(left).__name__} and {type(right).__name__}")
+        return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.Compare):
         left = _evaluate(node.left, lookup)
         for op, comp in zip(node.ops, node.comparators, strict=True):
@@ -481,7 +524,15 @@ def load_points(source: Path) -> list[Point]:
         files = sorted([*source.glob("*.yaml"), *source.glob("*.yml")])
         if not files:
             raise ScenarioError("no *.yaml scenario or sweep files in the folder", file=str(source))
+        if len(files) > MAX_SWEEP_POINTS:
+            raise ScenarioError(
+                f"{len(files):,} files; at most {MAX_SWEEP_POINTS:,} points in one batch", file=str(source)
+            )
         points = [p for f in files for p in _file_points(f)]
+        if len(points) > MAX_SWEEP_POINTS:
+            raise ScenarioError(
+                f"{len(points):,} points; at most {MAX_SWEEP_POINTS:,} in one batch", file=str(source)
+            )
     elif source.is_file():
         points = _file_points(source)
     else:
@@ -489,11 +540,11 @@ def load_points(source: Path) -> list[Point]:
             "batch source not found (a sweep file, a scenario file or a folder)", file=str(source)
         )
     labels = unique_labels([p.label for p in points])
-    return [Point(label, p.scenario, p.swept) for label, p in zip(labels, points, strict=True)]
+    return [Point(label, p.scenario, p.swept, p.file) for label, p in zip(labels, points, strict=True)]
 
 
 def _file_points(path: Path) -> list[Point]:
     doc = read_yaml(path, "file")
     if is_sweep_doc(doc):
-        return sweep_points(sweep_from_doc(doc, path))
-    return [Point(sanitize_label(path.stem), load_scenario(path), {})]
+        return [dataclasses.replace(p, file=str(path)) for p in sweep_points(sweep_from_doc(doc, path))]
+    return [Point(sanitize_label(path.stem), load_scenario(path), {}, str(path))]

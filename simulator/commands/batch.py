@@ -19,6 +19,7 @@ from simulator.batch.executors.base import WorkersLost
 from simulator.batch.runner import BatchResult, run_batch
 from simulator.batch.store import STORE_FILE, ResultStore, point_key
 from simulator.batch.sweep import load_points
+from simulator.files import check_output_dir
 
 EXIT_FAILED = 1
 EXIT_INTERRUPTED = 130
@@ -28,6 +29,7 @@ MAX_REASONS = 3  # distinct reasons listed per status in the summary
 def batch_command(args: argparse.Namespace) -> int:
     """Run the batch ``args.source`` into ``args.out`` and print its summary; returns the exit status."""
     source, out_dir = Path(args.source), Path(args.out)
+    check_output_dir(out_dir, "--out")  # before the points are resolved and checked
     try:
         result = run_batch(
             source,

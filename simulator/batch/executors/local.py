@@ -2,18 +2,51 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
+import os
 import signal
+import sys
+import threading
+import time
 from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
 from simulator.batch.executors.base import EXECUTORS, A, Done, Executor, R, WorkersLost
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 1.0  # how often a worker checks that its parent is still there (where prctl is missing)
 
-def _ignore_sigint() -> None:
-    """Worker initializer: Ctrl-C interrupts the main process only, which then stops the pool."""
+
+def _die_with(parent: int) -> None:
+    """Make this worker exit when the batch process ``parent`` dies, even by SIGKILL (issue #12: the pool
+    workers outlived their parent). On Linux the kernel sends SIGKILL (prctl PR_SET_PDEATHSIG); a daemon
+    thread polling ``os.getppid()`` covers every platform and the instant before prctl took effect."""
+    if sys.platform.startswith("linux"):
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        except (OSError, AttributeError):
+            pass  # the watchdog below still holds
+    if os.getppid() != parent:  # the parent died before prctl: nobody will collect our results
+        os._exit(1)
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_POLL_S)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="clustersim-parent-watch", daemon=True).start()
+
+
+def _init_worker(parent: int) -> None:
+    """Worker initializer: Ctrl-C interrupts the main process only, which then stops the pool; and the
+    worker dies with that process."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with(parent)
 
 
 @EXECUTORS.register("local")
@@ -29,7 +62,9 @@ class LocalExecutor(Executor):
             return
         context = multiprocessing.get_context(self.options.start_method)
         workers = max(1, min(self.options.workers, len(items)))
-        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=_ignore_sigint)
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(os.getpid(),)
+        )
         try:
             futures: dict[Future[R], int] = {pool.submit(fn, item): i for i, item in enumerate(items)}
             for fut in as_completed(futures):
