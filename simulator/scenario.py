@@ -124,6 +124,9 @@ class ModelConfig(_Strict):
     sliding_window: SlidingWindowConfig | None = None
     attention_sinks: bool = False  # a learned per-head softmax sink logit (gpt-oss)
     mtp_layers: NonNegInt = 0  # multi-token-prediction modules after the last layer (DeepSeek-V3: 1)
+    # Dropout probabilities (GPT-3 in NeMo: 0.1 and 0.1; Llama, Nemotron, MPT: 0): each is an element-wise kernel
+    hidden_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
+    attention_dropout: Annotated[float, Field(ge=0, lt=1)] = 0.0
     source: str = ""
 
     @model_validator(mode="after")
@@ -169,6 +172,8 @@ class ModelConfig(_Strict):
             sliding_window=SlidingWindowSpec(**self.sliding_window.model_dump()) if self.sliding_window else None,
             attention_sinks=self.attention_sinks,
             mtp_layers=self.mtp_layers,
+            hidden_dropout=self.hidden_dropout,
+            attention_dropout=self.attention_dropout,
             source=self.source,
         )
 
@@ -178,6 +183,14 @@ class ExpertLoadConfig(_Strict):
 
     distribution: Literal["uniform", "zipf"] = "uniform"
     skew: Annotated[float, Field(ge=0, le=MAX_SKEW)] = 1.0
+
+
+# Megatron-Core recompute_modules (transformer_config.py): core attention, dense MLP, MoE block, MoE activation,
+# layer norms, MLA up-projections, shared experts
+RECOMPUTE_MODULES = ("core_attn", "mlp", "moe", "moe_act", "layernorm", "mla_up_proj", "shared_experts")
+RecomputeModule = Literal["core_attn", "mlp", "moe", "moe_act", "layernorm", "mla_up_proj", "shared_experts"]
+# Megatron-Core --cuda-graph-scope: the whole iteration, or these parts of each layer captured as CUDA graphs
+CudaGraphScope = Literal["full_iteration", "attn", "mlp", "moe", "moe_router", "moe_preprocess"]
 
 
 class TrainingConfig(_Strict):
@@ -200,6 +213,8 @@ class TrainingConfig(_Strict):
     # per-op policy (saves matmul and attention outputs, recomputes every second matmul and the element-wise
     # ops). None with selective: core_attention.
     selective_recompute: Literal["core_attention", "op_level"] | None = None
+    # Megatron-Core --recompute-modules (with recompute selective): which parts of a layer are recomputed
+    recompute_modules: list[RecomputeModule] | None = None
 
     @model_validator(mode="after")
     def _precision_options(self) -> TrainingConfig:
@@ -207,6 +222,13 @@ class TrainingConfig(_Strict):
             raise ValueError(f"fp8_recipe needs precision fp8 (precision is {self.precision})")
         if self.selective_recompute is not None and self.recompute != "selective":
             raise ValueError(f"selective_recompute needs recompute selective (recompute is {self.recompute})")
+        if self.recompute_modules is not None:
+            if self.recompute != "selective":
+                raise ValueError(f"recompute_modules needs recompute selective (recompute is {self.recompute})")
+            if self.selective_recompute == "op_level":
+                raise ValueError("recompute_modules are Megatron-Core's; they do not combine with op_level")
+            if not self.recompute_modules:
+                raise ValueError("recompute_modules is empty; valid: " + ", ".join(RECOMPUTE_MODULES))
         return self
 
 
@@ -216,11 +238,15 @@ class FrameworkConfig(_Strict):
     name: Literal["megatron-core", "torchtitan", "llm-foundry", "deepspeed"] = "megatron-core"
     version: str = ""  # free text, e.g. "NeMo 24.07", "Megatron-Bridge 25.11", "torchtitan 9dec370"
     compile: bool = False  # torch.compile of the model (torchtitan --training.compile, Composer compile_config)
+    # Kernels replayed as CUDA graphs (no per-kernel host launch); empty: none
+    cuda_graph_scope: list[CudaGraphScope] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _compile(self) -> FrameworkConfig:
         if self.compile and self.name == "megatron-core":
             raise ValueError("compile: true needs a PyTorch-eager framework; valid: torchtitan, llm-foundry, deepspeed")
+        if "full_iteration" in self.cuda_graph_scope and len(self.cuda_graph_scope) > 1:
+            raise ValueError("cuda_graph_scope full_iteration already captures every kernel; give it alone")
         return self
 
 
@@ -247,6 +273,9 @@ class ParallelismConfig(_Strict):
     etp: PosInt | None = None  # expert tensor parallelism; None: tp (Megatron-Core's expert_tensor_parallel_size default)
     # Element type of gradient reduction on the wire; None: the data strategy's default (parallel/strategies/data.py)
     grad_reduce_dtype: Literal["fp32", "bf16", "fp16"] | None = None
+    # MoE token dispatch (Megatron-Core moe_token_dispatcher_type / flex backend); None: alltoall, its default
+    moe_dispatcher: Literal["alltoall", "allgather", "deepep", "hybridep"] | None = None
+    moe_a2a_overlap: bool = False  # expert-parallel all-to-all of one micro-batch overlapped with another's compute
 
     @field_validator("schedule")
     @classmethod

@@ -149,3 +149,29 @@ def test_unknown_class_is_a_user_error(capsys):
     assert main(["validate", "--suite", MODERN, "--class", "nope"]) == 2
     err = capsys.readouterr().err
     assert "unknown class 'nope'" in err and "dense-fp8" in err
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("training", {"precision": "bf16", "fp8_recipe": "mxfp8"}, "fp8_recipe needs precision fp8"),
+        ("training", {"recompute": "full", "selective_recompute": "op_level"}, "selective_recompute needs recompute"),
+        ("training", {"recompute": "none", "recompute_modules": ["mlp"]}, "recompute_modules needs recompute"),
+        ("framework", {"name": "megatron-core", "compile": True}, "compile: true needs"),
+        ("framework", {"cuda_graph_scope": ["full_iteration", "attn"]}, "full_iteration already captures"),
+        ("model", {"activation": "swiglu", "gated_mlp": False}, "swiglu needs gated_mlp"),
+        ("model", {"mla": {"q_lora_rank": 1, "kv_lora_rank": 1, "qk_nope_head_dim": 1, "qk_rope_head_dim": 1,
+                           "v_head_dim": 1}, "kv_heads": 1}, "leave kv_heads out"),  # fmt: skip
+    ],
+)
+def test_new_scenario_fields_reject_contradictions_in_one_line(section, value, message):
+    """The fields the modern runs need (issue #8 step 1) are validated, each error one line naming the field."""
+    from simulator.errors import ScenarioError
+    from simulator.scenario import scenario_from_dict
+
+    doc = {"model": {"layers": 2, "hidden": 64, "heads": 4, "vocab": 128}, "cluster": "dgx-h100",
+           "training": {"seq_len": 128, "global_batch": 8}}  # fmt: skip
+    doc[section] = {**doc.get(section, {}), **value}
+    with pytest.raises(ScenarioError) as err:
+        scenario_from_dict(doc)
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -60,6 +60,8 @@ class ModelSpec:
     sliding_window: SlidingWindowSpec | None = None
     attention_sinks: bool = False
     mtp_layers: int = 0  # multi-token-prediction modules (DeepSeek-V3: 1)
+    hidden_dropout: float = 0.0
+    attention_dropout: float = 0.0
     source: str = ""
 
     @property
