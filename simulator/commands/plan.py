@@ -41,6 +41,7 @@ from simulator.planning.scaling import (
 )
 from simulator.planning.search import SearchOptions, run_search
 from simulator.planning.search_space import Layout
+from simulator.report.progress import reporting, stage
 from simulator.report.schema import StepReport
 from simulator.report.style import gpu_display_name
 from simulator.scenario import (
@@ -110,8 +111,12 @@ def plan_command(args: argparse.Namespace) -> int:
         raise ScenarioError(
             "--tokens needs a model and a cluster (--model and --cluster, or a scenario)", field="--tokens"
         )
-    sim = simulate_step(scenario, layout_given, args.workers) if scenario is not None else None
-    doc = build_plan(args, fit, spec, sim)
+    with reporting("plan"):
+        if scenario is not None:
+            stage("simulating the scenario's layout" if layout_given else "searching a layout (quick search)")
+        sim = simulate_step(scenario, layout_given, args.workers) if scenario is not None else None
+        stage("costing the training run")
+        doc = build_plan(args, fit, spec, sim)
     if args.json:
         sys.stdout.write(finite_json(doc) + "\n")
     else:

@@ -8,10 +8,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from rich.console import Console
-
 from simulator.errors import UserInputError
 from simulator.files import check_output_dir, check_output_file
+from simulator.report.progress import reporting, stage
 from simulator.report.style import FIGURE_FORMATS, write_text_atomic
 from simulator.scenario import load_scenario
 from simulator.simulate import SimulationResult, simulate
@@ -55,7 +54,9 @@ def run_command(args: argparse.Namespace) -> int:
     """Load, simulate, report."""
     check_output_paths(args)
     scenario = load_scenario(args.scenario, args.overrides)
-    result = simulate(scenario, mode="full" if args.full else None)
+    with reporting("run", enabled=args.full):  # a symmetric run takes seconds; --full may take minutes
+        stage(f"simulating every rank of {scenario.name} (--full)")
+        result = simulate(scenario, mode="full" if args.full else None)
     if args.out is not None:
         _write(args.out, "--out", lambda: write_outputs(result, args.out))
     if args.trace is not None:
@@ -76,7 +77,7 @@ def run_command(args: argparse.Namespace) -> int:
     if args.json:
         sys.stdout.write(result.report.model_dump_json() + "\n")
     else:
-        from simulator.report.table import print_report
+        from simulator.report.table import output_console, print_report
 
-        print_report(result.report, Console())
+        print_report(result.report, output_console())
     return 0

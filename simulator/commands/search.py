@@ -29,6 +29,7 @@ from simulator.planning.search import (
     usd_per_million_tokens,
 )
 from simulator.planning.search_space import Pruned
+from simulator.report.progress import reporting, stage
 from simulator.report.style import format_count, format_percent, write_text_atomic
 from simulator.report.tabular import reports_to_rows, write_csv
 from simulator.scenario import ClusterRef, Scenario, load_scenario
@@ -45,9 +46,12 @@ def search_command(args: argparse.Namespace) -> int:
         top=args.top, max_points=args.max_points, workers=args.workers or os.cpu_count() or 1,
         objective=args.objective,
     )  # fmt: skip
-    result = run_search(scenario, options)
-    if args.out is not None:
-        write_outputs(result, args.out)
+    with reporting("search"):
+        stage(f"searching the layouts of {scenario.model.name} (at most {options.max_points} simulated)")
+        result = run_search(scenario, options)
+        if args.out is not None:
+            stage(f"writing {args.out}")
+            write_outputs(result, args.out)
     if not result.ranked:
         raise InfeasibleConfig(f"no layout runs and fits: {counts_line(result)}", field="parallelism")
     if args.json:

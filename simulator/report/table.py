@@ -6,6 +6,8 @@ as they are, and the output stays readable without colour (``NOT FITS`` is a wor
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -25,6 +27,14 @@ from simulator.report.style import (
 )
 
 _SUM_TOLERANCE = 0.01  # breakdown parts may differ from the step time by 1% before we say so
+# Columns when stdout is not a terminal (a pipe, a file, CI): rich would squeeze tables into 80 columns and
+# cut names (issue #10, point 5); the widest row of the summary (a link name in the tier table) fits in 160.
+PIPE_WIDTH = 200
+
+
+def output_console() -> Console:
+    """The console for a command's stdout: the terminal's width, or PIPE_WIDTH columns when not a terminal."""
+    return Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
 
 
 def print_report(
@@ -218,9 +228,7 @@ def links_table(report: StepReport, max_links: int) -> Table:
     pool = tier.busiest if tier is not None else report.links
     shown = pool[:max_links]
     if tier is not None:
-        title = (
-            f"Busiest links of the bottleneck tier, {tier_label(tier.tier)} ({len(shown)} of {tier.links})"
-        )
+        title = f"Busiest links, {tier_label(tier.tier)} ({len(shown)} of {tier.links})"
     else:
         title = f"Busiest links ({len(shown)} of {len(report.links)})"
     table = Table(title=title, title_justify="left")

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulator.errors import ScenarioError, shorten
+from simulator.report.progress import advance, reporting, stage
 from simulator.validation.layer import korthikanti_cases, layer_times
 from simulator.validation.suites import KINDS, Result, run_rows, select_rows, suite_rows, suite_specs
 
@@ -181,7 +182,10 @@ def validate_command(args: argparse.Namespace) -> int:
     step: list[dict[str, object]] = []
     if not wanted or step_suites:
         selected = select_rows(list(suite_rows(step_suites or None)), classes)
-        step = [_as_dict(r) for r in run_rows(selected, workers=args.workers)]
+        with reporting("validate"):
+            stage(f"simulating {len(selected)} published runs", total=len(selected))
+            results = run_rows(selected, workers=args.workers, on_result=lambda _: advance())
+        step = [_as_dict(r) for r in results]
         rows += step
     nccl = _nccl_rows() if (not wanted and not classes) or NCCL_SUITE in wanted else []
     everything = rows + nccl

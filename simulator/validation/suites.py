@@ -209,9 +209,11 @@ def run_rows(
             if on_result:
                 on_result(results[-1])
         return results
+    results = []
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(_evaluate_packed, jobs))
-    if on_result:
-        for r in results:
-            on_result(r)
+        # in order, each as soon as it and those before it are done (so that progress can be shown)
+        for result in pool.map(_evaluate_packed, jobs):
+            results.append(result)
+            if on_result:
+                on_result(result)
     return results
