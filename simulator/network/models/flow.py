@@ -28,6 +28,9 @@ from simulator.network.models.base import (
 )
 
 _REL_EPS = 1e-9
+# Slack of the feasibility test at uncontended rates: a phase alone fills its bottleneck exactly, up to
+# rounding; a real over-subscription is larger by orders of magnitude.
+_FEASIBLE_RTOL = 1e-12
 # A phase within this much time of its end is finished: below float resolution at the current clock,
 # an exact-zero test could spin on a timer that no longer advances time.
 _TIME_EPS_S = 1e-9
@@ -144,12 +147,28 @@ class FlowNetwork(NetworkModel):
         memo = tuple(t.key for t in trs)
         rates = self._rates.get(memo)
         if rates is None:
-            rates = maxmin_rates(self.cache.capacity, [(t.current.link_ids, t.current.load) for t in trs])
+            rates = self._alone_if_feasible(trs)
+            if rates is None:
+                rates = maxmin_rates(self.cache.capacity, [(t.current.link_ids, t.current.load) for t in trs])
             self._rates[memo] = rates
         for t, r in zip(trs, rates, strict=True):
             t.catch_up(now)
             t.rate = float(r)
             self._schedule(t)
+
+    def _alone_if_feasible(self, trs: list[_Transfer]) -> np.ndarray | None:
+        """Every phase's uncontended rate, when together they fit every shared link, else None.
+
+        Then that allocation is the max-min fair one: each phase is held by its own bottleneck, which no
+        other phase uses at capacity, so progressive filling would freeze every phase there. Phases that
+        share a link without filling it (a small DP bucket beside a pipeline send) skip the filling."""
+        links = np.concatenate([t.current.link_ids for t in trs])
+        use = np.concatenate([t.current.alone_rate * t.current.load for t in trs])
+        ids, inv = np.unique(links, return_inverse=True)
+        total = np.bincount(inv, weights=use, minlength=ids.size)
+        if np.any(total > self.cache.capacity[ids] * (1.0 + _FEASIBLE_RTOL)):
+            return None
+        return np.array([t.current.alone_rate for t in trs])
 
     def _schedule(self, tr: _Transfer) -> None:
         tr.version += 1
