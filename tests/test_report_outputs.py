@@ -598,6 +598,96 @@ def test_heatmap_grid_keeps_the_best_row_per_cell() -> None:
         heatmap_grid([], "x", "y", "mfu")
 
 
+def test_heatmap_leaves_out_rows_without_an_axis_value(tmp_path: Path) -> None:
+    """``compare --x tp --y pp``: an infeasible batch point carries only its swept column
+    (parallelism.tp), so it has no tp; it must not become a "None" row or column."""
+    rows: list[dict[str, object]] = [
+        {"tp": 4, "pp": 2, "mfu": 0.4, "fits_memory": True},
+        {"tp": 8, "pp": 4, "mfu": 0.3, "fits_memory": True},
+        {"scenario": "tp-pp_tp=1_pp=2", "parallelism.tp": 1, "status": "infeasible", "reason": "x"},
+        {"tp": "", "pp": 4, "mfu": 0.1},
+    ]
+    xs, ys, values, _ = heatmap_grid(rows, "tp", "pp", "mfu")
+    assert xs == [4, 8] and ys == [2, 4] and values.shape == (2, 2)
+    svg = heatmap(rows, "tp", "pp", "mfu", tmp_path / "heat.svg").read_text()
+    assert ">None<" not in svg and "None" not in svg
+    with pytest.raises(ValueError, match="no row has both"):
+        heatmap_grid(
+            [rows[0], {"tp": None, "pp": 2, "mfu": 0.1}][1:] + [{"tp": 1, "pp": "", "mfu": 0.2}],
+            "tp",
+            "pp",
+            "mfu",
+        )
+
+
+def test_memory_comparison_names_the_total_used_and_the_capacity(tmp_path: Path) -> None:
+    """The total is written at the bar's end as "used"; the capacity is named in the legend (it used to be
+    written beside the capacity tick, where a fitting bar's total read as the HBM size)."""
+    reports = [make_report(scenario="a"), make_report(scenario="b", gpu="h200-sxm")]
+    svg = memory_comparison(reports, tmp_path / "memory.svg").read_text()  # text stays text in SVG
+    assert "used 56.4 GiB" in svg and "HBM capacity 80 GiB" in svg and "HBM capacity 140 GiB" in svg
+
+
+def test_scaling_lines_stay_distinguishable_when_they_coincide(tmp_path: Path) -> None:
+    """Two fabrics with identical throughput: different markers and line styles, points nudged apart."""
+    from matplotlib.figure import Figure
+
+    reports = [
+        make_report(scenario=f"{c}-{g}", cluster=c, gpus=g, tokens_per_s=1000.0 * g)
+        for c in ("fabric-a", "fabric-b")
+        for g in (256, 512)
+    ]
+    drawn: list[Any] = []
+    original = Figure.savefig
+
+    def capture(fig: Any, *args: Any, **kwargs: Any) -> None:
+        drawn.append(fig)
+        original(fig, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Figure, "savefig", capture)
+        scaling_curves(reports, tmp_path / "scaling.svg", lambda r: r.cluster)
+    lines = [ln for ln in drawn[0].axes[0].get_lines() if ln.get_label() in ("fabric-a", "fabric-b")]
+    assert len(lines) == 2
+    a, b = lines
+    assert a.get_marker() != b.get_marker() and a.get_linestyle() != b.get_linestyle()
+    assert list(a.get_xdata()) != list(b.get_xdata())  # nudged apart on the GPU axis
+    assert list(a.get_ydata()) == list(b.get_ydata())  # the values themselves untouched
+
+
+def test_timeline_paints_the_dominant_colour_first_and_never_widens_over_a_neighbour() -> None:
+    """Interleaved sub-pixel backward and recompute ops (the gpt3 Gantt): the colour covering most of the
+    row is painted first, the scarcer over it, and neither is widened (a widened sliver would cover its
+    neighbour); an isolated sub-pixel op is widened to a pixel so that it shows."""
+    from simulator.report.timeline import Bar, draw_row
+
+    span = 1000.0
+    pixel = 5e-4 * span
+    bars, t = [], 0.0
+    for mb in range(50):
+        bars.append(Bar(t, t + 0.2 * pixel, "recompute", "#F2C14E", mb))
+        bars.append(Bar(t + 0.2 * pixel, t + 0.6 * pixel, "backward", "#2F5D9E", mb))
+        t += 0.6 * pixel
+    bars.append(Bar(500.0, 500.0 + 0.1 * pixel, "comm:pp", "#8E5EA2", 0))  # alone: idle on both sides
+
+    calls: list[tuple[str, list[tuple[float, float]], float]] = []
+
+    class Axes:
+        def broken_barh(self, ranges: Any, _y: Any, facecolors: str, zorder: float, **_kw: Any) -> None:
+            calls.append((facecolors, list(ranges), zorder))
+
+        def text(self, *args: Any, **kwargs: Any) -> None:
+            pass
+
+    draw_row(Axes(), 0.0, bars, 0.0, 1.0, span)  # type: ignore[arg-type]
+    order = [color for color, _, _ in sorted(calls, key=lambda c: c[2])]
+    assert order.index("#2F5D9E") < order.index("#F2C14E")  # backward under recompute
+    widths = {color: sum(w for _, w in ranges) for color, ranges, _ in calls}
+    assert widths["#2F5D9E"] == pytest.approx(50 * 0.4 * pixel)  # drawn as long as it ran
+    assert widths["#F2C14E"] == pytest.approx(50 * 0.2 * pixel)
+    assert widths["#8E5EA2"] == pytest.approx(pixel)  # isolated: one pixel wide, centred on the op
+
+
 def test_scenario_labels_are_unique_and_metric_kinds() -> None:
     labels = scenario_labels([make_report(), make_report(), make_report(scenario="b")])
     assert labels == ["gpt3-175b-on-1024-a100", "gpt3-175b-on-1024-a100 #2", "b"]

@@ -33,6 +33,7 @@ BATCH_CSV = "results.csv"
 BATCH_REPORTS = "reports"
 RUN_REPORT = "report.json"
 _CSV_FIXED = ("label", "status", "reason")  # results.csv: these, the swept axes, then "scenario" ...
+_LAYOUT_AXES = ("tp", "pp", "cp", "ep", "zero", "schedule", "micro_batch")  # parallelism.X / training.X
 
 
 @dataclass
@@ -110,8 +111,18 @@ def _load_batch(folder: Path, inputs: Inputs) -> None:
             report = read_report(folder / BATCH_REPORTS / f"{row['label']}.json")
             _add_report(inputs, report, {**swept, "status": "ok", "reason": ""})
         else:
+            # the report's layout column too (parallelism.tp → tp), so that --x tp places the point
+            layout = {
+                a.rsplit(".", 1)[-1]: v for a, v in swept.items() if a.rsplit(".", 1)[-1] in _LAYOUT_AXES
+            }
             inputs.missing.append(
-                {"scenario": row["label"], **swept, "status": row["status"], "reason": row["reason"]}
+                {
+                    "scenario": row["label"],
+                    **swept,
+                    **layout,
+                    "status": row["status"],
+                    "reason": row["reason"],
+                }
             )
 
 

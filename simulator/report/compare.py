@@ -42,6 +42,9 @@ THROUGHPUT_COLOR = "#34495E"
 MFU_COLOR = "#1F9E89"
 NOT_FIT_COLOR = "#BBBBBB"
 _FRACTION_METRICS = ("mfu", "hfu")
+SERIES_MARKERS = ("o", "s", "^", "D", "v", "P", "X")  # the scaling chart's series: marker ...
+SERIES_LINES = ("-", "--", "-.")  # ... and line style, with the colour (linear scaling is dotted)
+_SERIES_NUDGE = 0.025  # sideways offset between series, a fraction of the GPU count (log axis)
 _TITLE_FONT_PT = 11
 _CHAR_WIDTH_EM = 0.6  # mean width of a character of the default sans-serif font, in ems (for wrapping titles)
 CHART_WIDTH_IN = 12.0  # default width of the bar and scaling charts; about 8 reads well at a README's width
@@ -213,27 +216,38 @@ def scaling_curves(
 ) -> Path:
     """Tokens/s and MFU against GPU count, one line per series key (``series``: a function of the
     report, or one key per report; default model on GPU). With several reports per GPU count in a series
-    the fastest one that fits memory is drawn. Dashed: linear scaling from the smallest point."""
+    the fastest one that fits memory is drawn. Dotted: linear scaling from the smallest point. Each series
+    has its own colour, marker and line style, and is nudged sideways so that coinciding series all show."""
     keys = _series_keys(reports, series)
     fig = new_figure(width_in, 4.6)
     ax_tok, ax_mfu = fig.subplots(1, 2)
-    for n, name in enumerate(sorted(set(keys), key=keys.index)):
+    names = sorted(set(keys), key=keys.index)
+    for n, name in enumerate(names):
         points = _best_per_gpu_count([r for r, k in zip(reports, keys, strict=True) if k == name])
         color = SERIES_CYCLE[n % len(SERIES_CYCLE)]
-        gpus = [p.gpus for p in points]
-        ax_tok.plot(gpus, [p.tokens_per_s for p in points], marker="o", color=color, label=name)
+        # Series that coincide (two fabrics with the same throughput) must stay distinguishable: each has
+        # its own marker and line style, and its points are nudged sideways by a few percent of the GPU
+        # count on the log axis (GPU counts are labelled on the ticks, not read off the points).
+        style = {
+            "marker": SERIES_MARKERS[n % len(SERIES_MARKERS)],
+            "linestyle": SERIES_LINES[n % len(SERIES_LINES)],
+        }
+        nudge = 1.0 + _SERIES_NUDGE * (n - (len(names) - 1) / 2)
+        gpus = [p.gpus * nudge for p in points]
+        ax_tok.plot(gpus, [p.tokens_per_s for p in points], color=color, label=name, markersize=6, **style)
         ax_tok.plot(
             gpus,
             [points[0].tokens_per_s * g / gpus[0] for g in gpus],
-            linestyle="--",
+            linestyle=":",
+            linewidth=1.0,
             color=color,
-            alpha=0.45,
+            alpha=0.55,
         )
-        ax_mfu.plot(gpus, [p.mfu * 100 for p in points], marker="o", color=color, label=name)
-        for p in points:
+        ax_mfu.plot(gpus, [p.mfu * 100 for p in points], color=color, label=name, markersize=6, **style)
+        for g, p in zip(gpus, points, strict=True):
             if not p.fits_memory:
                 for ax, value in ((ax_tok, p.tokens_per_s), (ax_mfu, p.mfu * 100)):
-                    ax.scatter([p.gpus], [value], marker="x", s=70, color=CAPACITY_COLOR, zorder=4)
+                    ax.scatter([g], [value], marker="x", s=70, color=CAPACITY_COLOR, zorder=4)
     _scaling_axes(ax_tok, ax_mfu, sorted({r.gpus for r in reports}), any(not r.fits_memory for r in reports))
     fit_to_width(fig)
     return save_figure(fig, path)
@@ -276,7 +290,7 @@ def _scaling_axes(ax_tok: Axes, ax_mfu: Axes, gpu_counts: list[int], mark_unfit:
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xlabel("GPUs")
         ax.grid(alpha=0.3, which="both")
-    ax_tok.set_title("Throughput vs cluster size (dashed: linear scaling)", loc="left", fontsize=11)
+    ax_tok.set_title("Throughput vs cluster size (dotted: linear scaling)", loc="left", fontsize=11)
     ax_mfu.set_title("MFU vs cluster size", loc="left", fontsize=11)
     ax_tok.set_ylabel("throughput (tokens/s)")
     ax_mfu.set_ylabel("MFU (% of dense peak)")
@@ -296,7 +310,7 @@ def memory_comparison(
     fig, ax = _bar_axes(width_in, len(reports))
     widest = max((_memory_bar(ax, y, report) for y, report in enumerate(reports)), default=0.0)
     _label_scenarios(ax, scenario_labels(reports))
-    ax.set_xlim(0, widest * 1.25 if widest > 0 else 1)
+    ax.set_xlim(0, widest * 1.3 if widest > 0 else 1)
     _finish_axes(ax, "memory per GPU (GiB)", "Memory per GPU per scenario (most loaded rank)")
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))  # one legend entry per label, not per bar
@@ -321,10 +335,15 @@ def _memory_bar(ax: Axes, y: float, report: StepReport) -> float:
         left += value
     capacity = hbm_capacity_gib(report.gpu) or 0.0
     if capacity:
-        ax.vlines(capacity, y - 0.42, y + 0.42, color=CAPACITY_COLOR, linewidth=2.2, label="HBM capacity")
-    note = f" {mem.total:,.1f} GiB" + ("" if report.fits_memory else " · NOT FITS")
+        label = f"HBM capacity {capacity:,.0f} GiB"  # one legend entry per distinct capacity
+        ax.vlines(capacity, y - 0.42, y + 0.42, color=CAPACITY_COLOR, linewidth=2.2, label=label)
+    # The total is the bar's, written at the bar's end and named "used", so that it never reads as the
+    # capacity (issue #10, point 7: beside the capacity tick a fitting bar's total looked like the HBM size);
+    # the capacity is named in the legend.
+    note = f" used {mem.total:,.1f} GiB" + ("" if report.fits_memory else " · NOT FITS")
     color = "black" if report.fits_memory else CAPACITY_COLOR
-    ax.text(max(mem.total, capacity), y, note, va="center", fontsize=8, color=color)
+    ax.text(mem.total, y, note, va="center", fontsize=8, color=color, zorder=5,
+            bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 0.5})  # fmt: skip
     return max(mem.total, left, capacity)
 
 
@@ -383,6 +402,11 @@ def heatmap(
     return save_figure(fig, path)
 
 
+def _placed(value: object) -> bool:
+    """Whether a row's axis value can place it on a heat-map axis (not missing, not empty)."""
+    return value is not None and value != ""
+
+
 def heatmap_grid(
     rows: Sequence[Mapping[str, object]], x_axis: str, y_axis: str, metric: str
 ) -> tuple[list[object], list[object], np.ndarray, np.ndarray]:
@@ -392,6 +416,11 @@ def heatmap_grid(
     for column in (x_axis, y_axis, metric):
         if not any(column in row for row in rows):
             raise ValueError(f"no column {column!r} in the rows; have {', '.join(map(str, rows[0]))}")
+    # A row without a value on an axis (an infeasible batch point has only its swept columns, e.g.
+    # parallelism.tp, not the report's tp) has no cell: it is left out, not drawn as a "None" row.
+    rows = [row for row in rows if _placed(row.get(x_axis)) and _placed(row.get(y_axis))]
+    if not rows:
+        raise ValueError(f"no row has both {x_axis!r} and {y_axis!r}")
     xs = sorted({row.get(x_axis) for row in rows}, key=_axis_sort_key)
     ys = sorted({row.get(y_axis) for row in rows}, key=_axis_sort_key)
     values = np.full((len(ys), len(xs)), np.nan)
@@ -415,7 +444,7 @@ def empty_cell_notes(
     notes: dict[tuple[int, int], set[str]] = {}
     for row in rows:
         status = str(row.get("status", "") or "")
-        if status not in ("", "ok"):
+        if status not in ("", "ok") and row.get(y_axis) in ys and row.get(x_axis) in xs:
             cell = (ys.index(row.get(y_axis)), xs.index(row.get(x_axis)))
             notes.setdefault(cell, set()).add("failed" if status == "error" else status)
     return {cell: "\n".join(sorted(found)) for cell, found in notes.items()}

@@ -97,15 +97,30 @@ def row_bars(trace: Trace, rows_idx: np.ndarray, merge_gap_s: float) -> list[Bar
 def draw_row(ax: Axes, y: float, bars: list[Bar], t0_s: float, scale: float, span: float) -> None:
     """Draw one row's bars (one ``broken_barh`` per colour) and micro-batch labels on wide bars."""
     groups: dict[tuple[str, bool], list[tuple[float, float]]] = {}
-    for bar in bars:
-        width = (bar.end_s - bar.start_s) * scale
+    pixel = _MERGE_GAP_SHARE * span
+    for k, bar in enumerate(bars):
+        left, width = (bar.start_s - t0_s) * scale, (bar.end_s - bar.start_s) * scale
         wide = width >= _EDGE_MIN_SHARE * span
-        groups.setdefault((bar.color, wide), []).append(((bar.start_s - t0_s) * scale, width))
-    for (color, wide), ranges in groups.items():
-        # Wide bars get a white edge so neighbours stay apart; narrow ones an edge of their own colour
-        # so that sub-pixel ops stay visible.
-        edge = "white" if wide else color
-        ax.broken_barh(ranges, (y - 0.38, 0.76), facecolors=color, edgecolors=edge, linewidth=0.5)
+        # A sub-pixel bar with idle time on both sides is widened to a pixel so that it shows; one that
+        # touches a neighbour is not, so it never covers the neighbour (its pixel is shared, see below).
+        before = left - (bars[k - 1].end_s - t0_s) * scale if k > 0 else pixel
+        after = (bars[k + 1].start_s - t0_s) * scale - (left + width) if k + 1 < len(bars) else pixel
+        if width < pixel and before >= pixel and after >= pixel:
+            left, width = left + width / 2 - pixel / 2, pixel
+        groups.setdefault((bar.color, wide), []).append((left, width))
+    # Painting order: the colour covering most of the row first, the scarcer ones over it, and sub-pixel
+    # bars last. Otherwise whichever colour happened to come first is painted over: the gpt3 Gantt showed
+    # recompute on one stage only, its slivers covered by the backward bars' edges (issue #10, point 7).
+    order = sorted(groups.items(), key=lambda item: (not item[0][1], -sum(w for _, w in item[1])))
+    for z, ((color, wide), ranges) in enumerate(order):
+        # Wide bars get a white edge so neighbours stay apart. Narrow ones get none: an edge would widen
+        # each sub-pixel op to a full pixel of its colour and hide its neighbours; without one, antialiasing
+        # paints each pixel column in proportion to what covers it, so interleaved recompute and backward
+        # slivers read as their mix.
+        ax.broken_barh(
+            ranges, (y - 0.38, 0.76), facecolors=color, edgecolors="white" if wide else "none",
+            linewidth=0.5 if wide else 0.0, zorder=2 + z * 1e-3,
+        )  # fmt: skip
     for bar in bars:
         width = (bar.end_s - bar.start_s) * scale
         text = str(bar.micro_batch)
