@@ -17,6 +17,7 @@ import simpy
 import simulator
 from simulator.engine.groups import GroupResolver, RankClasses
 from simulator.engine.simulation import Engine
+from simulator.engine.symmetry import refine as refine_classes
 from simulator.engine.trace import Trace
 from simulator.errors import InfeasibleConfig
 from simulator.hardware.calibration import ComputeCalibration, compute_calibration, link_calibration
@@ -246,7 +247,19 @@ class Setup:
         gpu_type = np.array([spec.name for spec in self.cluster.gpu_specs[:world]])
         if len(set(gpu_type)) > 1:
             raise InfeasibleConfig("clusters with mixed GPU types are not simulated yet", field="cluster")
-        return RankClasses(pp.copy(), {s: f"pp{s}" for s in range(self.dims.pp)})
+        ref = refine_classes(self.plan, self.cluster, self.phase_cache)
+        if ref.unchecked_kinds:
+            self.warnings.append(
+                "symmetry reduction: the network equivalence of the "
+                f"{', '.join(ref.unchecked_kinds)} groups was assumed, not checked (too many to probe); "
+                "--full simulates every rank"
+            )
+        per_stage = Counter(int(pp[r]) for r in np.unique(ref.class_of, return_index=True)[1])
+        labels = {}
+        for c, r in enumerate(np.unique(ref.class_of, return_index=True)[1]):
+            s = int(pp[r])
+            labels[c] = f"pp{s}" if per_stage[s] == 1 else f"pp{s} · ranks like {int(r)}"
+        return RankClasses(ref.class_of, labels)
 
 
 def _network(setup: Setup, env: simpy.Environment) -> NetworkModel:
@@ -265,9 +278,14 @@ def _account_inline(programs: dict[int, Program], resolver: GroupResolver, netwo
                     step = getattr(seg, "step", None)
                     if step is not None:
                         counts[(rank, step)] += 1
+    # every member of a group reaches the same collective: account each group instance once (in ``--full``
+    # mode all tp members of a group are simulated and would otherwise count its bytes tp times)
+    per_group: dict[tuple[object, ...], tuple[CollectiveRequest, int]] = {}
     for (rank, step), n in counts.items():
         op = Collective(step.name, step.kind, step.comm, step.group, step.bytes)
-        _, _, req = resolver.collective(rank, op)
+        gkey, _, req = resolver.collective(rank, op)
+        per_group[(gkey, step)] = (req, n)
+    for req, n in per_group.values():
         for phase in network.cache.routed(req):
             np.add.at(network.link_bytes, phase.link_ids, phase.link_bytes * n)
 

@@ -50,10 +50,15 @@ class GroupResolver:
 
     plan: ParallelPlan
     classes: RankClasses
-    _coll: dict[tuple[str, int], tuple[tuple[object, ...], tuple[int, ...], np.ndarray]] = field(
+    _coll: dict[tuple[str, int], tuple[tuple[object, ...], tuple[int, ...], np.ndarray, _Siblings]] = field(
         default_factory=dict
     )
-    _p2p: dict[tuple[int, int], tuple[int, np.ndarray]] = field(default_factory=dict)
+    _p2p: dict[tuple[int, int], tuple[np.ndarray, _Siblings]] = field(default_factory=dict)
+
+    @cached_property
+    def _stage(self) -> np.ndarray:
+        """Pipeline stage of every rank: the ranks of one stage reach each collective together."""
+        return self.plan.coords["pp"]
 
     def collective(
         self, rank: int, op: Collective
@@ -64,14 +69,15 @@ class GroupResolver:
         if hit is None:
             hit = self._resolve_collective(op.group, rank)
             self._coll[key] = hit
-        gkey, parts, groups = hit
+        gkey, parts, groups, (sib, sib_key) = hit
         if op.kind is CollectiveKind.SEND_RECV:  # a ring shift (ring attention): member j sends to j+1
-            groups = np.stack([groups.ravel(), np.roll(groups, -1, axis=1).ravel()], axis=1)
-        return gkey, parts, CollectiveRequest(op.kind, groups, op.bytes, gkey)
+            groups = _ring_shift(groups)
+            sib = None if sib is None else _ring_shift(sib)
+        return gkey, parts, CollectiveRequest(op.kind, groups, op.bytes, gkey, sib, sib_key)
 
     def _resolve_collective(
         self, kind: str, rank: int
-    ) -> tuple[tuple[object, ...], tuple[int, ...], np.ndarray]:
+    ) -> tuple[tuple[object, ...], tuple[int, ...], np.ndarray, _Siblings]:
         groups = self.plan.groups(kind)
         members = self.plan.group_of(kind, rank)
         cls = self.classes.class_of
@@ -80,7 +86,12 @@ class GroupResolver:
         instances = groups[same]
         parts = tuple(sorted({int(self.classes.representatives[c]) for c in sig}))
         gkey: tuple[object, ...] = (kind, *map(int, sig)) if not self._is_full else (kind, int(members.min()))
-        return gkey, parts, instances
+        stages = self._stage[members]
+        concurrent = groups[np.all(self._stage[groups] == stages[None, :], axis=1)]
+        sib: _Siblings = (None, None)
+        if len(concurrent) > len(instances):
+            sib = (concurrent, ("siblings", kind, *map(int, stages)))
+        return gkey, parts, instances, sib
 
     @cached_property
     def _is_full(self) -> bool:
@@ -98,16 +109,31 @@ class GroupResolver:
         if hit is None:
             hit = self._resolve_p2p(src_rank, op.offset)
             self._p2p[key] = hit
-        _, pairs = hit
-        return CollectiveRequest(CollectiveKind.SEND_RECV, pairs, op.bytes, ("p2p", src_rank, op.offset))
+        pairs, (sib, sib_key) = hit
+        return CollectiveRequest(
+            CollectiveKind.SEND_RECV, pairs, op.bytes, ("p2p", src_rank, op.offset), sib, sib_key
+        )
 
-    def _resolve_p2p(self, src_rank: int, offset: int) -> tuple[int, np.ndarray]:
+    def _resolve_p2p(self, src_rank: int, offset: int) -> tuple[np.ndarray, _Siblings]:
         stride = self.plan.dims.world // self.plan.dims.pp
         cls = self.classes.class_of
         dst_rank = src_rank + offset * stride
         ranks = np.arange(cls.size)
         dst = ranks + offset * stride
-        ok = (dst >= 0) & (dst < cls.size)
-        ok &= cls == cls[src_rank]
+        inside = (dst >= 0) & (dst < cls.size)
+        ok = inside & (cls == cls[src_rank])
         ok[ok] &= cls[dst[ok]] == cls[dst_rank]
-        return dst_rank, np.stack([ranks[ok], dst[ok]], axis=1)
+        concurrent = inside & (self._stage == self._stage[src_rank])
+        sib: _Siblings = (None, None)
+        if concurrent.sum() > ok.sum():
+            key = ("p2p-siblings", int(self._stage[src_rank]), offset)
+            sib = (np.stack([ranks[concurrent], dst[concurrent]], axis=1), key)
+        return np.stack([ranks[ok], dst[ok]], axis=1), sib
+
+
+_Siblings = tuple[np.ndarray | None, tuple[object, ...] | None]
+
+
+def _ring_shift(groups: np.ndarray) -> np.ndarray:
+    """Member j of every ring sends to member j+1: ``[pairs, 2]``."""
+    return np.stack([groups.ravel(), np.roll(groups, -1, axis=1).ravel()], axis=1)

@@ -34,6 +34,18 @@ class CollectiveRequest:
     groups: np.ndarray  # [instances, members] global GPU ids
     nbytes: float  # per-rank buffer size S (nccl-tests definition)
     key: tuple[object, ...]  # hashable identity of ``groups``
+    # Every instance that runs concurrently with this one at the same point of the step (all groups of the
+    # kind whose members sit on the same pipeline stages), whether or not this request stands for them: a
+    # model without dynamic contention times a collective in that company, so that the answer does not
+    # depend on how many ranks are simulated (symmetric or ``--full``). ``None``: ``groups`` themselves.
+    siblings: np.ndarray | None = None
+    siblings_key: tuple[object, ...] | None = None
+
+    def timing_request(self) -> CollectiveRequest:
+        """The request over every concurrent sibling instance (itself when it has none)."""
+        if self.siblings is None or self.siblings_key is None:
+            return self
+        return CollectiveRequest(self.kind, self.siblings, self.nbytes, self.siblings_key)
 
 
 @dataclass(frozen=True, eq=False)
