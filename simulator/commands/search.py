@@ -69,15 +69,18 @@ def pruned_by_rule(result: SearchResult) -> dict[str, int]:
 
 
 def counts(result: SearchResult) -> dict[str, int]:
-    """How many points went where: every point of the space is exactly one of pruned, capped, simulated."""
+    """How many points went where: every point of the space is exactly one of pruned, capped, simulated
+    (timed on the fast path) or bounded (skipped: its compute alone outlasts the best layouts' steps)."""
     return {
         "space": result.space.size,
         "pruned": len(result.space.pruned),
         "capped": len(result.space.capped),
-        "simulated": len(result.space.candidates),
+        "simulated": len(result.space.candidates) - len(result.bounded),
+        "bounded": len(result.bounded),
         "infeasible": len(result.infeasible),
         "refined": result.refined,
         "ranked": len(result.ranked),
+        "contended": sum(e.contended for e in result.ranked),
     }
 
 
@@ -88,9 +91,19 @@ def counts_line(result: SearchResult) -> str:
     network = result.scenario.config.network.model
     return (
         f"{c['space']} layouts: {c['pruned']} pruned ({rules or 'none'}), {c['capped']} beyond --max-points, "
-        f"{c['simulated']} simulated on the {FAST_NETWORK} model ({c['infeasible']} infeasible), "
-        f"{c['refined']} re-simulated with the {network} model"
+        f"{c['bounded']} bounded (compute alone slower than the best steps), "
+        f"{c['simulated']} simulated on the {FAST_NETWORK} model (fast path; {c['infeasible']} infeasible, "
+        f"{c['contended']} marked for contention), {c['refined']} re-simulated with the {network} model"
+        f"{agreement_note(result)}"
     )
+
+
+def agreement_note(result: SearchResult) -> str:
+    """How far the fast path was from the engine on the confirmed layouts (empty when none was re-timed)."""
+    diffs = [
+        abs(e.fast_step_s / e.report.step_time_s - 1) for e in result.ranked if e.fast_step_s is not None
+    ]
+    return f" (fast path within {max(diffs):.2%} of it)" if diffs else ""
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -152,6 +165,7 @@ def _evaluated_json(rank: int, ev: Evaluated, result: SearchResult) -> dict[str,
         "rank": rank, "label": ev.label, "own": ev.own, "network": ev.network,
         "layout": r.layout.model_dump() if r.layout is not None else None,
         "step_time_s": r.step_time_s, "tokens_per_s": r.tokens_per_s, "mfu": r.mfu,
+        "fast_step_time_s": ev.fast_step_s, "contended": ev.contended,
         "memory_gib_per_gpu": r.memory_gib_per_gpu.total, "fits_memory": r.fits_memory,
         "usd_per_million_tokens": usd_per_million_tokens(r, result.usd_per_gpu_hour),
     }  # fmt: skip
@@ -189,7 +203,7 @@ def write_outputs(result: SearchResult, out_dir: Path) -> list[Path]:
     ]  # fmt: skip
     written = [write_csv(reports_to_rows([e.report for e in result.ranked], extras), out_dir / "results.csv")]
     capped = (Pruned(lay, "capped", "beyond --max-points") for lay in result.space.capped)
-    rows = [_pruned_row(p) for p in (*result.space.pruned, *result.infeasible, *capped)]
+    rows = [_pruned_row(p) for p in (*result.space.pruned, *result.infeasible, *result.bounded, *capped)]
     pruned_csv = out_dir / "pruned.csv"
     written.append(
         write_csv(rows, pruned_csv) if rows else write_text_atomic(pruned_csv, "label,rule,reason\n")

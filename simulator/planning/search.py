@@ -1,5 +1,17 @@
-"""Layout search: simulate the pruned space on the fast analytical network model, re-simulate the best
-with the scenario's own network model, and rank by the objective.
+"""Layout search: time the pruned space on the fast path, confirm the best with the scenario's own network
+model, and rank by the objective.
+
+The fast path (``simulator.planning.fastpath``) is the engine with the analytical network model, sharing
+the cluster and every routed collective between layouts; it marks the layouts where contention could make
+the flow model slower, and its time is then a lower bound. Confirmation runs the scenario's own model on
+the same engine. The best ``REFINE_FACTOR × top`` layouts are confirmed, then every further layout whose
+fast time is below the ``top``-th best confirmed time (branch and bound: a lower bound that is already
+worse cannot enter the top), so the top is the one the engine would give over the whole space.
+
+On large spaces (more than ``BOUND_MIN_CANDIDATES``) the fast pass bounds too: layouts are timed by
+increasing compute bound (the longest stage's compute, from the same compiled chunks), and one whose bound
+is no better than the ``REFINE_FACTOR × top + 1``-th best step timed so far is skipped as ``bounded``;
+a bounded layout whose bound beats the confirmed top is timed after all.
 
 The scenario's own layout always competes: when it is one of the simulated candidates it is among the
 re-simulated ones; otherwise (pruned, capped, or not expressible, e.g. uneven ``pp_layers``) it is
@@ -8,6 +20,7 @@ simulated as given and ranked beside them. So the best layout is never slower th
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import time
 from collections.abc import Sequence
@@ -18,6 +31,7 @@ from simulator.batch.executors.base import ExecutorOptions, make_executor
 from simulator.batch.runner import simulate_report
 from simulator.errors import InfeasibleConfig, ScenarioError
 from simulator.planning import OBJECTIVES, SECONDS_PER_HOUR
+from simulator.planning.fastpath import FastPath
 from simulator.planning.search_space import Layout, Pruned, Space, build_space, with_layout
 from simulator.report.schema import StepReport
 from simulator.scenario import Scenario
@@ -25,6 +39,9 @@ from simulator.topology.loader import build_cluster
 
 FAST_NETWORK = "analytical"  # DESIGN.md: the analytical alpha-beta fast path for sweeps
 REFINE_FACTOR = 2  # re-simulate the best REFINE_FACTOR × top layouts with the scenario's network model
+# Spaces with more candidates than this are timed by branch and bound (``_fast_batch``); smaller ones whole,
+# so that every candidate of a small search is ranked.
+BOUND_MIN_CANDIDATES = 100
 
 
 @dataclass(frozen=True)
@@ -52,6 +69,8 @@ class Evaluated:
     report: StepReport
     network: str
     own: bool = False  # the scenario's own layout
+    contended: bool = False  # its fast-path run marked contention: the scenario's network model may be slower
+    fast_step_s: float | None = None  # the fast path's step time, for a layout confirmed by the engine
 
     @property
     def label(self) -> str:
@@ -88,6 +107,7 @@ class SearchResult:
     refined: int  # layouts re-simulated with the scenario's network model
     usd_per_gpu_hour: float
     wall_s: float
+    bounded: tuple[Pruned, ...] = ()  # candidates not timed: their compute bound cannot reach the top
 
     @property
     def best(self) -> Evaluated:
@@ -101,6 +121,59 @@ def _attempt(scenario: Scenario) -> StepReport | str:
         return simulate_report(scenario)
     except InfeasibleConfig as e:
         return e.one_line()
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """A layout not timed: its compute alone outlasts the whole step of ``keep`` layouts timed before it."""
+
+    bound_s: float  # the longest stage's compute, a lower bound of its step time
+    threshold_s: float  # the keep-th best step time timed when it was skipped
+    keep: int
+
+
+Outcome = tuple[StepReport, bool] | Bounded | str  # (report, contended), skipped, or why it cannot run
+
+
+def _fast_batch(job: tuple[list[Scenario], str | None, int]) -> list[Outcome]:
+    """Layouts of one cluster on one ``FastPath`` (a picklable task: a worker builds the cluster once):
+    ``network`` None times them on the fast path, else on that model (each scenario's own when "own").
+
+    ``keep`` > 0 (fast path only) is branch and bound: the layouts are taken by increasing compute bound
+    (``FastPath.compute_bound``), and one whose bound is already no better than the ``keep``-th best step
+    timed so far is skipped (``Bounded``): it cannot be among the ``keep`` best."""
+    scenarios, network, keep = job
+    if not scenarios:
+        return []
+    first = scenarios[0]
+    fast = FastPath(build_cluster(first.topology, file=first.topology_file))
+    out: list[Outcome] = [""] * len(scenarios)
+    order = list(range(len(scenarios)))
+    bounds: dict[int, float] = {}
+    if keep > 0 and network is None:
+        for i, s in enumerate(scenarios):
+            try:
+                bounds[i] = fast.compute_bound(s)
+            except InfeasibleConfig as e:
+                out[i] = e.one_line()
+        order = sorted(bounds, key=lambda i: bounds[i])
+    best: list[float] = []  # step times of the fitting layouts timed so far, ascending, at most ``keep``
+    for i in order:
+        s = scenarios[i]
+        if keep > 0 and len(best) >= keep and i in bounds and bounds[i] >= best[keep - 1]:
+            out[i] = Bounded(bounds[i], best[keep - 1], keep)
+            continue
+        model = FAST_NETWORK if network is None else s.config.network.model if network == "own" else network
+        try:
+            r = fast.evaluate(s, model)
+        except InfeasibleConfig as e:
+            out[i] = e.one_line()
+            continue
+        out[i] = (r.report, r.contended)
+        if keep > 0 and r.report.fits_memory:
+            bisect.insort(best, r.report.step_time_s)
+            del best[keep:]
+    return out
 
 
 def simulate_all(scenarios: Sequence[Scenario], workers: int) -> list[StepReport | str]:
@@ -118,6 +191,29 @@ def simulate_all(scenarios: Sequence[Scenario], workers: int) -> list[StepReport
     return out
 
 
+def fast_all(
+    scenarios: Sequence[Scenario], workers: int, network: str | None = None, keep: int = 0
+) -> list[Outcome]:
+    """``_fast_batch`` over ``scenarios`` (all on one cluster), in order: in this process, or split into one
+    interleaved share per worker (so that each worker builds the cluster and routes each geometry once).
+    With ``keep``, each worker bounds its share by its own timed layouts: a share's ``keep``-th best is no
+    better than the whole space's, so whatever a worker skips the whole search would skip too."""
+    scenarios = list(scenarios)
+    shares = max(1, min(workers, len(scenarios)))
+    if shares == 1:
+        return _fast_batch((scenarios, network, keep))
+    jobs = [(scenarios[i::shares], network, keep) for i in range(shares)]
+    out: list[Outcome] = [""] * len(scenarios)
+    executor = make_executor("local", ExecutorOptions(workers=shares))
+    with closing(executor.run(_fast_batch, jobs)) as results:
+        for done in results:
+            if done.error is not None:
+                raise done.error
+            assert done.value is not None
+            out[done.index :: shares] = done.value
+    return out
+
+
 def _evaluate(pairs: Sequence[tuple[Layout | None, Scenario]], workers: int) -> list[Evaluated | str]:
     """Simulate each (layout, scenario): an ``Evaluated`` when it runs and fits, else the reason."""
     results = simulate_all([s for _, s in pairs], workers)
@@ -132,17 +228,48 @@ def _evaluate(pairs: Sequence[tuple[Layout | None, Scenario]], workers: int) -> 
     return out
 
 
-def _fast_pass(scenario: Scenario, space: Space, workers: int) -> tuple[list[Evaluated], list[Pruned]]:
-    """Every candidate on the analytical network model: (those that run and fit, the others)."""
-    pairs = [(lay, with_layout(scenario, lay, network=FAST_NETWORK)) for lay in space.candidates]
+def _fast_pass(
+    scenario: Scenario, layouts: Sequence[Layout], workers: int, keep: int
+) -> tuple[list[Evaluated], list[Pruned], list[tuple[Pruned, float]]]:
+    """``layouts`` on the fast path: (those that run and fit, the others, the bounded with their bound)."""
+    scenarios = [with_layout(scenario, lay, network=FAST_NETWORK) for lay in layouts]
     ok: list[Evaluated] = []
     failed: list[Pruned] = []
-    for lay, outcome in zip(space.candidates, _evaluate(pairs, workers), strict=True):
-        if isinstance(outcome, Evaluated):
-            ok.append(outcome)
-        else:
+    bounded: list[tuple[Pruned, float]] = []
+    for lay, sc, outcome in zip(layouts, scenarios, fast_all(scenarios, workers, keep=keep), strict=True):
+        if isinstance(outcome, Bounded):
+            why = (f"its compute alone takes {outcome.bound_s:.3f} s per step, no less than the whole step of "
+                   f"the {outcome.keep}th best layout timed before it ({outcome.threshold_s:.3f} s)")  # fmt: skip
+            bounded.append((Pruned(lay, "bounded", why), outcome.bound_s))
+        elif isinstance(outcome, str):
             failed.append(Pruned(lay, "infeasible", outcome))
-    return ok, failed
+        elif not outcome[0].fits_memory:
+            failed.append(
+                Pruned(
+                    lay, "infeasible", f"does not fit: {outcome[0].memory_gib_per_gpu.total:.1f} GiB per GPU"
+                )
+            )
+        else:
+            ok.append(Evaluated(lay, sc, outcome[0], FAST_NETWORK, contended=outcome[1]))
+    return ok, failed, bounded
+
+
+def _confirm(scenario: Scenario, chosen: list[Evaluated], workers: int) -> list[Evaluated]:
+    """``chosen`` re-timed with the scenario's own network model and engine mode."""
+    pairs = [(e.layout, with_layout(scenario, e.layout)) for e in chosen if e.layout is not None]
+    if scenario.config.engine.mode != "symmetric":
+        fast_s = {e.layout: e.report.step_time_s for e in chosen}
+        return [dataclasses.replace(o, fast_step_s=fast_s[o.layout]) for o in _evaluate(pairs, workers)
+                if isinstance(o, Evaluated)]  # fmt: skip
+    fast = {e.layout: e for e in chosen}
+    out: list[Evaluated] = []
+    for (lay, sc), outcome in zip(pairs, fast_all([s for _, s in pairs], workers, "own"), strict=True):
+        if not isinstance(outcome, tuple) or not outcome[0].fits_memory:
+            continue
+        was = fast[lay]
+        out.append(Evaluated(lay, sc, outcome[0], sc.config.network.model, contended=was.contended,
+                             fast_step_s=was.report.step_time_s))  # fmt: skip
+    return out
 
 
 def _refine(
@@ -152,26 +279,48 @@ def _refine(
     it), and the scenario as given unless its layout is among them: (re-simulated, own, why not own)."""
     cfg = scenario.config
     rerun = (cfg.network.model, cfg.engine.mode) != (FAST_NETWORK, "symmetric")
-    pairs: list[tuple[Layout | None, Scenario]] = []
-    if rerun:
-        pairs += [(e.layout, with_layout(scenario, e.layout)) for e in chosen if e.layout]
-    own_chosen = own is not None and any(e.layout == own for e in chosen)
-    if not own_chosen:
-        pairs.append((own, scenario))
-    outcomes = _evaluate(pairs, workers)
-    refined = [o for o in outcomes[: len(chosen)] if isinstance(o, Evaluated)] if rerun else list(chosen)
+    refined = _confirm(scenario, chosen, workers) if rerun else list(chosen)
     refined = [dataclasses.replace(e, own=own is not None and e.layout == own) for e in refined]
-    if own_chosen:
+    if own is not None and any(e.layout == own for e in chosen):
         return refined, next((e for e in refined if e.own), None), ""
-    last = outcomes[-1]
+    last = _evaluate([(own, scenario)], workers)[-1]
     if isinstance(last, Evaluated):
         return refined, dataclasses.replace(last, own=True), ""
     return refined, None, last
 
 
+def _bound_more(
+    scenario: Scenario, refined: list[Evaluated], rest: list[Evaluated], options: SearchOptions, usd: float
+) -> tuple[list[Evaluated], list[Evaluated]]:
+    """Confirm, best fast time first, every layout of ``rest`` whose fast time (a lower bound of its
+    confirmed time) beats the ``top``-th best confirmed one: afterwards none left can enter the top."""
+    while rest:
+        confirmed = rank(refined, options.objective, usd)
+        worst = (
+            _sort_key(confirmed[options.top - 1], options.objective, usd)[0]
+            if len(confirmed) >= options.top
+            else None
+        )
+        batch = [
+            e for e in rest[: max(1, options.workers)]
+            if worst is None or _sort_key(e, options.objective, usd)[0] < worst
+        ]  # fmt: skip
+        if not batch:
+            break
+        rest = rest[len(batch) :]
+        refined = refined + _confirm(scenario, batch, options.workers)
+    return refined, rest
+
+
 def rank(evaluated: list[Evaluated], objective: str, usd_per_gpu_hour: float) -> list[Evaluated]:
     """``evaluated`` best first by ``objective``."""
     return sorted(evaluated, key=lambda e: _sort_key(e, objective, usd_per_gpu_hour))
+
+
+def _top_step(refined: list[Evaluated], options: SearchOptions, usd: float) -> float:
+    """Step time of the ``top``-th best confirmed layout (inf while fewer are confirmed)."""
+    confirmed = rank(refined, options.objective, usd)
+    return confirmed[options.top - 1].report.step_time_s if len(confirmed) >= options.top else float("inf")
 
 
 def run_search(scenario: Scenario, options: SearchOptions) -> SearchResult:
@@ -181,15 +330,27 @@ def run_search(scenario: Scenario, options: SearchOptions) -> SearchResult:
     space = build_space(scenario, cluster, options.max_points)
     own = Layout.of(scenario, cluster.num_gpus)
     usd = scenario.config.cost.usd_per_gpu_hour
-    fast, infeasible = _fast_pass(scenario, space, options.workers)
-    fast = rank(fast, options.objective, usd)
     n = REFINE_FACTOR * options.top
+    keep = n + 1 if len(space.candidates) > BOUND_MIN_CANDIDATES else 0
+    fast, infeasible, bounded = _fast_pass(scenario, space.candidates, options.workers, keep)
+    fast = rank(fast, options.objective, usd)
     chosen = fast[:n] + [e for e in fast[n:] if e.layout == own]
     rest = [e for e in fast[n:] if e.layout != own]
     refined, own_eval, own_reason = _refine(scenario, chosen, own, options.workers)
+    cfg = scenario.config
+    if (cfg.network.model, cfg.engine.mode) != (FAST_NETWORK, "symmetric"):
+        refined, rest = _bound_more(scenario, refined, rest, options, usd)
+        # a layout skipped on its compute bound is timed after all if the bound beats the confirmed top
+        late = [(p, b) for p, b in bounded if b < _top_step(refined, options, usd)]
+        if late:
+            bounded = [x for x in bounded if x not in late]
+            more, failed, _ = _fast_pass(scenario, [p.layout for p, _ in late], options.workers, 0)
+            infeasible += failed
+            rest = rank(rest + more, options.objective, usd)
+            refined, rest = _bound_more(scenario, refined, rest, options, usd)
     extra = [own_eval] if own_eval is not None and not any(e.own for e in refined) else []
     ranked = rank(refined + extra, options.objective, usd) + rest
     return SearchResult(
-        scenario, options, space, tuple(ranked), tuple(infeasible), own_eval, own_reason, len(chosen), usd,
-        time.perf_counter() - start,
+        scenario, options, space, tuple(ranked), tuple(infeasible), own_eval, own_reason,
+        len(ranked) - len(rest) - len(extra), usd, time.perf_counter() - start, tuple(p for p, _ in bounded),
     )  # fmt: skip
