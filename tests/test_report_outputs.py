@@ -41,7 +41,7 @@ from simulator.report.perfetto import write_chrome_trace
 from simulator.report.schema import Breakdown, CommTimes, Layout, LinkUse, MemoryGiB, StepReport, TierUse
 from simulator.report.style import atomic_path, link_type_colors, stream_sort_key
 from simulator.report.table import print_report
-from simulator.report.tabular import BASE_COLUMNS, reports_to_rows, write_csv
+from simulator.report.tabular import BASE_COLUMNS, csv_cell, reports_to_rows, write_csv
 from simulator.report.timeline import pick_ranks, row_bars, timeline_chart, timeline_rows
 
 # ---- factory ----------------------------------------------------------------------------------------
@@ -499,7 +499,12 @@ def test_rows_have_stable_columns_and_swept_values() -> None:
     )
     assert rows[0]["training.micro_batch"] == "" and rows[1]["parallelism.tp"] == 8
     assert rows[0]["layout"] == "tp8 pp8 dp16 z1 1f1b" and rows[0]["mfu"] == 0.4523
-    assert rows[0]["comm_tp_s"] == 2.0 and rows[0]["exposed_dp_s"] == 0.75 and rows[1]["fits_memory"] is False
+    assert (
+        rows[0]["comm.tp_s"] == 2.0
+        and rows[0]["exposed_comm.dp_s"] == 0.75
+        and rows[1]["fits_memory"] is False
+    )
+    assert rows[0]["breakdown.compute_s"] == 9.0 and rows[0]["memory_gib_per_gpu.total"] == 56.35
     assert list(reports_to_rows(reports)[0])[:2] == ["scenario", "gpus"]
     with pytest.raises(ValueError, match="clash"):
         reports_to_rows(reports[:1], [{"mfu": 1}])
@@ -514,8 +519,25 @@ def test_csv_round_trips_with_header(tmp_path: Path) -> None:
         assert reader.fieldnames == list(rows[0])
     assert [r["scenario"] for r in back] == ["gpt3-175b-on-1024-a100", 'x, "quoted"\nline']
     for original, read in zip(rows, back, strict=True):
-        assert read == {k: str(v) for k, v in original.items()}
+        assert read == {k: str(csv_cell(v)) for k, v in original.items()}
+    assert back[0]["fits_memory"] == "true"  # as results.csv writes booleans (JSON), not Python's True
     assert float(back[0]["tokens_per_s"]) == 251_658.24  # floats survive exactly
+
+
+def test_comparison_csv_and_batch_results_csv_agree(tmp_path: Path) -> None:
+    """The fields both tables hold have the same names and the same cells (issue #10, point 8)."""
+    from simulator.batch.runner import METRIC_COLUMNS, _cell
+
+    report = make_report(fits_memory=False)
+    rows = reports_to_rows([report])
+    doc = json.loads(report.model_dump_json())
+    shared = [name for name, _ in METRIC_COLUMNS if name in rows[0]]
+    assert len(shared) == len(METRIC_COLUMNS)  # every results.csv metric is a comparison.csv column
+    for name, path in METRIC_COLUMNS:
+        value: Any = doc
+        for part in path:
+            value = value[part]
+        assert str(csv_cell(rows[0][name])) == _cell(value), name
 
 
 def test_csv_write_is_atomic(tmp_path: Path) -> None:
@@ -691,7 +713,7 @@ def test_timeline_paints_the_dominant_colour_first_and_never_widens_over_a_neigh
 def test_scenario_labels_are_unique_and_metric_kinds() -> None:
     labels = scenario_labels([make_report(), make_report(), make_report(scenario="b")])
     assert labels == ["gpt3-175b-on-1024-a100", "gpt3-175b-on-1024-a100 #2", "b"]
-    assert lower_is_better("step_time_s") and lower_is_better("memory_total_gib")
+    assert lower_is_better("step_time_s") and lower_is_better("memory_gib_per_gpu.total")
     assert not lower_is_better("tokens_per_s") and not lower_is_better("mfu")
 
 

@@ -267,7 +267,12 @@ def test_bad_input_exits_2(scenario_file: Path, capsys: Any, argv: list[str]) ->
     except SystemExit as e:  # argparse
         code = int(e.code or 0)
     assert code == 2
-    err = capsys.readouterr().err
+    # the error is one line; progress lines ("clustersim search [0.1 s]: ...") may come before it
+    err = "".join(
+        line
+        for line in capsys.readouterr().err.splitlines(True)
+        if not line.startswith("clustersim search [")
+    )
     assert err.count("\n") <= 1 or err.startswith("usage:")
 
 

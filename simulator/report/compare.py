@@ -349,14 +349,14 @@ def _memory_bar(ax: Axes, y: float, report: StepReport) -> float:
 
 def metric_kind(metric: str) -> str:
     """What a column measures: ``"fraction"`` (mfu, hfu), ``"rate"`` (…per_s), ``"time"`` (…_s),
-    ``"memory"`` (…_gib) or ``"number"``."""
+    ``"memory"`` (``memory_gib_per_gpu.…``, …_gib) or ``"number"``."""
     if metric in _FRACTION_METRICS:
         return "fraction"
     if metric.endswith("per_s"):
         return "rate"
     if metric.endswith("_s"):
         return "time"
-    return "memory" if metric.endswith("_gib") else "number"
+    return "memory" if metric.startswith("memory_gib_per_gpu.") or metric.endswith("_gib") else "number"
 
 
 def lower_is_better(metric: str) -> bool:
@@ -377,7 +377,7 @@ def heatmap(
     xs, ys, values, fits = heatmap_grid(rows, x_axis, y_axis, metric)
     fig = new_figure(max(6.0, 1.1 * len(xs) + 3.0), max(3.2, 0.55 * len(ys) + 2.0))
     ax = fig.add_subplot()
-    shown = np.where(fits | metric.startswith("memory"), values, np.nan)
+    shown = np.where(fits | (metric_kind(metric) == "memory"), values, np.nan)
     cmap = matplotlib.colormaps["viridis_r" if lower_is_better(metric) else "viridis"].with_extremes(
         bad="#EEEEEE"
     )
@@ -392,7 +392,7 @@ def heatmap(
     ax.set_xlabel(x_axis)
     ax.set_ylabel(y_axis)
     better = "lower is better" if lower_is_better(metric) else "higher is better"
-    if not fits.all() and not metric.startswith("memory"):
+    if not fits.all() and metric_kind(metric) != "memory":
         better += "; grey: does not fit memory"
     ax.set_title(f"{metric} by {x_axis} and {y_axis} ({better})", loc="left", fontsize=11)
     fraction = metric_kind(metric) == "fraction"

@@ -4,6 +4,12 @@
 
 Columns, in order: ``scenario``, the swept values given as extra columns (in the order first seen), then
 ``BASE_COLUMNS``. Times are seconds per step, memory GiB per GPU, mfu/hfu fractions (0.45 = 45 %).
+
+A column that holds a field of the JSON report is named by that field's path (``breakdown.compute_s``,
+``comm.tp_s``, ``memory_gib_per_gpu.total``), as the batch's ``results.csv`` names it, and cells are written
+as that file writes them (booleans ``true``/``false``, numbers in full): a batch's ``results.csv`` and the
+``comparison.csv`` drawn from it agree column for column (issue #10, point 8). The layout's fields keep
+their short names (``tp``, ``pp`` ...), which ``compare --x tp --y pp`` uses.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from simulator.report.schema import StepReport
 from simulator.report.style import COMM_KINDS, MEMORY_COMPONENTS, atomic_path
 
 Row = dict[str, object]
+BREAKDOWN_FIELDS = ("compute_s", "exposed_comm_s", "overlapped_comm_s", "bubble_s", "other_s")
 
 BASE_COLUMNS: tuple[str, ...] = (
     "gpus",
@@ -38,15 +45,11 @@ BASE_COLUMNS: tuple[str, ...] = (
     "model_tflops_per_gpu",
     "mfu",
     "hfu",
-    "compute_s",
-    "exposed_comm_s",
-    "overlapped_comm_s",
-    "bubble_s",
-    "other_s",
-    *(f"comm_{k}_s" for k in COMM_KINDS),
-    *(f"exposed_{k}_s" for k in COMM_KINDS),
-    *(f"memory_{m}_gib" for m in MEMORY_COMPONENTS),
-    "memory_total_gib",
+    *(f"breakdown.{k}" for k in BREAKDOWN_FIELDS),
+    *(f"comm.{k}_s" for k in COMM_KINDS),
+    *(f"exposed_comm.{k}_s" for k in COMM_KINDS),
+    *(f"memory_gib_per_gpu.{m}" for m in MEMORY_COMPONENTS),
+    "memory_gib_per_gpu.total",
     "fits_memory",
     "warnings",
 )
@@ -77,16 +80,13 @@ def report_row(report: StepReport) -> Row:
         model_tflops_per_gpu=report.model_tflops_per_gpu,
         mfu=report.mfu,
         hfu=report.hfu,
-        compute_s=b.compute_s,
-        exposed_comm_s=b.exposed_comm_s,
-        overlapped_comm_s=b.overlapped_comm_s,
-        bubble_s=b.bubble_s,
-        other_s=b.other_s,
     )
-    row.update({f"comm_{k}_s": getattr(report.comm, f"{k}_s") for k in COMM_KINDS})
-    row.update({f"exposed_{k}_s": getattr(report.exposed_comm, f"{k}_s") for k in COMM_KINDS})
-    row.update({f"memory_{m}_gib": getattr(mem, m) for m in MEMORY_COMPONENTS})
-    row.update(memory_total_gib=mem.total, fits_memory=report.fits_memory, warnings=len(report.warnings))
+    row.update({f"breakdown.{k}": getattr(b, k) for k in BREAKDOWN_FIELDS})
+    row.update({f"comm.{k}_s": getattr(report.comm, f"{k}_s") for k in COMM_KINDS})
+    row.update({f"exposed_comm.{k}_s": getattr(report.exposed_comm, f"{k}_s") for k in COMM_KINDS})
+    row.update({f"memory_gib_per_gpu.{m}": getattr(mem, m) for m in MEMORY_COMPONENTS})
+    row["memory_gib_per_gpu.total"] = mem.total
+    row.update(fits_memory=report.fits_memory, warnings=len(report.warnings))
     return row
 
 
@@ -121,5 +121,13 @@ def write_csv(rows: Sequence[Mapping[str, object]], path: str | os.PathLike[str]
     with atomic_path(path) as tmp, tmp.open("w", newline="", encoding="utf-8") as out:
         writer = csv.DictWriter(out, fieldnames=columns, restval="", lineterminator="\n")
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({k: csv_cell(v) for k, v in row.items()} for row in rows)
     return Path(path)
+
+
+def csv_cell(value: object) -> object:
+    """A cell as the batch's results.csv writes it: booleans as JSON (``true``/``false``, not Python's
+    ``True``), None as empty, everything else as it is."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
