@@ -33,6 +33,7 @@ from simulator.errors import InfeasibleConfig, ScenarioError
 from simulator.planning import OBJECTIVES, SECONDS_PER_HOUR
 from simulator.planning.fastpath import FastPath
 from simulator.planning.search_space import Layout, Pruned, Space, build_space, with_layout
+from simulator.report.progress import stage
 from simulator.report.schema import StepReport
 from simulator.scenario import Scenario
 from simulator.topology.loader import build_cluster
@@ -332,10 +333,13 @@ def run_search(scenario: Scenario, options: SearchOptions) -> SearchResult:
     usd = scenario.config.cost.usd_per_gpu_hour
     n = REFINE_FACTOR * options.top
     keep = n + 1 if len(space.candidates) > BOUND_MIN_CANDIDATES else 0
+    how = "by increasing compute bound, skipping the hopeless" if keep else "every one"
+    stage(f"fast path: {len(space.candidates)} candidate layouts, {how}")
     fast, infeasible, bounded = _fast_pass(scenario, space.candidates, options.workers, keep)
     fast = rank(fast, options.objective, usd)
     chosen = fast[:n] + [e for e in fast[n:] if e.layout == own]
     rest = [e for e in fast[n:] if e.layout != own]
+    stage(f"confirming the best {len(chosen)} with the {scenario.config.network.model} model")
     refined, own_eval, own_reason = _refine(scenario, chosen, own, options.workers)
     cfg = scenario.config
     if (cfg.network.model, cfg.engine.mode) != (FAST_NETWORK, "symmetric"):
