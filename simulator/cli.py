@@ -57,6 +57,9 @@ def _add_run(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument(
         "--full", action="store_true", help="simulate every rank instead of one per symmetry class"
     )
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what the step would simulate (ranks, ops, flows, graph memory) and stop; "
+                   "a step past the engine's limit is refused (exit 2)")  # fmt: skip
     p.set_defaults(handler=_lazy("simulator.commands.run", "run_command"))
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import simpy
 
 import simulator
+from simulator.engine.budget import check_ops, check_work, step_estimate
 from simulator.engine.groups import GroupResolver, RankClasses
 from simulator.engine.simulation import Engine
 from simulator.engine.symmetry import refine as refine_classes
@@ -388,7 +389,10 @@ def simulate(
     setup = Setup(scenario, cluster, mode or scenario.config.engine.mode, calibration)
     factory = ProgramFactory(setup.workload, setup.inline_comm)
     classes = setup.classes
+    work = step_estimate(scenario, cluster, len(classes.representatives), setup.micro_batches, setup.dims.pp)
+    check_work(work)  # refuse before building programs past the engine's limit (engine/budget.py)
     programs = {int(r): factory.build(int(r)) for r in classes.representatives}
+    check_ops(programs.values())
     env = simpy.Environment()
     network = _network(setup, env)
     resolver = GroupResolver(setup.plan, classes)

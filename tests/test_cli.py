@@ -378,3 +378,17 @@ def test_batch_on_dask_without_dask_is_one_line(write_scenario, tmp_path, capsys
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and expect in err, err
+
+
+# ----------------------------------------------------------------------------------- bounded work (#12)
+def test_dry_run_prints_the_estimate_without_simulating(scenario_file, capsys, no_simulation):
+    assert main(["run", str(scenario_file), "--dry-run", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["simulated_ranks"] >= 1 and doc["ops"] > 0 and doc["refused"] is None
+    assert doc["gpus"] == 8 and doc["graph_nodes"] > 8 and doc["flows_per_phase"] == 8
+
+
+def test_a_step_past_the_engine_limit_is_refused_before_it_starts(scenario_file, capsys):
+    """10^7 micro-batches would build programs for hours; it is refused in the estimate."""
+    line = _refused(capsys, ["run", str(scenario_file), "--set", "training.global_batch=16777216", "--json"])
+    assert "training.global_batch" in line and "layer passes" in line and "--dry-run" in line

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from simulator.errors import UserInputError
-from simulator.files import check_output_dir, check_output_file
+from simulator.engine.budget import MAX_LAYER_PASSES, MAX_SIMULATED_OPS, check_ops, check_work, step_estimate
+from simulator.errors import InfeasibleConfig, UserInputError
+from simulator.files import check_output_dir, check_output_file, finite_json
 from simulator.report.progress import reporting, stage
 from simulator.report.style import FIGURE_FORMATS, write_text_atomic
-from simulator.scenario import load_scenario
-from simulator.simulate import SimulationResult, simulate
+from simulator.scenario import Scenario, load_scenario
+from simulator.simulate import Setup, SimulationResult, simulate
+from simulator.topology.loader import build_cluster
+from simulator.workload.builder import ProgramFactory
+from simulator.workload.ops import Collective
 
 
 def write_outputs(result: SimulationResult, out_dir: Path) -> list[Path]:
@@ -50,10 +55,58 @@ def _write(what: Path, flag: str, write: Callable[[], object]) -> None:
         raise UserInputError(f"could not be written: {reason}", file=str(what), field=flag) from None
 
 
+def dry_run(scenario: Scenario, *, full: bool, as_json: bool) -> int:
+    """Print the pre-flight estimate of a step (engine/budget.py) without simulating it; a step past the
+    engine's limit is refused after the estimate is printed."""
+    cluster = build_cluster(scenario.topology, file=scenario.topology_file)
+    setup = Setup(scenario, cluster, "full" if full else scenario.config.engine.mode)
+    classes = setup.classes
+    work = step_estimate(scenario, cluster, len(classes.representatives), setup.micro_batches, setup.dims.pp)
+    refused: InfeasibleConfig | None = None
+    try:
+        check_work(work)
+        # within the first limit: build the programs and count exactly (the engine is not started)
+        factory = ProgramFactory(setup.workload, setup.inline_comm)
+        programs = [factory.build(int(r)) for r in classes.representatives]
+        collectives = sum(isinstance(op, Collective) for p in programs for op in p.ops)
+        work = dataclasses.replace(work, ops=sum(len(p) for p in programs), collectives=collectives)
+        check_ops(programs)
+    except InfeasibleConfig as e:
+        refused = e
+    doc = {
+        **dataclasses.asdict(work),
+        "graph_bytes": work.graph_bytes,
+        "flows_per_phase": work.flows_per_phase,
+    }
+    doc |= {"max_layer_passes": MAX_LAYER_PASSES, "max_simulated_ops": MAX_SIMULATED_OPS}
+    doc["refused"] = refused.one_line() if refused else None
+    if as_json:
+        sys.stdout.write(finite_json(doc) + "\n")
+    else:
+        exact = (
+            f"{work.ops:,} ops ({work.collectives:,} collectives)" if work.ops is not None else "not built"
+        )
+        sys.stdout.write(
+            f"{scenario.name}: {work.gpus:,} GPUs, {work.simulated_ranks:,} simulated ranks, "
+            f"{work.micro_batches:,} micro-batches x {work.layers_per_rank:,} layers per rank\n"
+            f"  passes    {work.layer_passes:,} layer passes (limit {MAX_LAYER_PASSES:,})\n"
+            f"  ops       {exact} (limit {MAX_SIMULATED_OPS:,})\n"
+            f"  events    about one per op\n"
+            f"  flows     about {work.flows_per_phase:,} per collective phase (one per GPU)\n"
+            f"  graph     {work.graph_nodes:,} nodes, {work.graph_edges:,} links, "
+            f"about {work.graph_bytes / 2**20:,.1f} MiB to build\n"
+        )
+    if refused is not None:
+        raise refused
+    return 0
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Load, simulate, report."""
     check_output_paths(args)
     scenario = load_scenario(args.scenario, args.overrides)
+    if getattr(args, "dry_run", False):
+        return dry_run(scenario, full=args.full, as_json=args.json)
     with reporting("run", enabled=args.full):  # a symmetric run takes seconds; --full may take minutes
         stage(f"simulating every rank of {scenario.name} (--full)")
         result = simulate(scenario, mode="full" if args.full else None)
