@@ -114,14 +114,14 @@ def test_latency_bound_small_and_bandwidth_bound_large(topology, nodes, algorith
     lat = calib.base_latency(algorithm) + steps * alpha  # NCCL baseLat per collective + per-step hwLat
     assert calib.base_latency(algorithm) > 0
     assert curve[0].time_s == pytest.approx(lat, rel=0.01)  # 1 KiB: time ≈ base + steps·α
-    assert curve[0].busbw_gbps < 0.01 * curve[-1].busbw_gbps
-    top = [r.busbw_gbps for r in curve[-3:]]  # 2, 4, 8 GiB: flat
+    assert curve[0].busbw_GBps < 0.01 * curve[-1].busbw_GBps
+    top = [r.busbw_GBps for r in curve[-3:]]  # 2, 4, 8 GiB: flat
     assert max(top) / min(top) < 1.02
-    assert all(b.busbw_gbps >= a.busbw_gbps for a, b in zip(curve, curve[1:], strict=False))
+    assert all(b.busbw_GBps >= a.busbw_GBps for a, b in zip(curve, curve[1:], strict=False))
     # α-β crossover: at n½ = latency × peak algbw the busbw is half its plateau
-    half = lat * curve[-1].algbw_gbps * 1e9
+    half = lat * curve[-1].algbw_GBps * 1e9
     (mid,) = bench(cluster, AR, [int(half)], algorithm=algorithm)
-    assert mid.busbw_gbps == pytest.approx(curve[-1].busbw_gbps / 2, rel=0.02)
+    assert mid.busbw_GBps == pytest.approx(curve[-1].busbw_GBps / 2, rel=0.02)
 
 
 # ------------------------------------------------------------------------------ closed forms (efficiency 1)

@@ -211,7 +211,7 @@ def fit_target(state: FitState, t: Target, prepared: list[PreparedPoint]) -> Fit
     """``state`` with ``t.link_type``'s ``t.key`` fraction fitted so the simulated busbw meets the
     measured mean."""
     pts = _select(prepared, t.system, t.nodes, t.op, t.algorithm)
-    target = sum(p.point.busbw_gbps for p in pts) / len(pts)
+    target = sum(p.point.busbw_GBps for p in pts) / len(pts)
 
     def with_value(x: float) -> FitState:
         return replace(state, fitted=state.fitted | {(t.link_type, t.key): x})
@@ -229,7 +229,7 @@ def fit_tree_factor(state: FitState, prepared: list[PreparedPoint]) -> FitState:
     measurement."""
     system, nodes, op = TREE_POINT
     pts = _select(prepared, system, nodes, op, "tree")
-    target = sum(p.point.busbw_gbps for p in pts) / len(pts)
+    target = sum(p.point.busbw_GBps for p in pts) / len(pts)
     x = solve_increasing(lambda f: _busbw(pts[0], replace(state, tree_factor=f), "tree"), target)
     # rounded down, so that at the measured size the tree stays just below the ring and auto keeps ring
     factor = math.floor(x * 10**DIGITS) / 10**DIGITS
@@ -293,8 +293,8 @@ def _comparison(calib: LinkCalibration) -> list[str]:
     for r in nccl_rows(calib):
         held_out = "" if (r["system"], r["nodes"], r["op"]) in fitted else "  [held out: not fitted]"
         lines.append(
-            f"#   {r['system']} {r['gpus']} {r['op']} {r['algorithm']}: {r['measured_busbw_gbps']:g} -> "
-            f"{r['predicted_busbw_gbps']:.1f} GB/s ({100 * float(r['error']):+.1f}%){held_out}"  # type: ignore[arg-type]
+            f"#   {r['system']} {r['gpus']} {r['op']} {r['algorithm']}: {r['measured_busbw_GBps']:g} -> "
+            f"{r['predicted_busbw_GBps']:.1f} GB/s ({100 * float(r['error']):+.1f}%){held_out}"  # type: ignore[arg-type]
         )
     return lines
 

@@ -42,8 +42,9 @@ class BenchRow:
 
     size_bytes: int
     time_s: float
-    algbw_gbps: float
-    busbw_gbps: float
+    # GB/s (10**9 bytes per second), as nccl-tests prints them; "GBps", not "gbps", which reads as gigabits
+    algbw_GBps: float
+    busbw_GBps: float
     algorithm: str
 
 
@@ -189,9 +190,9 @@ def _table(rows: list[BenchRow], title: str) -> str:
     ]
     for r in rows:
         lines.append(
-            f"  {r.size_bytes:>12d} {r.time_s * 1e6:>12.2f} {r.algbw_gbps:>9.2f} {r.busbw_gbps:>9.2f}  {r.algorithm}"
+            f"  {r.size_bytes:>12d} {r.time_s * 1e6:>12.2f} {r.algbw_GBps:>9.2f} {r.busbw_GBps:>9.2f}  {r.algorithm}"
         )
-    avg = sum(r.busbw_gbps for r in rows) / len(rows)
+    avg = sum(r.busbw_GBps for r in rows) / len(rows)
     lines.append(f"# Avg bus bandwidth    : {avg:.2f} GB/s")
     return "\n".join(lines) + "\n"
 

@@ -46,8 +46,8 @@ def _nccl_rows() -> list[dict[str, object]]:
         err = float(r["error"])  # type: ignore[arg-type]
         out.append({"suite": NCCL_SUITE, "run": f"{r['system']} {r['gpus']} GPUs {r['op']} ({r['algorithm']})",
                     "role": "fit" if int(r["gpus"]) <= 16 else "held-out",  # type: ignore[call-overload]
-                    "gpus": r["gpus"], "measured_gbps": r["measured_busbw_gbps"],
-                    "predicted_gbps": r["predicted_busbw_gbps"], "error": err, "tolerance": NCCL_TOLERANCE,
+                    "gpus": r["gpus"], "measured_GBps": r["measured_busbw_GBps"],
+                    "predicted_GBps": r["predicted_busbw_GBps"], "error": err, "tolerance": NCCL_TOLERANCE,
                     "ok": abs(err) <= NCCL_TOLERANCE})  # fmt: skip
     return out
 
@@ -129,8 +129,8 @@ def _busbw_table(rows: list[dict[str, object]]) -> Table:
         t.add_column(col, justify="left" if col in ("run", "role", "within") else "right")
     for r in rows:
         err = float(r["error"])  # type: ignore[arg-type]
-        t.add_row(str(r["run"]), str(r["role"]), f"{float(r['measured_gbps']):.1f} GB/s",  # type: ignore[arg-type]
-                  f"{float(r['predicted_gbps']):.1f} GB/s", f"{100 * err:+.1f}%",  # type: ignore[arg-type]
+        t.add_row(str(r["run"]), str(r["role"]), f"{float(r['measured_GBps']):.1f} GB/s",  # type: ignore[arg-type]
+                  f"{float(r['predicted_GBps']):.1f} GB/s", f"{100 * err:+.1f}%",  # type: ignore[arg-type]
                   f"±{100 * float(r['tolerance']):.0f}% " + ("yes" if r["ok"] else "NO"))  # type: ignore[arg-type]  # fmt: skip
     return t
 

@@ -43,7 +43,7 @@ class MeasuredBusbw:
     op: CollectiveKind
     gpus: int
     nodes: int
-    busbw_gbps: float
+    busbw_GBps: float
     algorithm: str | None
     size_bytes: int
     source: str
@@ -68,7 +68,7 @@ def _point(doc: dict[str, Any]) -> MeasuredBusbw:
         op=CollectiveKind(doc["op"]),
         gpus=gpus,
         nodes=nodes,
-        busbw_gbps=float(doc["busbw_gbps"]),
+        busbw_GBps=float(doc["busbw_GBps"]),
         algorithm=doc.get("algorithm"),
         size_bytes=int(doc.get("size_bytes", DEFAULT_SIZE_BYTES)),
         source=str(doc.get("source", "")),
@@ -117,12 +117,12 @@ def predict(
         groups=prepared.groups,
         calib=calib or link_calibration(),
     )
-    return row.busbw_gbps, row.algorithm
+    return row.busbw_GBps, row.algorithm
 
 
 def nccl_rows(calib: LinkCalibration | None = None, *, network: str = "flow") -> list[dict[str, object]]:
     """Measured vs simulated busbw of every point: {system, op, gpus, nodes, algorithm,
-    measured_busbw_gbps, predicted_busbw_gbps, error} with error = predicted / measured - 1."""
+    measured_busbw_GBps, predicted_busbw_GBps, error} with error = predicted / measured - 1."""
     rows: list[dict[str, object]] = []
     for prep in prepare(measured_points()):
         p = prep.point
@@ -134,9 +134,9 @@ def nccl_rows(calib: LinkCalibration | None = None, *, network: str = "flow") ->
                 "gpus": p.gpus,
                 "nodes": p.nodes,
                 "algorithm": algo,
-                "measured_busbw_gbps": p.busbw_gbps,
-                "predicted_busbw_gbps": busbw,
-                "error": busbw / p.busbw_gbps - 1.0,
+                "measured_busbw_GBps": p.busbw_GBps,
+                "predicted_busbw_GBps": busbw,
+                "error": busbw / p.busbw_GBps - 1.0,
             }
         )
     return rows
