@@ -21,6 +21,7 @@ from simulator.engine.simulation import Engine
 from simulator.engine.symmetry import refine as refine_classes
 from simulator.engine.trace import Trace
 from simulator.errors import InfeasibleConfig
+from simulator.frameworks.profile import FrameworkProfile, profile_for
 from simulator.hardware.calibration import ComputeCalibration, compute_calibration, link_calibration
 from simulator.hardware.compute import ComputeModel
 from simulator.memory.model import MemoryBreakdown, RankParams, memory_per_gpu
@@ -149,7 +150,14 @@ class Setup:
             self.warnings.append(
                 f"{self.gpu.name} has no calibration of its own; uses {calib.inherited_from}'s"
             )
-        return ComputeModel(self.gpu, calib, self.scenario.training.precision)
+        impl = self.framework.attention_impl
+        return ComputeModel(self.gpu, calib, self.scenario.training.precision, impl)
+
+    @cached_property
+    def framework(self) -> FrameworkProfile:
+        """What the framework that runs the step launches and fuses (``frameworks/profiles/``)."""
+        f = self.scenario.config.framework
+        return profile_for(f.name, f.compile)
 
     @cached_property
     def ctx(self) -> BuildContext:
@@ -157,7 +165,7 @@ class Setup:
         s = self.scenario
         self.gpu.peak(s.training.precision)  # fail early on an unsupported precision
         load = expert_load_factor(s.model, s.training.expert_load, self.dims.ep)
-        return BuildContext(s.model, self.compute, s.training, s.parallelism, self.dims, load)
+        return BuildContext(s.model, self.compute, s.training, s.parallelism, self.dims, self.framework, load)
 
     @cached_property
     def data(self) -> DataStrategy:

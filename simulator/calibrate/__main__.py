@@ -13,6 +13,7 @@ import sys
 # part name → module with ``main(argv: list[str]) -> int``, run in this order
 PARTS: dict[str, str] = {
     "links": "simulator.calibrate.links",
+    "attention": "simulator.calibrate.attention",  # kernel measurements; the compute fit builds on it
     "compute": "simulator.calibrate.compute",
 }
 

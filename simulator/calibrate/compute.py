@@ -90,8 +90,9 @@ SPECS = {
             "gemm.tile": "CUTLASS 3 SM90 warp-specialized tile 128x256x64",
             "kernel_gap_us": "1.1-1.3 us between back-to-back PyTorch kernels (pytorch/pytorch issue #161104)",
             "memory_efficiency": "STREAM triad ~3.0 of 3.35 TB/s (docs/research-notes.md (d))",
-            "attention": "FlashAttention-3 / cuDNN fused attention forward ~600 of 989 TFLOP/s at head dim 128, "
-            "causal, 4k-8k tokens (Shah et al. 2024, Fig. 5); backward/forward ratio of FlashAttention-2 (Dao 2023)",
+            "attention": "unused on Hopper: fused attention follows the per-shape kernel model of attention.yaml "
+            "(python -m simulator.calibrate attention); these constants are its fallback: FlashAttention-3 / cuDNN "
+            "forward ~600 of 989 TFLOP/s at head dim 128, causal, 4k-8k tokens (Shah et al. 2024, Fig. 5)",
         },
     ),
 }  # fmt: skip

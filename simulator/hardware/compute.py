@@ -7,6 +7,12 @@ Guide"), where a tile's main loop takes ``k/tile_k`` iterations plus a fixed pro
 ``k_overhead_tiles`` iterations (software-pipelined main loop, CUTLASS), at the measured peak efficiency of
 large GEMMs. The memory roofline (operands and result read/written once from HBM) bounds it from below.
 
+FP8 training (Transformer Engine in Megatron-Core/NeMo, torchao float8 in torchtitan) runs the linear layers'
+GEMMs in FP8 only: their operands are 1 byte, their efficiency is the BF16 one times a same-machine measured
+ratio (``fp8.yaml``), and every such GEMM needs its inputs quantised (cast + amax + transpose kernels, see
+``fp8_cast``). Attention, the output layer and the router stay 16-bit in both frameworks' default recipes
+(TE ``NVTE_FP8_DPA=0``; torchao converts ``nn.Linear`` only), so they run at the BF16 peak.
+
 Element-wise kernels are memory bound: bytes / (HBM bandwidth × achieved fraction).
 Every kernel also pays the GPU-side gap between back-to-back kernels, and carries the host time needed to
 launch it: a run of short kernels cannot finish faster than the framework launches them (CPU-bound).
@@ -16,7 +22,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cache
+from importlib import resources
 
+import yaml
+
+from simulator.hardware.attention import attention_kernel
 from simulator.hardware.calibration import ComputeCalibration
 from simulator.hardware.gpu import GpuSpec
 from simulator.units import BYTES_PER_ELEMENT
@@ -32,6 +43,20 @@ class KernelTime:
     launch_s: float = 0.0  # host time to launch it
 
 
+@cache
+def fp8_gemm_ratio(gpu: str) -> float | None:
+    """FP8/BF16 GEMM efficiency ratio measured for ``gpu``'s architecture (``fp8.yaml``), None if unmeasured."""
+    doc = yaml.safe_load(resources.files("simulator.hardware").joinpath("fp8.yaml").read_text())
+    for entry in doc.values():
+        if gpu in entry["gpus"]:
+            return float(entry["gemm_efficiency_ratio"])
+    return None
+
+
+# Unmeasured architectures: the lower of the measured ratios (an optimistic FP8 is what buyers get burnt by).
+_FP8_RATIO_FALLBACK = 0.842
+
+
 @dataclass(frozen=True)
 class ComputeModel:
     """Kernel durations on one GPU type at one training precision."""
@@ -39,11 +64,22 @@ class ComputeModel:
     gpu: GpuSpec
     calib: ComputeCalibration
     precision: str
+    attention_impl: str = "cudnn"  # the fused attention kernels the framework launches (attention.yaml)
 
     @property
     def peak_flops_per_s(self) -> float:
         """Dense tensor-core peak at the training precision."""
         return self.gpu.peak(self.precision)
+
+    @property
+    def fp8(self) -> bool:
+        """Whether the linear layers' GEMMs run in FP8."""
+        return self.precision == "fp8"
+
+    @property
+    def attention_peak_flops_per_s(self) -> float:
+        """Peak of the attention kernels: 16-bit under FP8 training (see the module docstring)."""
+        return self.gpu.peak("bf16") if self.fp8 else self.peak_flops_per_s
 
     @property
     def element_bytes(self) -> int:
@@ -55,27 +91,64 @@ class ComputeModel:
         """Achieved HBM bandwidth of streaming kernels."""
         return self.gpu.hbm_bytes_per_s * self.calib.memory_efficiency
 
-    def gemm(self, m: int, n: int, k: int, batch: int = 1) -> KernelTime:
-        """``batch`` independent ``[m, k] × [k, n]`` GEMMs in one kernel."""
+    def gemm(self, m: int, n: int, k: int, batch: int = 1, *, linear: bool = True) -> KernelTime:
+        """``batch`` independent ``[m, k] × [k, n]`` GEMMs in one kernel; ``linear=False`` for GEMMs that stay
+        16-bit under FP8 training (attention core, output layer, router)."""
         g = self.calib.gemm
+        fp8 = self.fp8 and linear
+        peak, eff = (
+            (self.peak_flops_per_s, g.max_efficiency * self.fp8_ratio)
+            if fp8
+            else (self.attention_peak_flops_per_s, g.max_efficiency)
+        )
         flops = 2.0 * m * n * k * batch
         tiles = math.ceil(m / g.tile_m) * math.ceil(n / g.tile_n) * batch
         waves = math.ceil(tiles / self.gpu.sm_count)
         iterations = math.ceil(k / g.tile_k) + g.k_overhead_tiles
-        per_sm_flops = self.peak_flops_per_s * g.max_efficiency / self.gpu.sm_count
+        per_sm_flops = peak * eff / self.gpu.sm_count
         tile_s = 2.0 * g.tile_m * g.tile_n * g.tile_k * iterations / per_sm_flops
-        nbytes = float(self.element_bytes * batch * (m * k + k * n + m * n))
+        operand = 1 if fp8 else self.element_bytes  # FP8 operands, 16-bit output
+        nbytes = float(batch * (operand * (m * k + k * n) + self.element_bytes * m * n))
         t = max(waves * tile_s, nbytes / self.memory_bytes_per_s)
         return KernelTime(t + self.calib.kernel_gap_s, flops, nbytes, self.calib.kernel_launch_s)
 
-    def elementwise(self, nbytes: float, flops: float = 0.0) -> KernelTime:
-        """A memory-bound kernel moving ``nbytes`` to and from HBM."""
-        t = nbytes / self.memory_bytes_per_s + self.calib.kernel_gap_s
-        return KernelTime(t, flops, nbytes, self.calib.kernel_launch_s)
+    @property
+    def fp8_ratio(self) -> float:
+        """FP8/BF16 GEMM efficiency ratio of this GPU (measured per architecture, ``fp8.yaml``)."""
+        ratio = fp8_gemm_ratio(self.gpu.name)
+        return _FP8_RATIO_FALLBACK if ratio is None else ratio
 
-    def flash_attention(self, flops: float, nbytes: float, backward: bool) -> KernelTime:
-        """A fused attention kernel doing ``flops`` (already halved for causal masking) over ``nbytes``."""
+    def fp8_cast(self, elements: float, transpose: bool) -> KernelTime:
+        """Quantise a 16-bit tensor to FP8 with its amax (TE ``cast_transpose``): read 2 bytes, write 1 byte,
+        and 1 more for the transposed copy that Hopper's FP8 GEMMs need for the other operand layout."""
+        return self.elementwise(elements * (self.element_bytes + 1 + (1 if transpose else 0)))
+
+    def elementwise(self, nbytes: float, flops: float = 0.0, kernels: int = 1) -> KernelTime:
+        """``kernels`` memory-bound kernels moving ``nbytes`` to and from HBM in all."""
+        t = nbytes / self.memory_bytes_per_s + kernels * self.calib.kernel_gap_s
+        return KernelTime(t, flops, nbytes, kernels * self.calib.kernel_launch_s)
+
+    def attention_efficiency(self, backward: bool, seq_k: float, head_dim: int, causal: bool) -> float:
+        """Fraction of the 16-bit peak a fused attention kernel reaches: the measured kernel model of this
+        GPU's architecture and implementation (``attention.py``), else the profile's constant."""
+        k = attention_kernel(self.gpu.name, self.attention_impl, "bwd" if backward else "fwd")
+        if k is not None:
+            return k.efficiency(seq_k, head_dim, causal)
         a = self.calib.attention
-        eff = a.flash_backward_efficiency if backward else a.flash_forward_efficiency
-        t = max(flops / (self.peak_flops_per_s * eff), nbytes / self.memory_bytes_per_s)
+        return a.flash_backward_efficiency if backward else a.flash_forward_efficiency
+
+    def flash_attention(
+        self,
+        flops: float,
+        nbytes: float,
+        backward: bool,
+        *,
+        seq_k: float = 8192.0,
+        head_dim: int = 128,
+        causal: bool = True,
+    ) -> KernelTime:
+        """A fused attention kernel doing ``flops`` (already halved for causal masking) over ``nbytes``, whose
+        query tiles each see ``seq_k`` keys (the causal prefix counted whole)."""
+        eff = self.attention_efficiency(backward, seq_k, head_dim, causal)
+        t = max(flops / (self.attention_peak_flops_per_s * eff), nbytes / self.memory_bytes_per_s)
         return KernelTime(t + self.calib.kernel_gap_s, flops, nbytes, self.calib.kernel_launch_s)

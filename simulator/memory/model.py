@@ -20,7 +20,7 @@ The schedule sets how many micro-batches are held at once (``Schedule.in_flight`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from simulator.parallel.strategies.base import BuildContext
 from simulator.parallel.strategies.data import grad_element_bytes, param_element_bytes
@@ -114,8 +114,7 @@ def activation_bytes(ctx: BuildContext, layers_on_rank: list[bool], in_flight: f
     per_mb = sum(layer_activation_bytes(ctx, moe) for moe in layers_on_rank)
     total = per_mb * in_flight
     if ctx.training.recompute == "full" and layers_on_rank:
-        full = BuildContext(ctx.model, ctx.compute, ctx.training.model_copy(update={"recompute": "none"}),
-                            ctx.par, ctx.dims, ctx.expert_load_factor)  # fmt: skip
+        full = replace(ctx, training=ctx.training.model_copy(update={"recompute": "none"}))
         total += max(layer_activation_bytes(full, moe) for moe in layers_on_rank)
     if has_head:
         vocab_shard = ctx.model.vocab / ctx.tp

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+from simulator.frameworks.profile import OpKernels
 from simulator.hardware.compute import ComputeModel, KernelTime
 from simulator.parallel.strategies.base import BuildContext, ContextStrategy, ExpertStrategy, TensorStrategy
 from simulator.parallel.strategies.data import grad_element_bytes
@@ -48,6 +49,17 @@ class LayerStrategies:
     tensor: TensorStrategy
     context: ContextStrategy
     expert: ExpertStrategy | None = None  # needed by mixture-of-experts layers only
+
+
+# Transformer Engine's LayerNormLinear (Megatron-Core's QKV and FC1 with TE) emits the normalised input in FP8
+# from the norm kernel itself; the other linear layers receive 16-bit inputs and cast them in a kernel of their
+# own (TE ``cast_transpose``). Megatron-Core TE spec: TELayerNormColumnParallelLinear for linear_qkv/linear_fc1.
+_NORM_FUSED_FP8 = frozenset({"qkv", "fc1", "shared_fc1"})
+
+
+def _plus(a: KernelTime, b: KernelTime) -> KernelTime:
+    """Two kernels run back to back, reported as one step (the second's launch and bytes included)."""
+    return KernelTime(a.duration_s + b.duration_s, a.flops + b.flops, a.bytes + b.bytes, a.launch_s + b.launch_s)
 
 
 def _k(name: str, t: KernelTime, counts: bool = True) -> KernelStep:
@@ -86,14 +98,16 @@ class LayerBuilder:
             # causal flash attention skips the masked half of the blocks (Dao 2023, FlashAttention-2)
             flops = self._core_flops() / 2
             io = self.e * self.T * (2 * self.q + 2 * self.kv)
-            core: list[Step] = [KernelStep("flash_attn", t := cm.flash_attention(flops, io, False), t.flops)]
+            seq_k, head_dim, causal = self._attention_shape()
+            t = cm.flash_attention(flops, io, False, seq_k=seq_k, head_dim=head_dim, causal=causal)
+            core: list[Step] = [KernelStep("flash_attn", t, t.flops)]
         else:
             scores = b * a * s * s
             core = [
-                _k("attn_qk", cm.gemm(s, s, d, batch=b * a)),
+                _k("attn_qk", cm.gemm(s, s, d, batch=b * a, linear=False)),
                 _k("softmax", cm.elementwise(2 * self.e * scores)),  # fused scale+mask+softmax: read, write
                 _k("attn_dropout", cm.elementwise((2 * self.e + 1) * scores)),  # read, write, 1-byte mask
-                _k("attn_av", cm.gemm(s, d, s, batch=b * a)),
+                _k("attn_av", cm.gemm(s, d, s, batch=b * a, linear=False)),
             ]
         return self.s.context.attention_forward(c, core, self._kv_bytes())
 
@@ -106,28 +120,54 @@ class LayerBuilder:
             # the model needs 2× forward (Dao 2023, Sec. 3.2)
             fwd = self._core_flops() / 2
             io = self.e * self.T * (4 * self.q + 4 * self.kv)
-            t = cm.flash_attention(2.5 * fwd, io, True)
+            seq_k, head_dim, causal = self._attention_shape()
+            t = cm.flash_attention(2.5 * fwd, io, True, seq_k=seq_k, head_dim=head_dim, causal=causal)
             core: list[Step] = [KernelStep("flash_attn_bwd", t, 2.0 * fwd)]
         else:
             scores = b * a * s * s
             core = [
-                _k("attn_av_dgrad", cm.gemm(s, s, d, batch=b * a)),  # dP = dO·Vᵀ
-                _k("attn_av_vgrad", cm.gemm(s, d, s, batch=b * a)),  # dV = Pᵀ·dO (an activation gradient)
+                _k("attn_av_dgrad", cm.gemm(s, s, d, batch=b * a, linear=False)),  # dP = dO·Vᵀ
+                _k("attn_av_vgrad", cm.gemm(s, d, s, batch=b * a, linear=False)),  # dV = Pᵀ·dO (an activation gradient)
                 _k("attn_dropout_bwd", cm.elementwise((2 * self.e + 1) * scores)),
                 _k("softmax_bwd", cm.elementwise(3 * self.e * scores)),  # read y, dy; write dx
-                _k("attn_qk_dgrad", cm.gemm(s, d, s, batch=b * a)),  # dQ = dS·K
-                _k("attn_qk_kgrad", cm.gemm(s, d, s, batch=b * a)),  # dK = dSᵀ·Q (an activation gradient)
+                _k("attn_qk_dgrad", cm.gemm(s, d, s, batch=b * a, linear=False)),  # dQ = dS·K
+                _k("attn_qk_kgrad", cm.gemm(s, d, s, batch=b * a, linear=False)),  # dK = dSᵀ·Q (an activation gradient)
             ]
         return self.s.context.attention_backward(c, core, self._kv_bytes())
+
+    def _attention_shape(self) -> tuple[float, int, bool]:
+        """What sets a fused kernel's efficiency: (keys per query tile, head dim, causal masking). Ring attention runs
+        one kernel per K/V block of the load-balanced (zig-zag) split: 2·cp chunks of s/(2·cp), each step a
+        chunk pair, mostly unmasked; all-gather CP and no CP run one causal kernel over the whole sequence."""
+        c = self.ctx
+        s, cp = c.training.seq_len, c.dims.cp
+        if cp > 1 and c.par.cp_algorithm == "ring":
+            return s / (2 * cp), c.model.d_head, False
+        return float(s), c.model.d_head, True
 
     def _kv_bytes(self) -> float:
         """Bytes of this rank's K and V for one micro-batch (what ring attention passes around)."""
         return 2.0 * self.T * self.kv * self.e
 
     # ------------------------------------------------------------------ dense blocks
+    def _fused(self, ops: OpKernels, fused_bytes: float, backward: bool) -> KernelTime:
+        """An element-wise op as the framework runs it: its kernels moving ``traffic`` × the bytes of the one
+        fused kernel that the op needs at least (``frameworks/profiles/``)."""
+        if backward:
+            return self.cm.elementwise(fused_bytes * ops.backward_traffic, kernels=ops.backward_kernels)
+        return self.cm.elementwise(fused_bytes * ops.traffic, kernels=ops.kernels)
+
     def _norm(self, name: str, backward: bool = False) -> KernelStep:
         n = self.Tn * self.h * self.e
-        return _k(name, self.cm.elementwise((3 if backward else 2) * n))
+        return _k(name, self._fused(self.ctx.framework.norm, (3 if backward else 2) * n, backward))
+
+    def _rotary(self, name: str, backward: bool = False) -> list[Step]:
+        """Rotary position embedding of this rank's Q and K (read and write each; Su et al. 2021), where the
+        framework's model family uses it."""
+        ops = self.ctx.framework.rotary
+        if ops is None:
+            return []
+        return [_k(name, self._fused(ops, 2 * self.e * self.T * (self.q + self.kv), backward))]
 
     def _dropout_add(self, name: str, backward: bool = False) -> KernelStep:
         # fused bias-dropout-add: read x and residual, write out and a 1-byte mask; backward reads dy and mask
@@ -135,14 +175,21 @@ class LayerBuilder:
         return _k(name, self.cm.elementwise(((2 * self.e + 1) if backward else (3 * self.e + 1)) * n))
 
     def _linear(self, name: str, n_out: int, k_in: int) -> KernelStep:
-        return _k(name, self.cm.gemm(self.T, n_out, k_in))
+        t = self.cm.gemm(self.T, n_out, k_in)
+        if self.cm.fp8 and name not in _NORM_FUSED_FP8:  # the input arrives 16-bit: cast_transpose it
+            t = _plus(t, self.cm.fp8_cast(self.T * k_in, transpose=True))
+        return _k(name, t)
 
     def _linear_backward(self, name: str, n_out: int, k_in: int) -> tuple[KernelStep, KernelStep]:
-        """Input-gradient GEMM [T, n]·[n, k] and weight-gradient GEMM [k, T]·[T, n]."""
-        return (
-            _k(f"{name}_dgrad", self.cm.gemm(self.T, k_in, n_out)),
-            _k(f"{name}_wgrad", self.cm.gemm(k_in, n_out, self.T)),
-        )
+        """Input-gradient GEMM [T, n]·[n, k] and weight-gradient GEMM [k, T]·[T, n]; under FP8 the incoming
+        gradient is cast (with its transpose for the weight gradient) before them, and an input that a fused
+        norm emitted as FP8 without its transpose is transposed for the weight gradient."""
+        dgrad, wgrad = self.cm.gemm(self.T, k_in, n_out), self.cm.gemm(k_in, n_out, self.T)
+        if self.cm.fp8:
+            dgrad = _plus(dgrad, self.cm.fp8_cast(self.T * n_out, transpose=True))
+            if name in _NORM_FUSED_FP8:  # FP8 transpose of the saved input: read 1 byte, write 1 byte
+                wgrad = _plus(wgrad, self.cm.elementwise(2.0 * self.T * k_in))
+        return _k(f"{name}_dgrad", dgrad), _k(f"{name}_wgrad", wgrad)
 
     def _row_parallel(self, name: str, n_out: int, k_in: int, tag: str) -> list[Step]:
         """A row-parallel GEMM and its output communication (placed under the GEMM when overlapped)."""
@@ -157,6 +204,7 @@ class LayerBuilder:
             self._norm("attn_norm"),
             *t.block_input_forward(self.ctx, "attn"),
             self._linear("qkv", self.q + 2 * self.kv, self.h),
+            *self._rotary("rotary"),
             *self.attention_core_forward(),
             *self._row_parallel("attn_proj", self.h, self.q, "attn"),
             self._dropout_add("attn_dropout_add"),
@@ -173,6 +221,7 @@ class LayerBuilder:
             proj_d,
             proj_w,
             *self.attention_core_backward(),
+            *self._rotary("rotary_bwd", backward=True),
             *t.block_input_backward_pre(c, "attn"),
             qkv_d,
             *t.block_input_backward_post(c, "attn"),
@@ -189,7 +238,7 @@ class LayerBuilder:
         # GeLU(+bias) reads FC1's output and writes FC2's input; SwiGLU reads both halves. Backward reads
         # the saved input and the incoming gradient and writes the input gradient.
         n = (tokens or self.T) * (fc1 + fc2 + (fc1 if backward else 0))
-        return _k(name, self.cm.elementwise(self.e * n))
+        return _k(name, self._fused(self.ctx.framework.activation, self.e * n, backward))
 
     def mlp_block_forward(self) -> list[Step]:
         """Norm → FC1 → activation → FC2 → dropout-add."""
@@ -240,8 +289,12 @@ class LayerBuilder:
         return _MoEShape(local, routed, math.ceil(routed / local), fc1, fc2, self.T * moe.top_k)
 
     def _expert_gemm(self, name: str, tokens: int, n_out: int, k_in: int, local: int) -> KernelStep:
-        # Megatron-Core GroupedMLP: one grouped GEMM over the rank's experts
-        return _k(name, self.cm.gemm(tokens, n_out, k_in, batch=local))
+        # Megatron-Core GroupedMLP: one grouped GEMM over the rank's experts; under FP8 its permuted input
+        # arrives 16-bit and is cast first (TE GroupedLinear)
+        t = self.cm.gemm(tokens, n_out, k_in, batch=local)
+        if self.cm.fp8:
+            t = _plus(t, self.cm.fp8_cast(tokens * local * k_in, transpose=True))
+        return _k(name, t)
 
     def _shared_forward(self) -> list[Step]:
         moe = self.ctx.model.moe
@@ -282,7 +335,7 @@ class LayerBuilder:
         return [
             self._norm("mlp_norm"),
             *t.block_input_forward(c, "mlp"),
-            self._linear("router", moe.experts, self.h),
+            _k("router", cm.gemm(self.T, moe.experts, self.h, linear=False)),  # fp32/bf16 in Megatron-Core
             _k("router_topk", cm.elementwise(3 * 4 * self.T * moe.experts)),  # fp32 logits → probs → top-k
             self._permute("moe_permute", sent),
             *x.dispatch(c, routed, False),
@@ -325,9 +378,9 @@ class LayerBuilder:
             self._permute("moe_permute_bwd", sent),
             _k("router_topk_bwd", cm.elementwise(3 * 4 * self.T * moe.experts)),
             *t.block_input_backward_pre(c, "mlp"),
-            _k("router_dgrad", cm.gemm(self.T, self.h, moe.experts)),
+            _k("router_dgrad", cm.gemm(self.T, self.h, moe.experts, linear=False)),
             *t.block_input_backward_post(c, "mlp"),
-            _k("router_wgrad", cm.gemm(self.h, moe.experts, self.T)),
+            _k("router_wgrad", cm.gemm(self.h, moe.experts, self.T, linear=False)),
             self._norm("mlp_norm_bwd", backward=True),
         ]
 
@@ -433,7 +486,7 @@ def head_forward(ctx: BuildContext, tensor: TensorStrategy) -> list[Step]:
     norm = tensor.norm_tokens(ctx) * ctx.model.hidden
     steps: list[Step] = [_k("final_norm", cm.elementwise(2 * ctx.e * norm))]
     steps += tensor.block_input_forward(ctx, "head")
-    steps.append(_k("logits", cm.gemm(tokens, v, ctx.model.hidden)))
+    steps.append(_k("logits", cm.gemm(tokens, v, ctx.model.hidden, linear=False)))
     steps.append(_k("cross_entropy", cm.elementwise(tokens * v * (ctx.e + 4 * 4))))
     if ctx.tp > 1:
         steps += [
@@ -451,9 +504,9 @@ def head_backward(ctx: BuildContext, tensor: TensorStrategy, param_count: float)
     return [
         _k("cross_entropy_bwd", cm.elementwise(tokens * v * (4 + 4 + ctx.e))),
         *tensor.block_input_backward_pre(ctx, "head"),
-        _k("logits_dgrad", cm.gemm(tokens, h, v)),
+        _k("logits_dgrad", cm.gemm(tokens, h, v, linear=False)),
         *tensor.block_input_backward_post(ctx, "head"),
-        _k("logits_wgrad", cm.gemm(h, v, tokens)),
+        _k("logits_wgrad", cm.gemm(h, v, tokens, linear=False)),
         _k("final_norm_bwd", cm.elementwise(3 * ctx.e * norm)),
         grad_accumulation(ctx, param_count),
         GradReady(param_count),

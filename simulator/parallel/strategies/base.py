@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import ClassVar
 
+from simulator.frameworks.profile import FrameworkProfile
 from simulator.hardware.compute import ComputeModel
 from simulator.models.spec import ModelSpec
 from simulator.parallel.plan import ParallelDims
@@ -30,6 +31,7 @@ class BuildContext:
     training: TrainingConfig
     par: ParallelismConfig
     dims: ParallelDims
+    framework: FrameworkProfile
     expert_load_factor: float = 1.0  # tokens on the most loaded expert-parallel rank ÷ the mean
 
     @property

@@ -20,6 +20,8 @@ def grad_element_bytes(ctx: BuildContext) -> int:
     (arguments.py forces accumulate_allreduce_grads_in_fp32 with --bf16); fp16 training reduces fp16.
     ZeRO-3 reduces in the working parameters' dtype, as PyTorch FSDP (MixedPrecision.reduce_dtype defaults
     to param_dtype) and DeepSpeed (communication_data_type defaults to the model's dtype) do."""
+    if ctx.par.grad_reduce_dtype is not None:  # stated by the run (torchtitan reduces in fp32 by default)
+        return {"fp32": 4, "bf16": 2, "fp16": 2}[ctx.par.grad_reduce_dtype]
     if ctx.par.zero == 3:
         return param_element_bytes(ctx)
     return 2 if ctx.training.precision == "fp16" else 4

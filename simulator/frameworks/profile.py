@@ -1,0 +1,81 @@
+"""A framework profile: the kernels a training framework launches for the element-wise parts of a layer, and
+the attention implementation it calls, as mechanisms (kernel counts and HBM bytes), never as a fitted speed-up.
+
+Each profile is one YAML file in ``profiles/`` (one per framework and execution mode), registered by its file
+name: ``megatron-core`` (Transformer Engine fused kernels), ``torchtitan`` (eager PyTorch),
+``torchtitan-compile`` (torch.compile / Inductor), ``llm-foundry``, ``deepspeed``. A new framework is one file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from simulator.errors import ScenarioError
+
+
+@dataclass(frozen=True)
+class OpKernels:
+    """How one element-wise op runs: kernel launches, and HBM traffic as a multiple of one fused kernel's."""
+
+    kernels: int
+    traffic: float
+    backward_kernels: int
+    backward_traffic: float
+
+
+@dataclass(frozen=True)
+class FrameworkProfile:
+    """The mechanisms of one framework in one execution mode."""
+
+    name: str
+    attention_impl: str  # fused attention implementation (hardware/attention.yaml)
+    norm: OpKernels  # the norms of the layer
+    activation: OpKernels  # the MLP activation (SwiGLU or GeLU)
+    rotary: OpKernels | None  # rotary embedding of Q and K; None: the model family uses none (ALiBi)
+    sources: dict[str, str]
+
+
+def _ops(raw: dict[str, Any]) -> OpKernels:
+    return OpKernels(
+        int(raw["kernels"]), float(raw["traffic"]),
+        int(raw["backward_kernels"]), float(raw["backward_traffic"]),
+    )  # fmt: skip
+
+
+@cache
+def profile_names() -> tuple[str, ...]:
+    """Every shipped profile."""
+    folder = resources.files("simulator.frameworks").joinpath("profiles")
+    return tuple(sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")))
+
+
+@cache
+def framework_profile(name: str) -> FrameworkProfile:
+    """The profile called ``name``; an unknown name is a user error listing the valid ones."""
+    if name not in profile_names():
+        raise ScenarioError(
+            f"no framework profile {name!r}; valid: {', '.join(profile_names())}", field="framework.name"
+        )
+    raw = yaml.safe_load(
+        resources.files("simulator.frameworks").joinpath("profiles", f"{name}.yaml").read_text()
+    )
+    rotary = raw.get("rotary")
+    return FrameworkProfile(
+        name=name,
+        attention_impl=str(raw["attention_impl"]),
+        norm=_ops(raw["norm"]),
+        activation=_ops(raw["activation"]),
+        rotary=None if rotary is None else _ops(rotary),
+        sources=dict(raw.get("sources", {})),
+    )
+
+
+def profile_for(framework: str, compile: bool) -> FrameworkProfile:
+    """The profile of ``framework`` in its execution mode (``compile``: torch.compile where it has one)."""
+    name = f"{framework}-compile" if compile and f"{framework}-compile" in profile_names() else framework
+    return framework_profile(name)

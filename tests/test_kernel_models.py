@@ -1,0 +1,148 @@
+"""Kernel models against the published kernel measurements they came from (issue #8), and the physical bounds
+every kernel keeps: no kernel faster than the GPU's dense peak FLOP/s or its HBM bandwidth."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simulator.calibrate.attention import fitted
+from simulator.frameworks.profile import framework_profile, profile_for, profile_names
+from simulator.hardware.attention import attention_kernel
+from simulator.hardware.calibration import compute_calibration
+from simulator.hardware.compute import ComputeModel, fp8_gemm_ratio
+from simulator.hardware.gpu import get_gpu
+
+H100_BF16_TFLOPS = 989.4  # H100 SXM dense BF16 (datasheet)
+
+
+def _kernel_points(gpu: str) -> dict:
+    return yaml.safe_load(
+        resources.files("simulator.hardware").joinpath("kernels", f"{gpu}.yaml").read_text()
+    )
+
+
+def _model(gpu: str, precision: str, impl: str = "cudnn") -> ComputeModel:
+    return ComputeModel(get_gpu(gpu), compute_calibration(gpu), precision, impl)
+
+
+@pytest.mark.parametrize("impl", ["fa2", "cudnn", "fa3"])
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+def test_attention_model_reproduces_the_fa3_paper_sweeps(impl, direction):
+    """The tiled-kernel model (attention.py) against every bf16 point of the FA3 paper's H100 sweeps (sequence
+    512-16k, head dim 64-256, causal or not): median within 8%, none beyond 20%."""
+    k = attention_kernel("h100-sxm", impl, direction)
+    assert k is not None
+    pts = [
+        a
+        for a in _kernel_points("h100-sxm")["attention"]
+        if a["impl"] == impl and a["direction"] == direction and a.get("precision") == "bf16"
+        and a.get("causal") is not None and str(a.get("source", "")).startswith("FA3 paper")
+    ]  # fmt: skip
+    assert len(pts) >= 12
+    err = [
+        abs(k.efficiency(a["seq_len"], a["head_dim"], a["causal"]) * H100_BF16_TFLOPS / a["tflops"] - 1)
+        for a in pts
+    ]
+    assert np.median(err) <= 0.08
+    assert max(err) <= 0.20
+
+
+def test_attention_yaml_is_the_fit_of_the_shipped_measurements():
+    """attention.yaml is what ``python -m simulator.calibrate attention`` writes from kernels/*.yaml."""
+    shipped = yaml.safe_load(resources.files("simulator.hardware").joinpath("attention.yaml").read_text())
+    refit = fitted()
+    for arch, entry in refit["architectures"].items():
+        for impl, dirs in entry["kernels"].items():
+            for direction, k in dirs.items():
+                old = shipped["architectures"][arch]["kernels"][impl][direction]
+                assert old["peak_fraction"] == pytest.approx(k["peak_fraction"], rel=0.01, abs=1e-3)
+
+
+def test_attention_rises_with_sequence_and_causal_costs_more():
+    """Longer sequences amortise each query tile's fixed cost; causal masking wastes the diagonal tiles."""
+    k = attention_kernel("h100-sxm", "fa3", "fwd")
+    assert k is not None
+    effs = [k.efficiency(s, 128, True) for s in (512, 2048, 8192, 32768)]
+    assert effs == sorted(effs)
+    assert k.efficiency(2048, 128, True) < k.efficiency(2048, 128, False)
+
+
+def test_fp8_gemm_ratio_is_the_same_machine_measurement():
+    """0.883 = (1402.6 / 1978.9) / (794.5 / 989.4): stas00's fp8 and bf16 matmuls on one H100 SXM."""
+    assert fp8_gemm_ratio("h100-sxm") == pytest.approx((1402.6 / 1978.9) / (794.5 / 989.4), abs=1e-3)
+    assert fp8_gemm_ratio("b200") == pytest.approx((2544.7 / 4500) / (1512.8 / 2250), abs=1e-3)
+
+
+def test_fp8_linear_gemm_gains_less_than_twice_and_attention_stays_16_bit():
+    """An 8192³ GEMM: FP8 faster than BF16 by 2 × 0.883 (the peak doubles, the efficiency ratio is measured);
+    fused attention is as fast under FP8 training as under BF16 (it runs in 16 bits)."""
+    bf16, fp8 = _model("h100-sxm", "bf16"), _model("h100-sxm", "fp8")
+    n = 8192
+    speedup = bf16.gemm(n, n, n).duration_s / fp8.gemm(n, n, n).duration_s
+    assert speedup == pytest.approx(2 * fp8_gemm_ratio("h100-sxm"), rel=0.02)
+    assert fp8.gemm(n, n, n, linear=False).duration_s == pytest.approx(bf16.gemm(n, n, n).duration_s)
+    a = dict(seq_k=8192.0, head_dim=128, causal=True)
+    assert (
+        fp8.flash_attention(1e12, 1e9, False, **a).duration_s
+        == bf16.flash_attention(1e12, 1e9, False, **a).duration_s
+    )
+
+
+def test_fp8_cast_moves_read_16_bit_write_fp8_and_its_transpose():
+    """TE cast_transpose of n bf16 elements: reads 2n bytes, writes n (FP8) + n (its transpose)."""
+    fp8 = _model("h100-sxm", "fp8")
+    assert fp8.fp8_cast(1e6, transpose=True).bytes == 4e6
+    assert fp8.fp8_cast(1e6, transpose=False).bytes == 3e6
+
+
+GPUS = ["a100-sxm-80gb", "h100-sxm", "h200-sxm", "h800-sxm", "b200"]
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(
+    gpu=st.sampled_from(GPUS),
+    precision=st.sampled_from(["bf16", "fp16", "fp8"]),
+    m=st.integers(1, 1 << 17), n=st.integers(1, 1 << 16), k=st.integers(1, 1 << 16), batch=st.integers(1, 64),
+    seq=st.integers(128, 1 << 19), head_dim=st.sampled_from([64, 96, 128, 192, 256]), causal=st.booleans(),
+    impl=st.sampled_from(["fa2", "cudnn", "fa3"]),
+)  # fmt: skip
+def test_no_kernel_beats_the_gpus_peak_or_its_hbm(
+    gpu, precision, m, n, k, batch, seq, head_dim, causal, impl
+):
+    """GEMMs, fused attention and element-wise kernels stay under the dense peak of the precision they run in
+    and under the datasheet HBM bandwidth, whatever the shape."""
+    spec = get_gpu(gpu)
+    if precision == "fp8" and "fp8" not in spec.peak_flops_per_s:
+        return
+    cm = _model(gpu, precision, impl)
+    g = cm.gemm(m, n, k, batch)
+    assert g.flops / g.duration_s <= spec.peak(precision) * (1 + 1e-9)
+    assert g.bytes / g.duration_s <= spec.hbm_bytes_per_s * (1 + 1e-9)
+    flops = 4.0 * seq * seq * head_dim * (0.5 if causal else 1.0)
+    for backward in (False, True):
+        a = cm.flash_attention(
+            flops, 4.0 * seq * head_dim, backward, seq_k=seq, head_dim=head_dim, causal=causal
+        )
+        assert a.flops / a.duration_s <= spec.peak("bf16") * (1 + 1e-9)
+    e = cm.elementwise(float(m) * n)
+    assert e.bytes / e.duration_s <= spec.hbm_bytes_per_s
+
+
+def test_framework_profiles_are_mechanisms():
+    """Eager torchtitan moves more bytes in more kernels than Megatron's fused TE kernels; torch.compile fuses
+    them back; every framework a scenario may name has a profile."""
+    fused, eager, compiled = (
+        framework_profile(n) for n in ("megatron-core", "torchtitan", "torchtitan-compile")
+    )
+    assert eager.norm.kernels > fused.norm.kernels and eager.norm.traffic > fused.norm.traffic
+    assert compiled.norm.kernels == 1 and compiled.activation.traffic == pytest.approx(1.0)
+    assert profile_for("torchtitan", compile=True).name == "torchtitan-compile"
+    assert profile_for("megatron-core", compile=False).name == "megatron-core"
+    assert {"megatron-core", "torchtitan", "llm-foundry", "deepspeed"} <= set(profile_names())
+    assert framework_profile("llm-foundry").rotary is None  # MPT uses ALiBi
