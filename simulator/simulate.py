@@ -38,6 +38,7 @@ from simulator.parallel.plan import ParallelDims, ParallelPlan
 from simulator.parallel.schedules.base import SCHEDULES
 from simulator.parallel.strategies.base import STRATEGIES, BuildContext, DataStrategy, ExpertStrategy
 from simulator.parallel.strategies.expert import expert_load_factor
+from simulator.report.invariants import check_invariants
 from simulator.report.links import bottleneck_tier, busiest_links, tier_usage
 from simulator.report.metrics import StepMetrics, step_metrics
 from simulator.report.schema import Breakdown, CommTimes, Layout, LinkUse, MemoryGiB, StepReport, TierUse
@@ -412,4 +413,5 @@ def simulate(
     trace = engine.finish_trace(labels, mult)
     metrics = step_metrics(trace, pipelined=setup.dims.pp > 1)
     report = _report(setup, trace, metrics, network, engine.events, time.perf_counter() - t0)
+    report = check_invariants(report, trace, scenario=f"{scenario.file} (scenario {scenario.name})")
     return SimulationResult(report, trace)
