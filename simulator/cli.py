@@ -117,7 +117,7 @@ def _add_batch(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "as they arrive, so a re-run skips what is done and an interrupted batch resumes; DIR/results.csv "
         "gathers the headline metrics and DIR/reports/ every point's JSON report. Infeasible points are "
         "recorded with their reason. Exit status: 0, 1 when a point failed (a bug), 2 on a bad sweep, 130 on Ctrl-C.",
-        epilog="example: clustersim batch scenarios/compare/sweeps/fabrics.yaml --out out/fabrics --workers 2 "
+        epilog="example: clustersim batch scenarios/compare/sweeps/clusters.yaml --out out/clusters --workers 2 "
         "(sweep file format: docs/batch.md)",
     )
     p.add_argument(
@@ -157,7 +157,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-
     )
     p.add_argument("--y", metavar="AXIS", help="heat-map y axis (with --x)")
     p.add_argument("--metric", default="mfu", metavar="METRIC",
-                   help="heat-map value: mfu (default), tokens_per_s, step_time_s, memory_total_gib ...")  # fmt: skip
+                   help="heat-map value: mfu (default), tokens_per_s, step_time_s, memory_gib_per_gpu.total ...")  # fmt: skip
     p.add_argument("--format", default="png,svg", metavar="png,svg", help="chart formats (default: png,svg)")
     p.add_argument("--width", type=_positive_float, default=12.0, metavar="INCHES",
                    help="width of the bar and scaling charts (default 12; 8 reads well in a README)")  # fmt: skip

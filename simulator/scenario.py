@@ -17,7 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from simulator.errors import ScenarioError, shorten
-from simulator.files import parse_yaml, resolve_reference
+from simulator.files import is_bare_name, parse_yaml, resolve_reference, shipped_file, shipped_names
 from simulator.files import read_yaml as read_yaml  # re-exported: sweep and plan read files through it
 from simulator.limits import (
     MAX_BATCH,
@@ -41,6 +41,7 @@ from simulator.limits import (
 from simulator.models.catalog import model_catalog, model_names
 from simulator.models.spec import MLASpec, ModelSpec, MoESpec, SlidingWindowSpec
 from simulator.registry import Registry
+from simulator.topology.loader import check_topology
 
 PosInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -479,6 +480,13 @@ def _load_topology(cluster: str | ClusterRef, base_dir: Path, file: str) -> tupl
         doc[key] = value
     if ref.nodes is not None:
         doc["nodes"] = ref.nodes
+    if ref.overrides:  # a mistake in the overrides is the scenario's: name it, not the topology file
+        try:
+            check_topology(copy.deepcopy(doc), file=where)
+        except ScenarioError as e:
+            raise ScenarioError(
+                f"the topology with these overrides is not valid: {e.one_line()}", file=file, field="cluster.overrides"
+            ) from None
     return doc, where
 
 
@@ -506,9 +514,27 @@ def scenario_from_dict(raw: Any, *, file: str = "<inline>", base_dir: Path | Non
     )
 
 
+def _is_there(path: Path) -> bool:
+    """Whether something is at ``path``; an unusable name (too long ...) counts as there, so that reading
+    it reports why."""
+    try:
+        return path.exists()
+    except (OSError, ValueError):
+        return True
+
+
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Read, override and validate a scenario file."""
+    """Read, override and validate a scenario file: a path, or the bare name of a shipped scenario
+    (``quickstart``, ``gpt3-175b-1024-a100``) when no file of that name is in the current folder."""
     p = Path(path)
+    if is_bare_name(str(path)) and not _is_there(p):  # a bare name only (simulator/files.py's rule)
+        shipped = shipped_file("scenarios", str(path))
+        if shipped is None:
+            names = ", ".join(shipped_names("scenarios")) or "none installed"
+            raise ScenarioError(
+                f"no such scenario file, and no shipped scenario of that name; shipped: {names}", file=str(p)
+            )
+        p = shipped
     raw = read_yaml(p, "scenario file")
     if raw is None:
         raise ScenarioError("the scenario file is empty", file=str(p))

@@ -89,7 +89,7 @@ def layout_line(report: StepReport) -> str:
         f"ep {lay.ep}",
         f"zero {lay.zero}",
     ]
-    if lay.sequence_parallel:
+    if lay.sequence_parallel and lay.tp > 1:  # sequence parallelism splits over the tp group: none at tp 1
         dims.append("sequence-parallel")
     dims.append(lay.schedule + (f" (v={lay.virtual_stages})" if lay.virtual_stages > 1 else ""))
     batch = [

@@ -1,0 +1,37 @@
+"""Warnings a buyer needs about the layout itself (issue #10, point 9), derived from the cluster and plan.
+
+Tensor parallelism runs several collectives per layer on the critical path (Megatron-LM, Shoeybi et al.
+2019, §3: two all-reduces per layer forward, two backward), which is why it is kept inside the NVLink
+domain; a tp group that spans domains sends them over the inter-host fabric, an order of magnitude
+narrower per GPU (e.g. DGX H100: NVLink 450 GB/s vs one 400 Gb/s NDR NIC, 50 GB/s, per direction). The
+simulator times that correctly; the warning says why such a layout is slow.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from simulator.parallel.plan import ParallelPlan
+from simulator.topology.cluster import Cluster
+
+
+def tp_domain_warning(cluster: Cluster, plan: ParallelPlan) -> str | None:
+    """A warning when some tensor-parallel group spans more than one NVLink domain; None otherwise."""
+    groups = plan.groups("tp")
+    if groups.shape[1] < 2:
+        return None
+    domain = cluster.nvlink_domain_of_gpu[groups]
+    crossing = np.flatnonzero((domain != domain[:, :1]).any(axis=1))
+    if crossing.size == 0:
+        return None
+    per_domain = int(np.bincount(cluster.nvlink_domain_of_gpu).max())
+    hosts = int(np.unique(cluster.host_of_gpu[groups[crossing[0]]]).size)
+    fabric = sorted(
+        {t for t, tier in zip(cluster.link_type, cluster.link_tier, strict=True) if tier == "nic-leaf"}
+    )
+    over = f" ({', '.join(fabric)})" if fabric else ""
+    return (
+        f"tensor parallelism leaves the NVLink domain: tp {groups.shape[1]} > {per_domain} GPUs per NVLink "
+        f"domain, so {crossing.size} of {groups.shape[0]} tp groups span {hosts} hosts and run their "
+        f"per-layer collectives over the inter-host fabric{over}; keep tp <= {per_domain}"
+    )
