@@ -1,6 +1,6 @@
 """Input files: where a reference points (a path, or the bare name of a shipped file).
 
-Lives just above ``errors`` in DESIGN.md's order so that ``topology`` and ``scenario`` both use it
+Lives just above ``errors`` in docs/design.md's order so that ``topology`` and ``scenario`` both use it
 without importing each other.
 
 The rule for a reference such as ``cluster: ...`` or ``--cluster ...`` (issue #12, "Paths"):

@@ -3,7 +3,7 @@
 Past them the parameter count loops for minutes, the graph takes gigabytes, or the simulated clock loses
 its resolution. Each is 8x or more the largest published figure, so no real configuration is refused; a
 value past one is a ``ScenarioError`` naming the field, before any work. Kept in one module at the bottom
-of DESIGN.md's order (beside ``units``) so the schema, the topology loader and the engine share them.
+of docs/design.md's order (beside ``units``) so the schema, the topology loader and the engine share them.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The command line (DESIGN.md, "CLI" and "JSON report"): help for every command, ``run --json`` prints
+"""The command line (docs/design.md, "CLI" and "JSON report"): help for every command, ``run --json`` prints
 exactly the contract's object, the same input gives byte-identical JSON (in one process and in two), and
 ``run --out`` writes the report and a PNG breakdown chart."""
 
@@ -19,7 +19,7 @@ from simulator.cli import build_parser, main
 
 REPO = Path(__file__).resolve().parents[1]
 
-# The JSON contract of DESIGN.md: top-level keys, and the keys of its nested objects.
+# The JSON contract of docs/design.md: top-level keys, and the keys of its nested objects.
 CONTRACT = {
     "scenario", "gpus", "step_time_s", "tokens_per_s", "samples_per_s", "model_tflops_per_gpu", "mfu", "hfu",
     "breakdown", "comm", "memory_gib_per_gpu", "fits_memory", "simulated_ranks", "events", "wall_s",
@@ -29,7 +29,7 @@ NESTED = {
     "comm": {"tp_s", "dp_s", "pp_s", "ep_s", "cp_s"},
     "memory_gib_per_gpu": {"weights", "grads", "optimizer", "activations", "other", "total"},
 }
-A100_BF16_PEAK = 312e12  # dense BF16 FLOP/s of an A100 SXM (NVIDIA datasheet; REFERENCE.md)
+A100_BF16_PEAK = 312e12  # dense BF16 FLOP/s of an A100 SXM (NVIDIA datasheet; docs/reference.md)
 
 # gpt3-125m on one DGX A100 (8 GPUs) as tp 2 · pp 2 · dp 2: every kind of communication but EP/CP
 SCENARIO: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""Memory per GPU against the formulas of REFERENCE.md: model state per ZeRO stage (Rajbhandari et al. 2020;
+"""Memory per GPU against the formulas of docs/reference.md: model state per ZeRO stage (Rajbhandari et al. 2020;
 Megatron's fp32 gradients), activations per layer (Korthikanti et al. 2022, Sec. 4), micro-batches in flight
 per schedule, ZeRO-3's gathered layers, expert sharding, and a GPT-3 175B run that cannot fit."""
 

@@ -1,4 +1,4 @@
-"""Expert parallelism: the dispatch and combine all-to-alls of REFERENCE.md (T·k·h·bytes per rank, (E−1)/E of
+"""Expert parallelism: the dispatch and combine all-to-alls of docs/reference.md (T·k·h·bytes per rank, (E−1)/E of
 it leaving the rank under uniform routing; two forward, two backward per MoE layer), expert weights sharded
 over the expert-parallel group with their gradients reduced over the expert-data-parallel group, routing
 skew making the most loaded rank set the pace, capped by the capacity factor; and the shipped MoE and

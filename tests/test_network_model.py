@@ -1,6 +1,6 @@
 """The network model end to end (``PhaseCache`` + flow and analytical models): calibrated busbw against
 nccl-tests measurements, the latency- and bandwidth-bound regimes, closed forms of every algorithm on an
-uncontended graph (Thakur, Rabenseifner & Gropp 2005; REFERENCE.md; NCCL's tuner for the tree),
+uncontended graph (Thakur, Rabenseifner & Gropp 2005; docs/reference.md; NCCL's tuner for the tree),
 conservation of bytes, flow == analytical without contention, fair sharing of a link, and the cost of
 an oversubscribed fabric, down to the step time of a scenario."""
 
@@ -171,7 +171,7 @@ def test_halving_doubling_all_reduce_closed_form(lg, size):
 @settings(max_examples=15, deadline=None)
 @given(hosts=st.integers(2, 4), per=st.integers(2, 4), size=sizes)
 def test_hierarchical_all_reduce_closed_form(hosts, per, size):
-    """REFERENCE.md: RS intra (p1−1)α1 + (p1−1)/p1·S/B1, AR inter on S/p1 2(p2−1)α2 + 2(p2−1)/p2·(S/p1)/B2
+    """docs/reference.md: RS intra (p1−1)α1 + (p1−1)/p1·S/B1, AR inter on S/p1 2(p2−1)α2 + 2(p2−1)/p2·(S/p1)/B2
     (one ring per rail through its own NIC), AG intra as RS; α1 NVLink, α2 the network's."""
     a1, a2 = 1e-6, 7e-6
     cluster = cached_cluster(hosts, per)

@@ -26,7 +26,7 @@ from simulator.planning.reliability import (
 )
 from simulator.planning.scaling import FITS, FLOPS_PER_PARAM_TOKEN, parse_quantity
 
-GPT3_FLOPS = 3.14e23  # GPT-3 175B on 300B tokens (Brown et al. 2020, Table D.1; REFERENCE.md)
+GPT3_FLOPS = 3.14e23  # GPT-3 175B on 300B tokens (Brown et al. 2020, Table D.1; docs/reference.md)
 CHINCHILLA_FLOPS = 5.76e23  # Gopher's budget, spent on Chinchilla (70B, 1.4T tokens; Hoffmann 2022)
 BUDGETS = (1e20, GPT3_FLOPS, CHINCHILLA_FLOPS, 1e25)
 A100_TDP_W = 400.0  # the test cluster's GPU (NVIDIA A100 SXM datasheet)
@@ -189,7 +189,7 @@ def test_a_flop_budget_alone_gives_the_compute_optimal_split(capsys: Any) -> Non
 
 def test_a_gpu_hour_budget_without_a_model_assumes_an_mfu(capsys: Any) -> None:
     doc = plan_json(capsys, "--budget-gpu-hours", "1e6", "--cluster", "dgx-h100", "--mfu", "0.5")
-    h100_bf16 = 989.4e12  # dense BF16 FLOP/s of an H100 SXM (NVIDIA datasheet; REFERENCE.md)
+    h100_bf16 = 989.4e12  # dense BF16 FLOP/s of an H100 SXM (NVIDIA datasheet; docs/reference.md)
     assert doc["compute_optimal"]["flops"] == pytest.approx(1e6 * 3600 * h100_bf16 * 0.5, rel=1e-3)
     assert doc["assumed_mfu"] == 0.5
 

@@ -1,6 +1,6 @@
 """Bad input through ``clustersim run``: every malformed scenario gives exit status 2 and exactly one line on
 stderr, ``clustersim: error: FILE: FIELD: reason (got VALUE)``, with no traceback, nothing on stdout and
-nothing written to ``--out`` (issue #2, "Bad input"; DESIGN.md, "CLI")."""
+nothing written to ``--out`` (issue #2, "Bad input"; docs/design.md, "CLI")."""
 
 from __future__ import annotations
 

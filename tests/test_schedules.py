@@ -1,4 +1,4 @@
-"""Pipeline schedules on the simulated timeline against their closed forms (REFERENCE.md, "Pipeline
+"""Pipeline schedules on the simulated timeline against their closed forms (docs/reference.md, "Pipeline
 schedules"): GPipe and 1F1B (p−1)·(t_F + t_B), interleaved (p−1)·(t_F + t_B)/v, zero-bubble ZB-H1
 (p−1)·(t_F + t_B − t_W) (Qi et al. 2023) at 1F1B's memory; and the task orders' invariants."""
 

@@ -1,5 +1,5 @@
 """Closed forms on the simulated timeline: no communication without parallelism, pipeline bubbles of GPipe,
-1F1B and interleaved 1F1B (Narayanan et al. 2021; REFERENCE.md, "Pipeline schedules"), the ring
+1F1B and interleaved 1F1B (Narayanan et al. 2021; docs/reference.md, "Pipeline schedules"), the ring
 all-reduce time through the network model (Thakur, Rabenseifner & Gropp 2005), and the invariants every
 trace must keep (no negative times, no overlapping ops on one stream)."""
 

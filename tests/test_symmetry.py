@@ -1,5 +1,5 @@
 """Symmetry: simulating one representative per rank class (``mode="symmetric"``) gives the same step as
-simulating every rank (``mode="full"``) on clusters small enough to simulate in full (DESIGN.md,
+simulating every rank (``mode="full"``) on clusters small enough to simulate in full (docs/design.md,
 "Symmetry"), at a smaller cost when there are identical ranks; and the same input gives the same output."""
 
 from __future__ import annotations

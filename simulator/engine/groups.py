@@ -1,6 +1,6 @@
 """Which ranks are simulated, and what a collective or a send of a simulated rank stands for.
 
-Symmetry (DESIGN.md): ranks of one *class* run the same program on the same kind of hardware, so the engine
+Symmetry (docs/design.md): ranks of one *class* run the same program on the same kind of hardware, so the engine
 simulates one representative per class. A collective of a representative waits for the representatives of
 the classes among its group's members, and the network runs it for every group instance whose members have
 the same classes (all 128 data-parallel rings at once), because contention is a property of the whole fabric.

@@ -1,6 +1,6 @@
 """Rank classes of the symmetry reduction: ranks that run the same program *and* that the network treats alike.
 
-DESIGN.md ("Symmetry"): the engine simulates one representative per class and lets a representative's
+docs/design.md ("Symmetry"): the engine simulates one representative per class and lets a representative's
 collective stand for every group instance whose members have the same classes, moved as one lockstep coflow.
 That is exact only if those instances would each take the same time on their own. Pipeline stage alone does
 not guarantee it: on a DGX-1 cube-mesh some GPU pairs have two NVLinks and others one, on a torus a group's

@@ -1,1 +1,1 @@
-"""Framework profiles: what each training framework launches, fuses and overlaps (DESIGN.md, ``frameworks/``)."""
+"""Framework profiles: what each training framework launches, fuses and overlaps (docs/design.md, ``frameworks/``)."""

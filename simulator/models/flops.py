@@ -10,7 +10,7 @@ clustersim's MFU convention (documented in the README), per token of training (f
   norms and the embedding lookup are not matrix products and do not count.
 * Attention scores and weighted sum: 2 GEMMs of 2·s·d FLOPs per head, query and layer forward, ×3 for
   forward + backward, i.e. 12·L·s·(heads·d) per token non-causal (PaLM appendix B), halved for causal
-  masking, since fused kernels skip the masked half (REFERENCE.md, "FLOPs").
+  masking, since fused kernels skip the masked half (docs/reference.md, "FLOPs").
 
 MFU = these model FLOPs per step ÷ (step time × GPUs × dense peak at the training precision). Recomputation
 never counts in MFU; HFU counts what the GPUs execute (recomputed forwards, flash attention's extra

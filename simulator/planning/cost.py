@@ -3,7 +3,7 @@
 Steps = ⌈tokens / tokens per step⌉; the ideal time is steps × step time, and the expected wall time adds
 the interruptions and checkpoints of ``simulator.planning.reliability`` (ideal / (1 − waste)). GPU-hours
 count every GPU for the whole wall time. Energy counts every GPU at its TDP for the wall time, times the
-data centre's PUE (REFERENCE.md, cost and energy): an estimate that leaves out host CPUs, memory and the
+data centre's PUE (docs/reference.md, cost and energy): an estimate that leaves out host CPUs, memory and the
 network inside the IT load, and GPUs drawing less than TDP. CO₂ = energy × grid carbon intensity.
 """
 
@@ -16,8 +16,8 @@ from simulator.planning import SECONDS_PER_DAY, SECONDS_PER_HOUR
 from simulator.planning.reliability import Reliability
 from simulator.report.schema import StepReport
 
-PUE = 1.58  # industry average (Uptime Institute Global Data Center Survey 2023; REFERENCE.md: 1.56-1.58)
-GRID_G_CO2_PER_KWH = 475.0  # world average grid carbon intensity, as CodeCarbon uses (REFERENCE.md)
+PUE = 1.58  # industry average (Uptime Institute Global Data Center Survey 2023; docs/reference.md: 1.56-1.58)
+GRID_G_CO2_PER_KWH = 475.0  # world average grid carbon intensity, as CodeCarbon uses (docs/reference.md)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Failure rate. Llama 3 405B pre-training (Dubey et al. 2024, arXiv 2407.21783, Sec. 3.3.4) saw 419
 unexpected interruptions in 54 days on 16,384 H100 GPUs in 8-GPU servers, i.e. 2,048 nodes:
 λ = 419 / (2,048 nodes × 54 × 24 h) = 1.58e-4 interruptions per node-hour, a node MTBF of about 6,300 h
-(264 days). With independent failures a job on n nodes is interrupted at n·λ: M = 1 / (n·λ) (REFERENCE.md,
+(264 days). With independent failures a job on n nodes is interrupted at n·λ: M = 1 / (n·λ) (docs/reference.md,
 failures and checkpoints). Hosts of another size are counted as nodes all the same.
 
 Checkpoints. Young (1974): writing a checkpoint takes δ; checkpointing every τ* = √(2·δ·M) minimises the
@@ -27,7 +27,7 @@ LLAMA3_NODES = 16_384 // 8  # 16,384 H100 in 8-GPU Grand Teton servers (Sec. 3.3
 NODE_FAILURES_PER_HOUR = LLAMA3_UNEXPECTED_INTERRUPTIONS / (LLAMA3_NODES * LLAMA3_DAYS * 24.0)
 # Checkpoint content per parameter: 16-bit weights (2) + fp32 master weights, Adam m and v (12): the ZeRO
 # paper's 16 bytes of mixed-precision Adam state less the gradients, which a checkpoint does not keep
-# (Rajbhandari et al. 2020, Sec. 3.1; REFERENCE.md, memory).
+# (Rajbhandari et al. 2020, Sec. 3.1; docs/reference.md, memory).
 CHECKPOINT_BYTES_PER_PARAM = 14.0
 # Write bandwidth per node: Llama 3's Tectonic storage sustains 2 TB/s for up to 16,384 GPUs (2,048 nodes),
 # 0.98 GB/s per node (arXiv 2407.21783, Sec. 3.3.1: 240 PB on 7,500 servers, 2 TB/s sustained, 7 TB/s peak).

@@ -38,7 +38,7 @@ from simulator.report.schema import StepReport
 from simulator.scenario import Scenario
 from simulator.topology.loader import build_cluster
 
-FAST_NETWORK = "analytical"  # DESIGN.md: the analytical alpha-beta fast path for sweeps
+FAST_NETWORK = "analytical"  # docs/design.md: the analytical alpha-beta fast path for sweeps
 REFINE_FACTOR = 2  # re-simulate the best REFINE_FACTOR × top layouts with the scenario's network model
 # Spaces with more candidates than this are timed by branch and bound (``_fast_batch``); smaller ones whole,
 # so that every candidate of a small search is ranked.

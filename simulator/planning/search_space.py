@@ -4,7 +4,7 @@ Axes, in product order (``itertools.product``): tp (divisors of the GPUs per hos
 layers: an even split, so ``pp_layers`` is never needed), micro_batch, (schedule, virtual_stages), zero,
 sequence_parallel, recompute. dp is derived (gpus / (tp·pp·cp)); cp, ep and every other setting of the
 scenario are kept. GPipe is not searched: it has 1F1B's bubble with m instead of p micro-batches in flight
-(REFERENCE.md, pipeline schedules), so it never beats 1F1B.
+(docs/reference.md, pipeline schedules), so it never beats 1F1B.
 
 Each pruned point keeps the first rule it breaks, cheapest first:
 
@@ -54,7 +54,7 @@ SCHEDULE_CHOICES: tuple[tuple[str, int], ...] = (
 ZERO_STAGES = (0, 1, 2, 3)  # a stage is searched once its strategy is registered (simulate.DATA_STRATEGY)
 SEQUENCE_PARALLEL = (True, False)
 RECOMPUTE = ("none", "selective", "full")  # lightest first
-# Hardware/model FLOP ratio of full recomputation (Korthikanti et al. 2022; REFERENCE.md, FLOPs).
+# Hardware/model FLOP ratio of full recomputation (Korthikanti et al. 2022; docs/reference.md, FLOPs).
 FULL_RECOMPUTE_FLOP_RATIO = 4.0 / 3.0
 
 
@@ -275,7 +275,7 @@ def undominated(fitting: list[Layout]) -> tuple[list[Layout], list[Pruned]]:
 # ------------------------------------------------------------------------------------ priority, cap
 def overhead_factor(lay: Layout, ctx: SpaceContext) -> float:
     """Closed-form slowdown over a perfect step: pipeline bubble (p−1)/(v·m) of the ideal time, times
-    the recomputed FLOPs (4/3 full, 1 + s/(6h) selective; REFERENCE.md). Needs no simulation."""
+    the recomputed FLOPs (4/3 full, 1 + s/(6h) selective; docs/reference.md). Needs no simulation."""
     micro_batches = ctx.global_batch // (lay.dp * lay.micro_batch)
     bubble = (lay.pp - 1) / (lay.virtual_stages * micro_batches)
     recompute = {"none": 1.0, "selective": 1.0 + ctx.seq_len / (6.0 * ctx.hidden)}

@@ -1,6 +1,6 @@
 """Export a simulated step as a Chrome trace JSON that opens in Perfetto (ui.perfetto.dev) or chrome://tracing.
 
-Layout of the file (REFERENCE.md, "Formats"): one process per simulated rank, named by a ``process_name``
+Layout of the file (docs/reference.md, "Formats"): one process per simulated rank, named by a ``process_name``
 metadata event (``"rank 8 · pp1 (×128)"``: the rank, its class label, how many real ranks it stands for);
 one thread per stream of that rank (``compute`` first), named by ``thread_name``; one complete event
 (``ph: "X"``) per executed op, ``ts`` and ``dur`` in microseconds rounded to the nanosecond.

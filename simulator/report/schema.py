@@ -1,4 +1,4 @@
-"""The JSON report of one simulated step (the contract of DESIGN.md, "JSON report").
+"""The JSON report of one simulated step (the contract of docs/design.md, "JSON report").
 
 ``clustersim run S.yaml --json`` prints exactly one ``StepReport`` object. Fields beyond the contract
 (``comm_bytes``, ``links``, ``tiers``, ``warnings``, ``layout`` ...) are additions; the contract's fields never change
@@ -109,7 +109,7 @@ class StepReport(_Frozen):
     simulated_ranks: int
     events: int
     wall_s: float
-    # ---- additions beyond the DESIGN.md contract ----
+    # ---- additions beyond the docs/design.md contract ----
     model: str = ""
     gpu: str = ""
     cluster: str = ""

@@ -1,7 +1,7 @@
 """The ops of a per-rank program, as the engine executes them.
 
 A program is what one rank does in one optimizer step: ops on named streams (like CUDA streams), each op
-waiting for its dependencies and for the previous op of its stream. Three op types, as in DESIGN.md:
+waiting for its dependencies and for the previous op of its stream. Three op types, as in docs/design.md:
 
 * ``Compute``: a kernel (or a fused run of kernels) with a known duration from the compute model;
 * ``Collective``: an NCCL-style collective over a process group named by its parallel dimension;

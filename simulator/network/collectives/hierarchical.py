@@ -2,7 +2,7 @@
 
 All-reduce: ring reduce-scatter inside each island, ring all-reduce of the S/p1 shard among the GPUs with
 the same position in their islands (p1 concurrent inter-island rings, each through its own NIC), ring
-all-gather inside each island. Cost (REFERENCE.md, after Thakur et al. 2005 applied per level):
+all-gather inside each island. Cost (docs/reference.md, after Thakur et al. 2005 applied per level):
 (p1-1)α1 + (p1-1)/p1·S/B1  +  2(p2-1)α2 + 2(p2-1)/p2·(S/p1)/B2  +  (p1-1)α1 + (p1-1)/p1·S/B1.
 Reduce-scatter is the first two levels with a reduce-scatter across islands; all-gather the reverse.
 Every rank sends 2(n-1)/n·S (all-reduce) or (n-1)/n·S (the others), as a flat ring would, but only

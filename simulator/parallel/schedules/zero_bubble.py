@@ -5,7 +5,7 @@ gradients, needed by nobody but the optimizer). The order is 1F1B's with B for t
 postpones its first s W passes: each runs s rounds after its B, and the postponed ones fill the cool-down,
 where 1F1B idles. Stage s then holds (p − s − 1) + 1 + s = p micro-batches (a micro-batch is held from its F
 to its W), the same peak as 1F1B's first stage; the bubble falls from (p − 1)·(T_F + T_B + T_W) to
-(p − 1)·(T_F + T_B − T_W) (REFERENCE.md, "Pipeline schedules") while T_W ≤ T_F. With longer W passes the
+(p − 1)·(T_F + T_B − T_W) (docs/reference.md, "Pipeline schedules") while T_W ≤ T_F. With longer W passes the
 first stage's wait for its first input gradient, (p − 1)·T_B, bounds it: (p − 1)·max(T_B, T_F + T_B − T_W).
 """
 

@@ -5,7 +5,7 @@ The routed experts of a layer are split over the ``ep`` ranks of an expert-paral
 each). Every rank sends each routed copy of its tokens to the rank holding the chosen expert (dispatch
 all-to-all), the experts run, and the outputs come back (combine all-to-all); the backward pass runs the
 same two all-to-alls on the gradients. Under uniform routing a rank sends T·k·h elements, (ep−1)/ep of them
-to other ranks (REFERENCE.md, "MoE dispatch and combine").
+to other ranks (docs/reference.md, "MoE dispatch and combine").
 
 Load imbalance: with ``training.expert_load`` skewed, the rank holding the most popular experts receives
 ``expert_load_factor`` times its fair share of tokens (capped by the capacity factor, beyond which tokens
