@@ -1,4 +1,4 @@
-"""One scenario in, one simulated training step out: the data flow of DESIGN.md end to end.
+"""One scenario in, one simulated training step out: the data flow of docs/design.md end to end.
 
 scenario → cluster (topology) + parallel plan + strategies → programs of the simulated ranks →
 engine on the network model → trace → metrics and report.
@@ -42,6 +42,7 @@ from simulator.report.invariants import check_invariants
 from simulator.report.links import bottleneck_tier, busiest_links, tier_usage
 from simulator.report.metrics import StepMetrics, step_metrics
 from simulator.report.schema import Breakdown, CommTimes, Layout, LinkUse, MemoryGiB, StepReport, TierUse
+from simulator.report.warnings import tp_domain_warning
 from simulator.scenario import Scenario
 from simulator.topology.cluster import Cluster
 from simulator.topology.loader import build_cluster
@@ -345,6 +346,9 @@ def _report(
             f"does not fit: {mem.total / GiB:.1f} GiB per GPU > {setup.gpu.hbm_bytes / GiB:.1f} GiB HBM; "
             f"largest term: {name} {size / GiB:.1f} GiB"
         )
+    tp_warning = tp_domain_warning(setup.cluster, setup.plan)
+    if tp_warning is not None:
+        warnings.append(tp_warning)
     links, tiers, bottleneck = _links(setup, network, step)
     p = s.parallelism
     layout = Layout(

@@ -58,10 +58,15 @@ def _setup(make_doc: Any, **kw: Any) -> Setup:
 def test_tensor_parallelism_across_hosts_is_warned(make_doc: Any) -> None:
     inside = _setup(make_doc, nodes=2, tp=8)
     assert tp_domain_warning(inside.cluster, inside.plan) is None
-    across = _setup(make_doc, nodes=2, tp=16)
+    model = {"layers": 4, "hidden": 256, "heads": 16, "vocab": 1024}  # heads divisible by tp 16
+    across = _setup(make_doc, nodes=2, tp=16, model=model)
     warning = tp_domain_warning(across.cluster, across.plan)
     assert warning is not None
     assert "tp 16 > 8 GPUs per NVLink domain" in warning and "span 2 hosts" in warning and "ib-hdr" in warning
+    from simulator.simulate import simulate
+
+    assert warning in simulate(across.scenario).report.warnings  # the run reports it
+    assert not any("NVLink domain" in w for w in simulate(inside.scenario).report.warnings)
 
 
 def test_the_layout_line_says_sequence_parallel_only_when_there_is_a_tp_group() -> None:
