@@ -164,8 +164,10 @@ class LayerBuilder:
     def _rotary(self, name: str, backward: bool = False) -> list[Step]:
         """Rotary position embedding of this rank's Q and K (read and write each; Su et al. 2021), where the
         framework's model family uses it."""
-        ops = self.ctx.framework.rotary
-        if ops is None:
+        ops, model = self.ctx.framework.rotary, self.ctx.model
+        # not stated: the gated-MLP families (Llama, Mistral, Qwen) use RoPE, GPT-style ones learned positions
+        rope = model.position_embedding == "rope" or (model.position_embedding is None and model.gated_mlp)
+        if ops is None or not rope:
             return []
         return [_k(name, self._fused(ops, 2 * self.e * self.T * (self.q + self.kv), backward))]
 
