@@ -9,7 +9,14 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from simulator.engine.budget import MAX_LAYER_PASSES, MAX_SIMULATED_OPS, check_ops, check_work, step_estimate
+from simulator.engine.budget import (
+    DRY_RUN_BUILD_PASSES,
+    MAX_LAYER_PASSES,
+    MAX_SIMULATED_OPS,
+    check_ops,
+    check_work,
+    step_estimate,
+)
 from simulator.errors import InfeasibleConfig, UserInputError
 from simulator.files import check_output_dir, check_output_file, finite_json
 from simulator.report.progress import reporting, stage
@@ -55,9 +62,13 @@ def _write(what: Path, flag: str, write: Callable[[], object]) -> None:
         raise UserInputError(f"could not be written: {reason}", file=str(what), field=flag) from None
 
 
+class _NotBuilt(Exception):
+    """The programs are too big to build for an estimate (the step is still within the engine's limit)."""
+
+
 def dry_run(scenario: Scenario, *, full: bool, as_json: bool) -> int:
     """Print the pre-flight estimate of a step (engine/budget.py) without simulating it; a step past the
-    engine's limit is refused after the estimate is printed."""
+    engine's limit (or one that cannot run) is refused with one line, its figures in the message."""
     cluster = build_cluster(scenario.topology, file=scenario.topology_file)
     setup = Setup(scenario, cluster, "full" if full else scenario.config.engine.mode)
     classes = setup.classes
@@ -65,7 +76,9 @@ def dry_run(scenario: Scenario, *, full: bool, as_json: bool) -> int:
     refused: InfeasibleConfig | None = None
     try:
         check_work(work)
-        # within the first limit: build the programs and count exactly (the engine is not started)
+        if work.layer_passes > DRY_RUN_BUILD_PASSES:
+            raise _NotBuilt
+        # small enough to build the programs in seconds: count exactly (the engine is not started)
         factory = ProgramFactory(setup.workload, setup.inline_comm)
         programs = [factory.build(int(r)) for r in classes.representatives]
         collectives = sum(isinstance(op, Collective) for p in programs for op in p.ops)
@@ -73,13 +86,16 @@ def dry_run(scenario: Scenario, *, full: bool, as_json: bool) -> int:
         check_ops(programs)
     except InfeasibleConfig as e:
         refused = e
+    except _NotBuilt:
+        pass
     doc = {
         **dataclasses.asdict(work),
         "graph_bytes": work.graph_bytes,
         "flows_per_phase": work.flows_per_phase,
     }
     doc |= {"max_layer_passes": MAX_LAYER_PASSES, "max_simulated_ops": MAX_SIMULATED_OPS}
-    doc["refused"] = refused.one_line() if refused else None
+    if refused is not None:  # one line on stderr and nothing on stdout, as every refusal
+        raise refused
     if as_json:
         sys.stdout.write(finite_json(doc) + "\n")
     else:
@@ -96,8 +112,6 @@ def dry_run(scenario: Scenario, *, full: bool, as_json: bool) -> int:
             f"  graph     {work.graph_nodes:,} nodes, {work.graph_edges:,} links, "
             f"about {work.graph_bytes / 2**20:,.1f} MiB to build\n"
         )
-    if refused is not None:
-        raise refused
     return 0
 
 

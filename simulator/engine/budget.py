@@ -5,8 +5,8 @@ A rank's program holds, for every micro-batch and every layer it owns, the forwa
 that layer: at least one op each (host-local collectives fold into compute), 4 to 24 on the shipped
 scenarios, and ring context parallelism repeats the attention exchange per ``cp`` step. So *layer passes*
 = ranks x micro-batches x layers per rank x cp counts the work before any program is built, and
-``MAX_LAYER_PASSES`` stops a step whose programs alone would not fit in memory (past 10^7 passes: at least
-10^7 ops, several GB of op objects). Once built, the exact op count is held to ``MAX_SIMULATED_OPS``: the
+``MAX_LAYER_PASSES`` stops a step whose programs alone would take minutes and gigabytes to build (2 x 10^6
+passes are up to 5 x 10^7 ops at 24 a pass; the 1,024-GPU GPT-3 under ``--full`` is 1.2 x 10^6). Once built, the exact op count is held to ``MAX_SIMULATED_OPS``: the
 engine processes about 60,000 ops a second (BENCHMARKS.md: the 1,024-GPU GPT-3 step, 8 ranks of 4,354 ops,
 in 0.6 s), so 5 x 10^7 ops is some 15 minutes of engine time. Past either, the step is refused with an
 ``InfeasibleConfig`` saying what to change, before the engine starts.
@@ -21,7 +21,9 @@ from simulator.errors import InfeasibleConfig
 from simulator.scenario import Scenario
 from simulator.topology.cluster import Cluster
 
-MAX_LAYER_PASSES = 10_000_000
+MAX_LAYER_PASSES = 2_000_000
+# ``run --dry-run`` builds the programs to count their ops exactly only up to this many passes (seconds).
+DRY_RUN_BUILD_PASSES = 100_000
 MAX_SIMULATED_OPS = 50_000_000
 # networkx keeps about 340 bytes per node or edge of the cluster graph once built, 590 at the peak of the
 # build (tracemalloc on dgx-h100-superpod with 512 hosts: 9,024 nodes, 16,640 edges, 8.6 MB, 15.1 MB peak).
