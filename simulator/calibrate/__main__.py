@@ -15,6 +15,7 @@ PARTS: dict[str, str] = {
     "links": "simulator.calibrate.links",
     "attention": "simulator.calibrate.attention",  # kernel measurements; the compute fit builds on it
     "compute": "simulator.calibrate.compute",
+    "fp8": "simulator.calibrate.fp8",  # per-(GPU, FP8) GEMM efficiency, on top of the compute fit
 }
 
 

@@ -26,6 +26,9 @@ class GemmCalibration:
     tile_n: int
     tile_k: int  # K-depth of one main-loop iteration
     k_overhead_tiles: float  # prologue/epilogue cost of one output tile, in main-loop iterations (fitted)
+    # fraction of the FP8 peak reached by large FP8 linear-layer GEMMs in training (fitted per GPU type on FP8
+    # runs by ``python -m simulator.calibrate fp8``); None: the BF16 efficiency times the measured ratio
+    fp8_max_efficiency: float | None = None
 
 
 @dataclass(frozen=True)

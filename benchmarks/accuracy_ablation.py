@@ -1,0 +1,126 @@
+"""What each physical effect of the compute model contributes to accuracy on the modern validation suite.
+
+    python benchmarks/accuracy_ablation.py [--suite modern-training-runs] [--out docs/accuracy-ablation.json]
+
+Runs the suite with the full model, then once with each effect removed (the mechanism switched back to what
+the simulator did before it existed), and prints median and max |error| of step time per class. The numbers
+go in docs/accuracy.md. Effects:
+
+* ``fp8``: FP8 GEMMs at the BF16 efficiency (ratio 1), no cast kernels, attention at the FP8 peak;
+* ``attention-shape``: fused attention at the profile's one constant efficiency instead of the kernel model;
+* ``framework``: every run launches Megatron-Core's fused kernels (no eager norms / SwiGLU / rotary, cuDNN
+  attention) whatever its framework;
+* ``rotary``: no rotary-embedding kernels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from unittest import mock
+
+from simulator.frameworks import profile as fw
+from simulator.hardware import compute
+from simulator.validation import suites
+
+
+@contextmanager
+def _no_fp8_physics() -> Iterator[None]:
+    zero = compute.KernelTime(0.0, 0.0, 0.0, 0.0)
+    with (
+        mock.patch.object(compute, "fp8_gemm_ratio", lambda gpu: 1.0),
+        mock.patch.object(compute.ComputeModel, "fp8_cast", lambda self, n, transpose: zero),
+        mock.patch.object(
+            compute.ComputeModel, "attention_peak_flops_per_s", property(lambda self: self.peak_flops_per_s)
+        ),
+    ):
+        yield
+
+
+@contextmanager
+def _no_attention_shape() -> Iterator[None]:
+    with mock.patch.object(compute, "attention_kernel", lambda gpu, impl, direction: None):
+        yield
+
+
+@contextmanager
+def _one_framework() -> Iterator[None]:
+    fused = fw.framework_profile("megatron-core")
+    with mock.patch.object(fw, "profile_for", lambda name, compile: replace(fused, name=name)):
+        yield
+
+
+@contextmanager
+def _no_rotary() -> Iterator[None]:
+    real = fw.profile_for
+    with mock.patch.object(fw, "profile_for", lambda name, compile: replace(real(name, compile), rotary=None)):
+        yield
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
+
+
+ABLATIONS: dict[str, Callable[[], object]] = {
+    "full model": _nothing,
+    "without fp8": _no_fp8_physics,
+    "without attention-shape": _no_attention_shape,
+    "without framework": _one_framework,
+    "without rotary": _no_rotary,
+}
+
+
+def _stats(errors: list[float]) -> tuple[float, float]:
+    e = [abs(x) for x in errors if not math.isnan(x)]
+    return (statistics.median(e), max(e)) if e else (float("nan"), float("nan"))
+
+
+def run(suite: str) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per ablation, per class: (median, max) |error|."""
+    rows = list(suites.suite_rows([suite]))
+    out: dict[str, dict[str, tuple[float, float]]] = {}
+    for name, ctx in ABLATIONS.items():
+        suites.evaluate.cache_clear()
+        with ctx():  # type: ignore[attr-defined]
+            # the simulate module imported profile_for by name: patch it there too
+            import simulator.simulate as sim
+
+            with mock.patch.object(sim, "profile_for", fw.profile_for):
+                results = suites.run_rows(rows)
+        by_class: dict[str, list[float]] = {"all": [r.error for r in results]}
+        for r in results:
+            for c in r.row.classes:
+                by_class.setdefault(c, []).append(r.error)
+        out[name] = {c: _stats(v) for c, v in by_class.items()}
+        print(f"{name}: median {out[name]['all'][0]:.1%}, max {out[name]['all'][1]:.1%}", file=sys.stderr)
+    return out
+
+
+def main() -> int:
+    """Run every ablation and print a Markdown table."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--suite", default="modern-training-runs")
+    p.add_argument("--out", help="also write the figures as JSON")
+    args = p.parse_args()
+    res = run(args.suite)
+    classes = list(res["full model"])
+    print("| class | " + " | ".join(res) + " |")
+    print("|---|" + "---|" * len(res))
+    for c in classes:
+        cells = [f"{res[a][c][0]:.1%} / {res[a][c][1]:.1%}" if c in res[a] else "-" for a in res]
+        print(f"| {c} | " + " | ".join(cells) + " |")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
