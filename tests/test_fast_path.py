@@ -82,12 +82,14 @@ def outcomes(make_doc: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
         fast_path, layouts = _draw(scenario, count, seed)
         assert len(layouts) == count, f"{name}: the space has only {len(layouts)} candidates"
         for lay in layouts:
-            fast = fast_path.evaluate(with_layout(scenario, lay))
+            sc = with_layout(scenario, lay)
+            bound = fast_path.compute_bound(sc)
+            fast = fast_path.evaluate(sc)
             analytical = simulate(with_layout(scenario, lay, network="analytical")).report
             flow = simulate(with_layout(scenario, lay, network="flow")).report
             fast_flow = fast_path.evaluate(with_layout(scenario, lay), network="flow").report
             rows.append({"name": f"{name} {lay.label}", "fast": fast, "analytical": analytical, "flow": flow,
-                         "fast_flow": fast_flow})  # fmt: skip
+                         "fast_flow": fast_flow, "bound": bound})  # fmt: skip
     return rows
 
 
@@ -122,6 +124,15 @@ def test_shared_geometry_runs_the_flow_model_exactly(outcomes: list[dict[str, An
         got, ref = row["fast_flow"], row["flow"]
         assert got.step_time_s == ref.step_time_s, row["name"]
         assert got.breakdown == ref.breakdown and got.comm == ref.comm and got.events == ref.events
+
+
+def test_compute_bound_is_a_lower_bound(outcomes: list[dict[str, Any]]) -> None:
+    """The search skips a layout whose compute bound cannot beat the best: it must never exceed the step."""
+    for row in outcomes:
+        assert 0 < row["bound"] <= row["fast"].report.step_time_s * (1 + 1e-12), row["name"]
+    # and it is not vacuous: the pipeline's fill and drain make it close on most layouts
+    close = sum(row["bound"] >= 0.5 * row["fast"].report.step_time_s for row in outcomes)
+    assert close >= len(outcomes) // 2
 
 
 def test_oversubscription_sweep() -> None:

@@ -177,35 +177,46 @@ class FastPath:
         self._prepared: dict[int, tuple[Scenario, Setup, ProgramFactory]] = {}
 
     def compute_bound(self, scenario: Scenario) -> float:
-        """A lower bound of the step time: the longest sum of one stage's compute ops, which its compute
-        stream runs one after the other (no bubble, no exposed communication, no optimizer), from the
-        same compiled chunks as the programs. Raises ``InfeasibleConfig`` as ``evaluate`` does."""
+        """A lower bound of the step time from compute alone, with the same compiled chunks as the programs.
+
+        Stage s runs its compute ops one after the other (C_s in all). When its first task is the forward of
+        micro-batch 0 through its first chunk, that cannot start before the forwards of micro-batch 0 on
+        every earlier stage (F_0 … F_{s−1}); when its last task is the backward of the last micro-batch
+        through its first chunk, the earlier stages' backwards of it follow (B_{s−1} … B_0). So the step
+        takes at least max_s (Σ_{s'<s} F_{s'} + C_s + Σ_{s'<s} B_{s'}): the pipeline's fill and drain,
+        without any communication, ZeRO gather, gradient reduction or optimizer. Raises
+        ``InfeasibleConfig`` as ``evaluate`` does."""
         setup = _MemoSetup(scenario, self.cluster, self.memo)
         w = setup.workload
         factory = ProgramFactory(w, setup.inline_comm)
         self._prepared[id(scenario)] = (scenario, setup, factory)
-        pp = setup.dims.pp
+        pp, m = setup.dims.pp, w.micro_batches
         whole = "B" if w.schedule.splits_backward else "BW"
-        longest = 0.0
+        memo: dict[tuple[Pass, int, bool], float] = {}
+
+        def duration(kind: Pass, vs: int, first: bool) -> float:
+            key = (kind, vs, first)
+            d = memo.get(key)
+            if d is None:
+                if kind is Pass.F:
+                    segs: tuple[tuple[object, ...], ...] = (factory.forward_steps(vs, first=first),)
+                else:
+                    segs = factory.backward_steps(vs, "W" if kind is Pass.W else whole)
+                d = memo[key] = sum(
+                    st.duration_s for seg in segs for st in seg if isinstance(st, FusedCompute)
+                )
+            return d
+
+        fill = drain = longest = 0.0
         for stage in range(pp):
-            memo: dict[tuple[Pass, int, bool], float] = {}
-            total = 0.0
-            for task in w.schedule.tasks(stage, pp, w.micro_batches, w.chunks):
-                vs = task.chunk * pp + stage
-                key = (task.kind, vs, task.mb == 0)
-                d = memo.get(key)
-                if d is None:
-                    if task.kind is Pass.F:
-                        segs: tuple[tuple[object, ...], ...] = (
-                            factory.forward_steps(vs, first=task.mb == 0),
-                        )
-                    else:
-                        segs = factory.backward_steps(vs, "W" if task.kind is Pass.W else whole)
-                    d = memo[key] = sum(
-                        st.duration_s for seg in segs for st in seg if isinstance(st, FusedCompute)
-                    )
-                total += d
-            longest = max(longest, total)
+            tasks = w.schedule.tasks(stage, pp, m, w.chunks)
+            total = sum(duration(t.kind, t.chunk * pp + stage, t.mb == 0) for t in tasks)
+            head, tail = tasks[0], tasks[-1]
+            starts = head.kind is Pass.F and head.mb == 0 and head.chunk == 0
+            ends = tail.kind is Pass.B and tail.mb == m - 1 and tail.chunk == 0
+            longest = max(longest, (fill if starts else 0.0) + total + (drain if ends else 0.0))
+            fill += duration(Pass.F, stage, True)
+            drain += duration(Pass.B, stage, m == 1)
         return longest
 
     def evaluate(self, scenario: Scenario, network: str = "analytical") -> FastResult:

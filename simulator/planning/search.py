@@ -197,10 +197,10 @@ def fast_all(
 ) -> list[Outcome]:
     """``_fast_batch`` over ``scenarios`` (all on one cluster), in order: in this process, or split into one
     interleaved share per worker (so that each worker builds the cluster and routes each geometry once).
-    With ``keep``, each worker bounds its share by its own timed layouts: a share's ``keep``-th best is no
-    better than the whole space's, so whatever a worker skips the whole search would skip too."""
+    With ``keep`` the pass runs in this process: branch and bound depends on the order, and one process
+    that knows every timed layout skips the most (the least CPU; shares would each time ``keep`` at least)."""
     scenarios = list(scenarios)
-    shares = max(1, min(workers, len(scenarios)))
+    shares = 1 if keep > 0 else max(1, min(workers, len(scenarios)))
     if shares == 1:
         return _fast_batch((scenarios, network, keep))
     jobs = [(scenarios[i::shares], network, keep) for i in range(shares)]
