@@ -58,8 +58,11 @@ def shipped_file(kind: str, name: str) -> Path | None:
     stem = name[: -len(Path(name).suffix)] if name.endswith(YAML_SUFFIXES) else name
     for suffix in YAML_SUFFIXES:
         cand = folder / f"{stem}{suffix}"
-        if cand.is_file():
-            return cand
+        try:
+            if cand.is_file():
+                return cand
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte (found by the fuzz)
+            return None
     return None
 
 
@@ -93,13 +96,13 @@ def resolve_reference(
     names = ", ".join(shipped_names(kind)) or "none installed"
     if is_bare_name(ref):
         raise ScenarioError(
-            f"{what} {ref!r} not found: no such file in {base_dir} and no shipped {kind[:-1]} of that name; "
+            f"{what} {shorten(ref)} not found: no such file in {base_dir} and no shipped {kind[:-1]} of that name; "
             f"valid shipped names: {names}",
             file=file,
             field=field,
         )
     raise ScenarioError(
-        f"{what} {ref!r} not found (resolved to {local}); a path must exist (relative paths start from "
+        f"{what} {shorten(ref)} not found (resolved to {shorten(str(local), 200)}); a path must exist (relative paths start from "
         f"{base_dir}); shipped {kind} are used only for a bare name without a folder ({names})",
         file=file,
         field=field,

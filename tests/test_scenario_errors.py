@@ -343,3 +343,11 @@ def test_tp_comm_overlap_needs_sequence_parallelism(write_scenario, capsys):
     doc = {**BASE, "parallelism": {"tp": 2, "pp": 2, "tp_comm_overlap": True}}
     assert main(["run", str(write_scenario(doc, "s")), "--json"]) == 2
     assert "tp_comm_overlap" in _error_line(capsys)
+
+
+def test_a_bare_name_too_long_for_the_file_system_is_an_error(write_scenario, capsys):
+    """Found by tests/test_fuzz.py: the lookup of a shipped topology of that name raised ENAMETOOLONG."""
+    path = write_scenario({**BASE, "cluster": "x" * 5000}, "s")
+    assert main(["run", str(path), "--json"]) == 2
+    line = _error_line(capsys)
+    assert "cluster" in line and "not found" in line and len(line) < 2500

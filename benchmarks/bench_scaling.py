@@ -1,0 +1,90 @@
+"""Wall and CPU time of one Llama 3 405B step against the GPU count, 64 to 131,072 GPUs (issue #11).
+
+The scenario is the shipped 16,384-GPU one (``scenarios/validation/llama3-405b-h100/405b-8k-16384gpu.yaml``:
+TP 8, interleaved PP 16 × 8 virtual stages, flow network on the 3-tier NDR fat-tree of ``dgx-h100``) with
+``cluster.nodes`` = GPUs / 8 and 16 micro-batches per pipeline (global batch 16 · dp), so that the simulated
+ranks and events stay the same while the fabric grows; at 64 GPUs it is PP 8 × 16 virtual stages (the same
+128 virtual stages), dp 1. Times are of ``simulate()`` (topology build included, scenario loading excluded),
+the minimum of ``--repeat`` runs; CPU is this process's user + system time.
+
+Usage: python benchmarks/bench_scaling.py [--repeat N] [--gpus 64,512,...] [--chart docs/images/wall-vs-gpus.png]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from simulator.scenario import load_scenario  # noqa: E402
+from simulator.simulate import simulate  # noqa: E402
+
+SCENARIO = ROOT / "scenarios/validation/llama3-405b-h100/405b-8k-16384gpu.yaml"
+GPUS = (64, 128, 512, 2048, 8192, 16384, 32768, 65536, 131072)
+MICRO_BATCHES = 16  # per pipeline: a multiple of pp for the interleaved schedule
+
+
+def overrides(gpus: int) -> list[str]:
+    """The scenario's overrides at ``gpus`` GPUs."""
+    pp = 16 if gpus >= 128 else 8
+    dp = gpus // (8 * pp)
+    return [f"cluster.nodes={gpus // 8}", f"parallelism.pp={pp}", f"parallelism.virtual_stages={128 // pp}",
+            f"training.global_batch={MICRO_BATCHES * dp}"]  # fmt: skip
+
+
+def bench(gpus: int, repeat: int) -> dict[str, float]:
+    """Best wall and CPU seconds of ``repeat`` runs, with what was simulated."""
+    scenario = load_scenario(SCENARIO, overrides(gpus))
+    best_wall = best_cpu = float("inf")
+    for _ in range(repeat):
+        w0, c0 = time.perf_counter(), time.process_time()
+        report = simulate(scenario).report
+        best_wall = min(best_wall, time.perf_counter() - w0)
+        best_cpu = min(best_cpu, time.process_time() - c0)
+    return {"gpus": gpus, "ranks": report.simulated_ranks, "events": report.events, "step": report.step_time_s,
+            "wall": best_wall, "cpu": best_cpu}  # fmt: skip
+
+
+def chart(rows: list[dict[str, float]], path: Path) -> None:
+    """Wall and CPU seconds against GPUs, log-log, in the house style."""
+    from simulator.report.style import new_figure, save_figure
+
+    fig = new_figure(6.4, 3.6)
+    ax = fig.add_subplot()
+    gpus = [r["gpus"] for r in rows]
+    ax.plot(gpus, [r["wall"] for r in rows], marker="o", label="wall")
+    ax.plot(gpus, [r["cpu"] for r in rows], marker="s", linestyle="--", label="CPU (user + system)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("GPUs (Llama 3 405B, TP 8, PP 16, flow network, 3-tier fat-tree)")
+    ax.set_ylabel("seconds per simulated step")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def main() -> None:
+    """Run and print a Markdown table (and the chart when asked)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--gpus", default=",".join(map(str, GPUS)))
+    ap.add_argument("--chart", type=Path)
+    args = ap.parse_args()
+    rows = []
+    print("| GPUs | simulated ranks | events | simulated step | wall | CPU |")
+    print("|---|---|---|---|---|---|")
+    for g in (int(x) for x in args.gpus.split(",")):
+        r = bench(g, args.repeat)
+        rows.append(r)
+        print(f"| {g:,} | {r['ranks']} | {r['events']:,} | {r['step']:.2f} s | {r['wall']:.2f} s | {r['cpu']:.2f} s |",
+              flush=True)  # fmt: skip
+    if args.chart:
+        chart(rows, args.chart)
+
+
+if __name__ == "__main__":
+    main()
