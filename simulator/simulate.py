@@ -262,7 +262,7 @@ class Setup:
         if ref.unchecked_kinds:
             self.warnings.append(
                 "symmetry reduction: the network equivalence of the "
-                f"{', '.join(ref.unchecked_kinds)} groups was assumed, not checked (too many to probe); "
+                f"{', '.join(ref.unchecked_kinds)} was assumed, not checked (too many ranks to simulate in full); "
                 "--full simulates every rank"
             )
         per_stage = Counter(int(pp[r]) for r in np.unique(ref.class_of, return_index=True)[1])

@@ -7,15 +7,13 @@ not guarantee it: on a DGX-1 cube-mesh some GPU pairs have two NVLinks and other
 position changes its hops, on an oversubscribed fat-tree a data-parallel ring may or may not leave its leaf,
 and on a host with one NIC per two GPUs two rings share a NIC. So the classes start from the pipeline stage
 and are refined by a *network fingerprint* of every group instance (and pipeline pair) a rank belongs to:
-its time alone at a latency-bound and a bandwidth-bound size, and its max-min fair share when every
-concurrent instance of the same kind runs beside it. Ranks whose fingerprints differ become separate classes
+its latency terms, its bandwidth time alone, and its bandwidth time beside the instances of the same kind that
+reach the collective with it. Ranks whose fingerprints differ become separate classes
 (simulated separately), so the reduced run equals ``--full``; on regular fabrics every fingerprint agrees and
 the reduction keeps one rank per stage.
 
-Cost: routing a probe per distinct instance. Instances inside one host (tensor-parallel groups) on clusters
-whose hosts are built alike are identified by their GPUs' local indices, so a 16,384-GPU cluster probes one
-of its 2,048 TP groups; groups that span hosts are probed individually up to ``MAX_PROBED_INSTANCES`` per
-kind, beyond which the kind is assumed regular and the run says so in a warning.
+Cost: each kind's probes are routed once over all its instances (as the symmetric run routes them) and split
+by instance with numpy, so the check adds a few routed collectives per kind, whatever the cluster size.
 """
 
 from __future__ import annotations
@@ -24,18 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from simulator.network.maxmin import maxmin_rates
-from simulator.network.models.base import CollectiveRequest, PhaseCache, alone_time
+from simulator.network.models.base import CollectiveRequest, PhaseCache
 from simulator.parallel.plan import GROUP_KINDS, ParallelPlan
 from simulator.topology.cluster import Cluster
 from simulator.workload.ops import CollectiveKind
 
-# A latency-bound and a bandwidth-bound message (per-rank buffer, bytes): algorithms and their α terms are
-# chosen by size (NCCL's tuner), so one size could hide a difference the other shows.
-PROBE_BYTES = (4096.0, 256.0 * 2**20)
-# Probing a group that spans hosts routes it once; past this many instances of one kind the probe would cost
-# more than the simulation it protects (a 16,384-GPU step), and the kind is taken as regular.
-MAX_PROBED_INSTANCES = 2048
+# The probe message (per-rank buffer, bytes): its bandwidth terms and its latency terms are fingerprinted apart.
+PROBE_BYTES = 256.0 * 2**20
 # On a direct fabric (torus, explicit GPU-to-GPU graph), and on hosts without an NVSwitch (DGX-1 cube-mesh,
 # PCIe hosts whose GPU pairs share a PCIe switch and NIC), traffic of every kind crosses the same links in
 # position-dependent ways, so ranks that are alike alone still meet other traffic at different times
@@ -52,6 +45,14 @@ class Refinement:
 
     class_of: np.ndarray
     unchecked_kinds: tuple[str, ...]
+
+
+_PROBE_ALGORITHM = {
+    CollectiveKind.ALL_REDUCE: "ring",
+    CollectiveKind.ALL_GATHER: "ring",
+    CollectiveKind.ALL_TO_ALL: "direct",
+    CollectiveKind.SEND_RECV: "p2p",
+}
 
 
 def _probe_ops(kind: str) -> tuple[CollectiveKind, ...]:
@@ -74,84 +75,62 @@ def _request(
 
 
 class _Prober:
-    """Fingerprints of group instances and pipeline pairs, memoised by geometry."""
+    """Network fingerprints of every instance of a kind at once: the kind's probe collectives routed once over
+    all instances (as the symmetric run routes them), then split by instance."""
 
     def __init__(self, cluster: Cluster, cache: PhaseCache) -> None:
         self.cluster = cluster
         self.cache = cache
-        host = cluster.host_of_gpu
-        dom = cluster.nvlink_domain_of_gpu
-        # hosts are interchangeable when every NVLink domain lies inside one host (no torus, no NVL72 rack
-        # spanning hosts): then a group inside one host is identified by its members' local indices
-        self._host_local_ok = bool(np.all(np.bincount(dom)[dom] <= np.bincount(host)[host]))
-        self._memo: dict[tuple[object, ...], tuple[float, ...]] = {}
-        self.footprints: dict[str, dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]]] = {}
-        self._kind_load: dict[str, np.ndarray] = {}
+        types, self._type_of_link = np.unique(np.array(cluster.link_type), return_inverse=True)
+        self._types = [str(t) for t in types]
+        self._alpha = np.array([cache.calib.step_latency(t) for t in self._types])[self._type_of_link]
+        self._eff: dict[str, np.ndarray] = {}
 
-    def geometry_key(self, members: np.ndarray) -> tuple[object, ...] | None:
-        """A key shared by instances that are the same up to which (alike) host they sit on, else None."""
-        hosts = self.cluster.host_of_gpu[members]
-        if self._host_local_ok and np.all(hosts == hosts[0]):
-            return ("host-local", *map(int, self.cluster.local_of_gpu[members]))
-        return None
+    def _efficiency(self, key: str) -> np.ndarray:
+        """Calibrated protocol efficiency of every directed link (computed per link type)."""
+        if key not in self._eff:
+            per_type = np.array([self.cache.calib.link_efficiency(t, key) for t in self._types])
+            self._eff[key] = per_type[self._type_of_link]
+        return self._eff[key]
 
-    def alone(self, kind: str, members: np.ndarray) -> tuple[float, ...]:
-        """Time of each probe collective on this instance with the network otherwise idle."""
-        gkey = self.geometry_key(members)
-        memo_key = (kind, gkey) if gkey is not None else (kind, "gpus", *map(int, members))
-        hit = self._memo.get(memo_key)
-        if hit is None:
-            row = members[None, :]
-            times = []
-            for op in _probe_ops(kind):
-                for b in PROBE_BYTES:
-                    phases = self.cache.routed(_request(kind, op, row, b, ("probe", op.value, b, *memo_key)))
-                    times.append(round(alone_time(phases), _ROUND_DIGITS + 3))
-            hit = tuple(times)
-            self._memo[memo_key] = hit
-            if gkey is None:  # footprint of the bandwidth-bound probe, for cross-kind overlap
-                bw = [p for p in phases if p.link_ids.size]
-                if bw:
-                    first = max(bw, key=lambda p: p.max_flow_bytes)
-                    self.footprints.setdefault(kind, {})[tuple(map(int, members))] = (
-                        first.link_ids,
-                        first.load,
-                    )
-        return hit
-
-    def shares(self, kind: str, instances: np.ndarray) -> np.ndarray:
-        """Max-min rate of each instance's bandwidth-bound probe while all of ``instances`` run at once,
-        relative to the fastest (1.0 everywhere when no instance is squeezed more than another)."""
-        foot = self.footprints.get(kind, {})
-        coflows = [foot.get(tuple(map(int, m))) for m in instances]
-        if any(c is None for c in coflows):
-            return np.ones(len(instances))
-        rates = maxmin_rates(self.cache.capacity, coflows)  # type: ignore[arg-type]
-        return np.round(rates / rates.max(), _ROUND_DIGITS)
-
-    def overlap(self, kind: str, members: np.ndarray) -> tuple[float, ...]:
-        """How much of every other kind's probed traffic shares this instance's links (Σ over its links of
-        its load × the other kind's load ÷ capacity): instances that meet other traffic differently differ."""
-        mine = self.footprints.get(kind, {}).get(tuple(map(int, members)))
-        if mine is None:
-            return ()
-        links, load = mine
-        return tuple(
-            round(
-                float(np.dot(load, self._load_of(other)[links] / self.cache.capacity[links])), _ROUND_DIGITS
-            )
-            for other in sorted(self.footprints)
-            if other != kind
-        )
-
-    def _load_of(self, kind: str) -> np.ndarray:
-        hit = self._kind_load.get(kind)
-        if hit is None:
-            hit = np.zeros(self.cache.capacity.size)
-            for links, load in self.footprints[kind].values():
-                np.add.at(hit, links, load)
-            self._kind_load[kind] = hit
-        return hit
+    def fingerprints(self, kind: str, groups: np.ndarray, stage: np.ndarray) -> np.ndarray:
+        """``[instances, features]``: per probe, its latency terms, its bandwidth time alone and its bandwidth
+        time beside the other instances of the kind on the same pipeline stages, which reach it together (all
+        instances routed at once, then split)."""
+        cluster, n_links = self.cluster, self.cluster.link_capacity_bytes_per_s.size
+        cap = self.cache.capacity
+        owner = np.full(len(cluster.node_names), -1, dtype=np.int64)  # graph node → instance sending from it
+        senders = groups[:, :1] if kind == "p2p" else groups
+        owner[cluster.gpu_node_index[senders]] = np.arange(len(groups))[:, None]
+        sig = _classes_of(stage[groups])  # instances on the same stages run at the same time
+        features = []
+        for op in _probe_ops(kind):
+            # one algorithm per kind of collective, whatever NCCL's tuner would pick by size: the geometry, not
+            # the protocol, is what differs between instances
+            algo = self.cache._algo(_PROBE_ALGORITHM[op])
+            req = _request(kind, op, groups, PROBE_BYTES, ("probe-all", kind, op.value))
+            latency, alone, beside = (np.zeros(len(groups)) for _ in range(3))
+            for phase in algo.phases(req.kind, req.groups, PROBE_BYTES, cluster):
+                inst = owner[phase.src]
+                inst = np.where(inst < 0, owner[phase.dst], inst)  # flows into a switch
+                indptr, links = cluster.router.paths(phase.src, phase.dst)
+                flow = np.repeat(np.arange(phase.num_flows), np.diff(indptr))
+                load = phase.bytes[flow] / np.maximum(self._efficiency(phase.efficiency_key)[links], 1e-9)
+                pair, where = np.unique(inst[flow] * n_links + links, return_inverse=True)
+                tot = np.bincount(where, weights=load)
+                i_of, l_of = pair // n_links, pair % n_links
+                s_of = sig[i_of]
+                together, at = np.unique(s_of * n_links + l_of, return_inverse=True)
+                concurrent = np.bincount(at, weights=tot)[at]  # load of all same-stage instances on the link
+                t_alone, t_beside, alpha = (np.zeros(len(groups)) for _ in range(3))
+                np.maximum.at(t_alone, i_of, tot / cap[l_of])
+                np.maximum.at(t_beside, i_of, concurrent / cap[l_of])
+                np.maximum.at(alpha, i_of, self._alpha[l_of])
+                latency += phase.steps * alpha
+                alone += t_alone
+                beside += t_beside
+            features += [latency, alone, beside]
+        return np.stack(features, axis=1)
 
 
 def refine(plan: ParallelPlan, cluster: Cluster, cache: PhaseCache) -> Refinement:
@@ -163,27 +142,27 @@ def refine(plan: ParallelPlan, cluster: Cluster, cache: PhaseCache) -> Refinemen
             return Refinement(np.arange(plan.dims.world, dtype=np.int64), ())
         return Refinement(stage.copy(), ("irregular-fabric",))
     units = _units(plan)  # kind → [instances, members] of ranks (pipeline pairs as kind "p2p")
-    unchecked = [k for k, g in units.items() if _too_many(prober, g)]
-    checked = {k: g for k, g in units.items() if k not in unchecked}
-    alone = {k: [prober.alone(k, m) for m in g] for k, g in checked.items()}  # routes; records footprints
+    prints = {kind: prober.fingerprints(kind, groups, stage) for kind, groups in units.items()}
     columns: list[np.ndarray] = [stage]
-    for kind, groups in checked.items():
-        share = np.ones(len(groups))
-        sigs = [tuple(map(int, stage[m])) for m in groups]
-        for sig in set(sigs):  # instances on the same stages run at once and may squeeze each other
-            idx = [i for i, x in enumerate(sigs) if x == sig]
-            if len(idx) > 1:
-                share[idx] = prober.shares(kind, groups[idx])
-        fps = [(*alone[kind][i], float(share[i]), *prober.overlap(kind, m)) for i, m in enumerate(groups)]
-        columns.extend(_rank_columns(kind, groups, fps, plan.dims.world))
+    for kind, groups in units.items():
+        ids = _classes_of(_quantise(prints[kind]))
+        columns.extend(_rank_columns(kind, groups, ids, plan.dims.world))
     class_of = _classes_of(np.stack(columns, axis=1))
-    return Refinement(_renumber(_close(plan, class_of), stage), tuple(unchecked))
+    return Refinement(_renumber(_close(plan, class_of), stage), ())
+
+
+def _quantise(x: np.ndarray) -> np.ndarray:
+    """Equal to ``_ROUND_DIGITS`` significant digits, per column (float noise of different summation orders)."""
+    scale = np.maximum(np.abs(x).max(axis=0, keepdims=True), 1e-300)
+    return np.round(x / scale * 10.0**_ROUND_DIGITS)
 
 
 def _regular(cluster: Cluster) -> bool:
     """Switched fabric, and every host an NVSwitch host (each GPU on its own switch ports and NIC path)."""
     groups = cluster.meta.get("host_groups")
-    builders = {g.get("builder") for g in groups if isinstance(g, dict)} if isinstance(groups, list) else set()
+    builders = (
+        {g.get("builder") for g in groups if isinstance(g, dict)} if isinstance(groups, list) else set()
+    )
     return cluster.meta.get("routing") == "switched" and builders <= {"nvswitch"}
 
 
@@ -197,16 +176,8 @@ def _units(plan: ParallelPlan) -> dict[str, np.ndarray]:
     return out
 
 
-def _too_many(prober: _Prober, groups: np.ndarray) -> bool:
-    return sum(prober.geometry_key(g) is None for g in groups) > MAX_PROBED_INSTANCES
-
-
-def _rank_columns(
-    kind: str, groups: np.ndarray, fps: list[tuple[float, ...]], world: int
-) -> list[np.ndarray]:
+def _rank_columns(kind: str, groups: np.ndarray, ids: np.ndarray, world: int) -> list[np.ndarray]:
     """Fingerprint ids per rank: of its instance; for pipeline pairs, of its send and of its receive."""
-    labels: dict[tuple[float, ...], int] = {}
-    ids = np.array([labels.setdefault(fp, len(labels)) for fp in fps], dtype=np.int64)
     if kind == "p2p":
         send, recv = np.full(world, -1, dtype=np.int64), np.full(world, -1, dtype=np.int64)
         send[groups[:, 0]] = ids
