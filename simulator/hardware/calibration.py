@@ -50,6 +50,9 @@ class ComputeCalibration:
     kernel_gap_s: float  # GPU idle gap between back-to-back dependent kernels on one stream
     kernel_launch_s: float  # host (CPU) time to launch one kernel from the framework: bounds short kernels
     inherited_from: str | None = None
+    # sustained tensor-core clock relative to the profile the efficiencies were measured on (a power limit below
+    # the reference GPU's: compute-bound kernels slow by this factor, memory-bound ones do not)
+    clock_scale: float = 1.0
     fitted_on: tuple[str, ...] = ()
     sources: dict[str, str] = field(default_factory=dict)
 
@@ -85,7 +88,8 @@ def compute_calibration(gpu: str) -> ComputeCalibration:
     parent = doc.get("inherits")
     if parent:
         base = compute_calibration(parent)
-        return replace(base, gpu=gpu, inherited_from=base.inherited_from or parent)
+        clock = float(doc.get("power_limit", {}).get("clock_scale", 1.0))
+        return replace(base, gpu=gpu, inherited_from=base.inherited_from or parent, clock_scale=clock)
     return _from_doc(gpu, doc)
 
 

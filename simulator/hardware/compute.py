@@ -96,11 +96,12 @@ class ComputeModel:
         16-bit under FP8 training (attention core, output layer, router)."""
         g = self.calib.gemm
         fp8 = self.fp8 and linear
-        peak, eff = (
-            (self.peak_flops_per_s, g.max_efficiency * self.fp8_ratio)
-            if fp8
-            else (self.attention_peak_flops_per_s, g.max_efficiency)
-        )
+        if fp8:
+            peak = self.peak_flops_per_s
+            eff = g.fp8_max_efficiency if g.fp8_max_efficiency is not None else g.max_efficiency * self.fp8_ratio
+        else:
+            peak, eff = self.attention_peak_flops_per_s, g.max_efficiency
+        eff *= self.calib.clock_scale  # a power-limited GPU sustains lower tensor-core clocks
         flops = 2.0 * m * n * k * batch
         tiles = math.ceil(m / g.tile_m) * math.ceil(n / g.tile_n) * batch
         waves = math.ceil(tiles / self.gpu.sm_count)
@@ -149,6 +150,6 @@ class ComputeModel:
     ) -> KernelTime:
         """A fused attention kernel doing ``flops`` (already halved for causal masking) over ``nbytes``, whose
         query tiles each see ``seq_k`` keys (the causal prefix counted whole)."""
-        eff = self.attention_efficiency(backward, seq_k, head_dim, causal)
+        eff = self.attention_efficiency(backward, seq_k, head_dim, causal) * self.calib.clock_scale
         t = max(flops / (self.attention_peak_flops_per_s * eff), nbytes / self.memory_bytes_per_s)
         return KernelTime(t + self.calib.kernel_gap_s, flops, nbytes, self.calib.kernel_launch_s)
