@@ -8,10 +8,13 @@ Guide"), where a tile's main loop takes ``k/tile_k`` iterations plus a fixed pro
 large GEMMs. The memory roofline (operands and result read/written once from HBM) bounds it from below.
 
 FP8 training (Transformer Engine in Megatron-Core/NeMo, torchao float8 in torchtitan) runs the linear layers'
-GEMMs in FP8 only: their operands are 1 byte, their efficiency is the BF16 one times a same-machine measured
-ratio (``fp8.yaml``), and every such GEMM needs its inputs quantised (cast + amax + transpose kernels, see
-``fp8_cast``). Attention, the output layer and the router stay 16-bit in both frameworks' default recipes
+GEMMs in FP8 only: their operands are 1 byte, their efficiency is the profile's fitted FP8 efficiency
+(``calibrate fp8``) or else the BF16 one times a same-machine measured ratio (``fp8.yaml``), and every such
+GEMM needs its inputs quantised (cast + amax + transpose kernels, see ``fp8_cast``). Attention, the output layer and the router stay 16-bit in both frameworks' default recipes
 (TE ``NVTE_FP8_DPA=0``; torchao converts ``nn.Linear`` only), so they run at the BF16 peak.
+
+Fused attention follows the per-shape kernel model of the implementation the framework calls (``attention.py``).
+A power-limited GPU type scales compute-bound efficiencies by its measured ``clock_scale``.
 
 Element-wise kernels are memory bound: bytes / (HBM bandwidth × achieved fraction).
 Every kernel also pays the GPU-side gap between back-to-back kernels, and carries the host time needed to
