@@ -68,7 +68,7 @@ def _point(doc: dict[str, Any]) -> MeasuredBusbw:
         op=CollectiveKind(doc["op"]),
         gpus=gpus,
         nodes=nodes,
-        busbw_GBps=float(doc["busbw_GBps"]),
+        busbw_GBps=float(doc["busbw_gbps"]),  # the published data file keeps its key (GB/s)
         algorithm=doc.get("algorithm"),
         size_bytes=int(doc.get("size_bytes", DEFAULT_SIZE_BYTES)),
         source=str(doc.get("source", "")),
