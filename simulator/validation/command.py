@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 
@@ -11,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from simulator.errors import ScenarioError, shorten
+from simulator.files import finite_json
 from simulator.report.progress import advance, reporting, stage
 from simulator.validation.layer import korthikanti_cases, layer_times
 from simulator.validation.suites import KINDS, Result, run_rows, select_rows, suite_rows, suite_specs
@@ -193,7 +193,7 @@ def validate_command(args: argparse.Namespace) -> int:
     failures = [r for r in step if r.get("failure")]
     if args.json:
         doc = {"rows": everything, "classes": by_class, "summary": _summary(everything) if everything else "0 rows"}
-        sys.stdout.write(json.dumps(doc, indent=1) + "\n")
+        sys.stdout.write(finite_json(doc, indent=1) + "\n")
     else:
         # Not a terminal (a pipe, a file): wide enough that no run name or column is cut (rich would squeeze to 80)
         console = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
