@@ -417,5 +417,6 @@ def simulate(
     trace = engine.finish_trace(labels, mult)
     metrics = step_metrics(trace, pipelined=setup.dims.pp > 1)
     report = _report(setup, trace, metrics, network, engine.events, time.perf_counter() - t0)
-    report = check_invariants(report, trace, scenario=f"{scenario.file} (scenario {scenario.name})")
+    flow = scenario.config.network.model == "flow"
+    report = check_invariants(report, trace, scenario=f"{scenario.file} (scenario {scenario.name})", contention=flow)
     return SimulationResult(report, trace)

@@ -66,12 +66,15 @@ def test_ops_that_end_before_they_start_are_caught(result):
 
 
 def test_link_utilisation_above_one_is_reported(result):
-    """A warning in the report for now (the flow model's fix is the lead's), never silent."""
+    """Under the flow model a link above 100% is a bug report; under the analytical model (no sharing between
+    kinds of traffic, by design) a warning that says why. Never silent."""
     links = list(result.report.links)
     assert links, "the test scenario moves bytes over links"
     bad = _broken(result.report, links=[links[0].model_copy(update={"utilization": 1.5}), *links[1:]])
-    report = check_invariants(bad)
-    assert any("above 100%" in w for w in report.warnings)
+    with pytest.raises(InternalError, match="above 100%"):
+        check_invariants(bad, contention=True)
+    report = check_invariants(bad, contention=False)
+    assert any("above 100%" in w and "analytical" in w for w in report.warnings)
 
 
 def test_the_cli_prints_a_bug_report_and_exits_3(write_scenario, capsys, monkeypatch):
