@@ -49,7 +49,7 @@ from simulator.topology.loader import build_cluster
 from simulator.units import GiB
 from simulator.workload.builder import ProgramFactory, WorkloadSpec
 from simulator.workload.layer import LayerStrategies
-from simulator.workload.ops import Collective, CollectiveKind, Compute
+from simulator.workload.ops import Collective, CollectiveKind, Compute, SendRecv
 from simulator.workload.program import Program
 from simulator.workload.steps import CommStep, InlineTime
 
@@ -301,6 +301,20 @@ def _account_inline(programs: dict[int, Program], resolver: GroupResolver, netwo
             np.add.at(network.link_bytes, phase.link_ids, phase.link_bytes * n)
 
 
+def _p2p_bytes(programs: dict[int, Program], classes: RankClasses) -> tuple[float, float]:
+    """Bytes sent and received point to point by every rank (each representative counted for its class)."""
+    sent = received = 0.0
+    for c, rep in enumerate(classes.representatives):
+        n = float(classes.multiplicity[c])
+        for op in programs[int(rep)].ops:
+            if isinstance(op, SendRecv):
+                if op.is_send:
+                    sent += n * op.bytes
+                else:
+                    received += n * op.bytes
+    return sent, received
+
+
 def peak_memory(setup: Setup) -> MemoryBreakdown:
     """The most loaded pipeline stage's memory."""
     w, ctx = setup.workload, setup.ctx
@@ -418,5 +432,8 @@ def simulate(
     metrics = step_metrics(trace, pipelined=setup.dims.pp > 1)
     report = _report(setup, trace, metrics, network, engine.events, time.perf_counter() - t0)
     flow = scenario.config.network.model == "flow"
-    report = check_invariants(report, trace, scenario=f"{scenario.file} (scenario {scenario.name})", contention=flow)
+    where = f"{scenario.file} (scenario {scenario.name})"
+    report = check_invariants(
+        report, trace, scenario=where, contention=flow, p2p_bytes=_p2p_bytes(programs, classes)
+    )
     return SimulationResult(report, trace)

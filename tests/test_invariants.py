@@ -92,3 +92,10 @@ def test_the_cli_prints_a_bug_report_and_exits_3(write_scenario, capsys, monkeyp
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1
     assert "internal error" in captured.err and str(path) in captured.err and "exceeds HFU" in captured.err
+
+
+def test_unmatched_point_to_point_bytes_are_a_bug(result):
+    """Every byte sent point to point is received: a mismatch is an invariant violation."""
+    errors, _ = violations(result.report, p2p_bytes=(2.0e9, 1.0e9))
+    assert any("sent point to point" in e for e in errors)
+    assert not violations(result.report, p2p_bytes=(1.0e9, 1.0e9))[0]

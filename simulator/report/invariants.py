@@ -9,6 +9,7 @@ A violation is a bug in clustersim, never a number to print: ``check_invariants`
 * MFU <= HFU <= 1 (hardware FLOPs include the model's and what recomputation adds; no GPU beats its peak);
 * tokens/s = global batch x sequence length / step time, samples/s = global batch / step time;
 * no op ends before it starts;
+* bytes sent point to point = bytes received (over every rank each representative stands for);
 * every link's utilisation is at most 1 under the flow model: a link above 100 % means it broke its own capacity
   constraint. The analytical model shares no link between kinds of traffic (a DP ring and a pipeline send on
   one NIC each run at full rate), so there a link above 100 % is a warning that says so, not a bug.
@@ -48,10 +49,15 @@ def _figures(node: Any, path: str) -> Iterator[tuple[str, float]]:
 
 
 def violations(
-    report: StepReport, trace: Trace | None = None, *, contention: bool = True
+    report: StepReport,
+    trace: Trace | None = None,
+    *,
+    contention: bool = True,
+    p2p_bytes: tuple[float, float] = (0.0, 0.0),
 ) -> tuple[list[str], list[str]]:
     """(errors, warnings): the invariants ``report`` (and its ``trace``) break; ``contention``: the network model
-    shares links between concurrent collectives (flow), so no link may exceed its capacity."""
+    shares links between concurrent collectives (flow), so no link may exceed its capacity; ``p2p_bytes``: bytes
+    sent and bytes received point to point over all ranks, which must be equal."""
     errors: list[str] = []
     for path, value in _figures(report.model_dump(), ""):
         if not math.isfinite(value):
@@ -88,6 +94,9 @@ def violations(
         negative = int(np.count_nonzero(trace.end_s < trace.start_s))
         if negative:
             errors.append(f"{negative} ops end before they start")
+    sent, received = p2p_bytes
+    if not math.isclose(sent, received, rel_tol=REL_TOL):
+        errors.append(f"{sent:.6g} bytes sent point to point but {received:.6g} received")
     warnings: list[str] = []
     links = [(link.link, link.utilization) for link in report.links]
     links += [(f"{t.tier} (busiest)", t.max_utilization) for t in report.tiers]
@@ -107,11 +116,16 @@ def violations(
 
 
 def check_invariants(
-    report: StepReport, trace: Trace | None = None, *, scenario: str = "", contention: bool = True
+    report: StepReport,
+    trace: Trace | None = None,
+    *,
+    scenario: str = "",
+    contention: bool = True,
+    p2p_bytes: tuple[float, float] = (0.0, 0.0),
 ) -> StepReport:
     """``report``, with any warning-only violation added to its warnings; an ``InternalError`` (a bug
     report naming ``scenario``) when it breaks an invariant."""
-    errors, warnings = violations(report, trace, contention=contention)
+    errors, warnings = violations(report, trace, contention=contention, p2p_bytes=p2p_bytes)
     if errors:
         shown = "; ".join(errors[:3]) + (f" (and {len(errors) - 3} more)" if len(errors) > 3 else "")
         raise InternalError(f"the simulated step breaks clustersim's invariants: {shown}", scenario=scenario)
