@@ -7,6 +7,8 @@ machine reads as a slow machine and not as a failing test. Run: ``python benchma
   coflows (target 2 s) — formerly tests/test_maxmin.py;
 * building the 16,384-GPU ``dgx-h100`` fat-tree (target 3 s) and routing one flow per GPU (target 0.5 s) —
   formerly tests/test_routing.py;
+* every collective algorithm's phases for 16,384 members in 2,048 groups of 8 and 128 groups of 128 (warm
+  caches, target 0.2 s each) — formerly tests/test_collectives.py;
 * one shipped MoE and one long-context scenario end to end (target 10 s each) — formerly tests/test_moe.py.
 """
 
@@ -22,6 +24,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
+from simulator.network.collectives.base import ALGORITHMS  # noqa: E402
 from simulator.network.maxmin import coflow_link_loads, maxmin_rates, maxmin_rates_csr  # noqa: E402
 from simulator.scenario import load_scenario  # noqa: E402
 from simulator.simulate import simulate  # noqa: E402
@@ -72,6 +75,17 @@ def main() -> None:
     timed(
         "route 16,384 flows leaving their host", 0.5, lambda: router.gpu_paths(src, (src + 8000) % src.size)
     )
+
+    layouts = {"tp8": src.reshape(2048, 8), "one-per-host": src.reshape(128, 128).T.copy()}
+    for name in ALGORITHMS.names():
+        algorithm = ALGORITHMS.get(name)()
+        for kind in algorithm.kinds:
+            for layout, groups in layouts.items():
+                if kind.value == "send_recv" or not algorithm.supports(kind, groups, cluster):
+                    continue
+                algorithm.phases(kind, groups, 1e6, cluster)  # warm the caches, as the test did
+                timed(f"phases: {name} {kind.value}, {layout}", 0.2,
+                      lambda a=algorithm, k=kind, g=groups: a.phases(k, g, 1e6, cluster))  # fmt: skip
 
     for path in (
         "scenarios/moe/deepseek-v3-like-pp16-ep64-2048xh100.yaml",
