@@ -59,7 +59,7 @@ def fit(gpu: str) -> tuple[float, float, list[Result]]:
     def loss(x: float) -> float:
         return float(np.mean(np.square(_errors(run_rows(rows, _with(base, x))))))
 
-    res = minimize_scalar(loss, bounds=(0.30, bound), method="bounded", options={"xatol": 2e-3, "maxiter": 14})
+    res = minimize_scalar(loss, bounds=(0.30, bound), method="bounded", options={"xatol": 4e-3, "maxiter": 9})
     eff = round(float(res.x), 4)
     results = run_rows(rows, _with(base, eff))
     return eff, math.sqrt(float(np.mean(np.square(_errors(results))))), results
