@@ -418,10 +418,34 @@ def simulate(
     classes = setup.classes
     work = step_estimate(scenario, cluster, len(classes.representatives), setup.micro_batches, setup.dims.pp)
     check_work(work)  # refuse before building programs past the engine's limit (engine/budget.py)
+    env = simpy.Environment()
+    run = run_step(setup, factory, env, _network(setup, env))
+    report = _report(setup, run.trace, run.metrics, run.network, run.events, time.perf_counter() - t0)
+    flow = scenario.config.network.model == "flow"
+    where = f"{scenario.file} (scenario {scenario.name})"
+    report = check_invariants(
+        report, run.trace, scenario=where, contention=flow, p2p_bytes=_p2p_bytes(run.programs, classes)
+    )
+    return SimulationResult(report, run.trace)
+
+
+@dataclass(frozen=True, eq=False)
+class StepRun:
+    """One simulated step before it becomes a report."""
+
+    programs: dict[int, Program]
+    network: NetworkModel
+    trace: Trace
+    metrics: StepMetrics
+    events: int
+
+
+def run_step(setup: Setup, factory: ProgramFactory, env: simpy.Environment, network: NetworkModel) -> StepRun:
+    """Build the representatives' programs, run them on the engine over ``network``, and measure the step
+    (shared by ``simulate`` and the search fast path, so that both time a layout the same way)."""
+    classes = setup.classes
     programs = {int(r): factory.build(int(r)) for r in classes.representatives}
     check_ops(programs.values())
-    env = simpy.Environment()
-    network = _network(setup, env)
     resolver = GroupResolver(setup.plan, classes)
     engine = Engine(env, programs, resolver, network)
     engine.run()
@@ -430,10 +454,4 @@ def simulate(
     mult = {int(r): int(classes.multiplicity[c]) for c, r in enumerate(classes.representatives)}
     trace = engine.finish_trace(labels, mult)
     metrics = step_metrics(trace, pipelined=setup.dims.pp > 1)
-    report = _report(setup, trace, metrics, network, engine.events, time.perf_counter() - t0)
-    flow = scenario.config.network.model == "flow"
-    where = f"{scenario.file} (scenario {scenario.name})"
-    report = check_invariants(
-        report, trace, scenario=where, contention=flow, p2p_bytes=_p2p_bytes(programs, classes)
-    )
-    return SimulationResult(report, trace)
+    return StepRun(programs, network, trace, metrics, engine.events)

@@ -33,8 +33,7 @@ from functools import cached_property
 
 import numpy as np
 
-from simulator.engine.groups import GroupResolver
-from simulator.engine.simulation import Engine, HeapEnvironment
+from simulator.engine.simulation import HeapEnvironment
 from simulator.hardware.calibration import link_calibration
 from simulator.network.models.analytical import AnalyticalNetwork
 from simulator.network.models.base import (
@@ -47,10 +46,9 @@ from simulator.network.models.base import (
     alone_time,
 )
 from simulator.parallel.schedules.base import Pass
-from simulator.report.metrics import step_metrics
 from simulator.report.schema import StepReport
 from simulator.scenario import Scenario
-from simulator.simulate import Setup, _account_inline, _report
+from simulator.simulate import Setup, _report, run_step
 from simulator.topology.cluster import Cluster
 from simulator.workload.builder import ProgramFactory
 from simulator.workload.steps import FusedCompute
@@ -233,22 +231,13 @@ class FastPath:
         else:
             setup = _MemoSetup(scenario, self.cluster, self.memo)
             factory = ProgramFactory(setup.workload, setup.inline_comm)
-        classes = setup.classes
-        programs = {int(r): factory.build(int(r)) for r in classes.representatives}
         env = HeapEnvironment()
         if network == "analytical":
             model: NetworkModel = _RecordingNetwork(env, setup.phase_cache)
         else:
             model = NETWORK_MODELS.get(network, field="network.model")(env, setup.phase_cache)
-        resolver = GroupResolver(setup.plan, classes)
-        engine = Engine(env, programs, resolver, model)
-        engine.run()
-        _account_inline(programs, resolver, model)
-        labels = {int(r): classes.labels[c] for c, r in enumerate(classes.representatives)}
-        mult = {int(r): int(classes.multiplicity[c]) for c, r in enumerate(classes.representatives)}
-        trace = engine.finish_trace(labels, mult)
-        metrics = step_metrics(trace, pipelined=setup.dims.pp > 1)
+        run = run_step(setup, factory, env, model)
         launched = model.launched if isinstance(model, _RecordingNetwork) else []
         contended = oversubscribed(launched, self.cluster.link_capacity_bytes_per_s)
-        report = _report(setup, trace, metrics, model, engine.events, time.perf_counter() - t0)
+        report = _report(setup, run.trace, run.metrics, model, run.events, time.perf_counter() - t0)
         return FastResult(report, contended, len(launched))
