@@ -319,3 +319,25 @@ def test_oversubscription_shows_in_the_step_time():
     over_step, over_dp = _step("dgx-h100-fat-tree-8to1.yaml")
     assert over_dp > 1.1 * full_dp
     assert over_step - full_step == pytest.approx(over_dp - full_dp, rel=0.25)  # the DP reduction is exposed
+
+
+def test_a_transfer_finishes_when_the_clock_is_far_past_float_nanoseconds():
+    """Issue #12: at a clock of 10^12 s one float step is 1.2e-4 s. A transfer left with a microsecond of
+    bytes (float drift of a long run) must end, not reschedule itself at the same instant forever (the
+    end-of-phase test used an absolute 1 ns bound; it is now relative to the clock)."""
+    cap = 20e9
+    cache = PhaseCache(bottleneck_cluster(cap), ideal(alpha_s=0.0), "auto")
+    env = simpy.Environment(initial_time=1e12)
+    net = FlowNetwork(env, cache)
+    done: list[float] = []
+    net.run(req(SR, np.array([0, 2]), 1 * GiB), lambda: done.append(env.now))
+    while not net._active:  # its latency term, then it enters the fluid
+        env.step()
+    (tr,) = net._active.values()
+    tr.remaining = tr.rate * 1e-6  # 1 µs of bytes left: below the clock's resolution, above 1 ns
+    net._on_timer(tr, tr.version)
+    for _ in range(1000):  # a bounded number of events: the old test looped here without end
+        if done or env.peek() == float("inf"):
+            break
+        env.step()
+    assert len(done) == 1

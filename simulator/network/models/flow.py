@@ -32,8 +32,10 @@ _REL_EPS = 1e-9
 # rounding; a real over-subscription is larger by orders of magnitude.
 _FEASIBLE_RTOL = 1e-12
 # A phase within this much time of its end is finished: below float resolution at the current clock,
-# an exact-zero test could spin on a timer that no longer advances time.
+# an exact-zero test could spin on a timer that no longer advances time. The bound is relative to the clock
+# (a few ulps of ``now``; issue #12: a 1 ns absolute bound hung once ulp(now) passed it), 1 ns near zero.
 _TIME_EPS_S = 1e-9
+_CLOCK_ULPS = 8 * float(np.finfo(np.float64).eps)
 
 
 @dataclass(eq=False)
@@ -179,8 +181,10 @@ class FlowNetwork(NetworkModel):
     def _on_timer(self, tr: _Transfer, version: int) -> None:
         if version != tr.version or tr.ident not in self._active:
             return  # rescheduled since, or already finished
-        tr.catch_up(self.env.now)
-        if tr.remaining > max(_REL_EPS * tr.current.max_flow_bytes, tr.rate * _TIME_EPS_S):
+        now = self.env.now
+        tr.catch_up(now)
+        resolution_s = max(_TIME_EPS_S, abs(now) * _CLOCK_ULPS)
+        if tr.remaining > max(_REL_EPS * tr.current.max_flow_bytes, tr.rate * resolution_s):
             self._schedule(tr)  # float drift: a little is left
             return
         self._finish(tr)
