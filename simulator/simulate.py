@@ -265,11 +265,13 @@ class Setup:
                 f"{', '.join(ref.unchecked_kinds)} was assumed, not checked (too many ranks to simulate in full); "
                 "--full simulates every rank"
             )
-        per_stage = Counter(int(pp[r]) for r in np.unique(ref.class_of, return_index=True)[1])
-        labels = {}
-        for c, r in enumerate(np.unique(ref.class_of, return_index=True)[1]):
-            s = int(pp[r])
-            labels[c] = f"pp{s}" if per_stage[s] == 1 else f"pp{s} · ranks like {int(r)}"
+        # the lowest rank of each class: its representative
+        first = np.unique(ref.class_of, return_index=True)[1]
+        per_stage = Counter(int(pp[r]) for r in first)
+        labels = {
+            c: f"pp{pp[r]}" if per_stage[int(pp[r])] == 1 else f"pp{pp[r]} · ranks like {int(r)}"
+            for c, r in enumerate(first)
+        }
         return RankClasses(ref.class_of, labels)
 
 

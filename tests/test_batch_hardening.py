@@ -202,6 +202,16 @@ def test_a_point_claimed_by_a_live_batch_is_left_to_it(tmp_path: Path) -> None:
     assert (result.total, result.ran, result.cached, result.ok) == (4, 3, 1, 4)
 
 
+def _batch_env(log: Path) -> dict[str, str]:
+    """Environment of a batch run in a child process: the repository and the test fakes importable, the fake
+    simulator logging each point it computes to ``log``."""
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
+        "CLUSTERSIM_FAKE_LOG": str(log),
+    }
+
+
 def test_two_batches_on_one_store_compute_each_point_once(tmp_path: Path) -> None:
     sweep = sweep_file(tmp_path, {"engine.seed": list(range(24))}, base=FAKE_BASE)
     out, log = tmp_path / "out", tmp_path / "computed.log"
@@ -211,11 +221,7 @@ def test_two_batches_on_one_store_compute_each_point_once(tmp_path: Path) -> Non
         "r = run_batch(Path(sys.argv[1]), Path(sys.argv[2]), workers=1, progress=False, "
         "simulate_fn=fake_simulate_logged); print(r.ran, r.ok)"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
-        "CLUSTERSIM_FAKE_LOG": str(log),
-    }
+    env = _batch_env(log)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, str(sweep), str(out)], env=env, stdout=subprocess.PIPE
@@ -241,11 +247,7 @@ def test_workers_die_with_their_batch(tmp_path: Path) -> None:
         "run_batch(Path(sys.argv[1]), Path(sys.argv[2]), workers=2, progress=False, "
         "simulate_fn=fake_simulate_logged)"
     )
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]),
-        "CLUSTERSIM_FAKE_LOG": str(log),
-    }
+    env = _batch_env(log)
     proc = subprocess.Popen([sys.executable, "-c", script, str(sweep), str(out)], env=env)
     deadline = time.monotonic() + 60
     try:
