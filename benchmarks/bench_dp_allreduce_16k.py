@@ -22,8 +22,8 @@ import simpy
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a source checkout
 
-from simulator.commands.collective import bus_factor  # noqa: E402
 from simulator.hardware.calibration import link_calibration  # noqa: E402
+from simulator.network.bench import bus_factor  # noqa: E402
 from simulator.network.models.base import CollectiveRequest, PhaseCache  # noqa: E402
 from simulator.network.models.flow import FlowNetwork  # noqa: E402
 from simulator.parallel.plan import ParallelDims, ParallelPlan  # noqa: E402

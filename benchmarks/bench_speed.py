@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run from a source checkout
 
-from simulator.network.collectives.base import ALGORITHMS  # noqa: E402
 from simulator.network.maxmin import coflow_link_loads, maxmin_rates, maxmin_rates_csr  # noqa: E402
+from simulator.registry import ALGORITHMS  # noqa: E402
 from simulator.scenario import load_scenario  # noqa: E402
 from simulator.simulate import simulate  # noqa: E402
 from simulator.topology.loader import load_topology  # noqa: E402

@@ -2,7 +2,9 @@
 builders, collective algorithms, network models, executors).
 
 Each extension is one module that registers itself with a decorator; the registry imports every module
-of its package on first lookup, so adding a variant is adding one file.
+of its package on first lookup, so adding a variant is adding one file. The registries are declared here, at
+the bottom of the package graph, so that the scenario schema can check a name against them without importing
+a plugin (docs/design.md, "Package layout"); their element types are imported for the type checker only.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from simulator.errors import ScenarioError
 
@@ -71,3 +73,20 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+if TYPE_CHECKING:  # types only: the extension points' base classes sit above this module
+    from simulator.batch.executors.base import Executor
+    from simulator.network.collectives.base import CollectiveAlgorithm
+    from simulator.network.models.base import NetworkModel
+    from simulator.parallel.schedules.base import Schedule
+    from simulator.parallel.strategies.base import Strategy
+    from simulator.topology.builders.base import FabricBuilder, HostBuilder
+
+HOST_BUILDERS: Registry[type[HostBuilder]] = Registry("host builder", "simulator.topology.builders")
+FABRIC_BUILDERS: Registry[type[FabricBuilder]] = Registry("fabric builder", "simulator.topology.builders")
+STRATEGIES: Registry[type[Strategy]] = Registry("parallelism strategy", "simulator.parallel.strategies")
+SCHEDULES: Registry[type[Schedule]] = Registry("pipeline schedule", "simulator.parallel.schedules")
+ALGORITHMS: Registry[type[CollectiveAlgorithm]] = Registry("collective algorithm", "simulator.network.collectives")
+NETWORK_MODELS: Registry[type[NetworkModel]] = Registry("network model", "simulator.network.models")
+EXECUTORS: Registry[type[Executor]] = Registry("executor", "simulator.batch.executors")

@@ -40,7 +40,7 @@ from simulator.limits import (
 )
 from simulator.models.catalog import model_catalog, model_names
 from simulator.models.spec import MLASpec, ModelSpec, MoESpec, SlidingWindowSpec
-from simulator.registry import Registry
+from simulator.registry import ALGORITHMS, NETWORK_MODELS, SCHEDULES, Registry
 from simulator.topology.loader import check_topology
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -281,8 +281,6 @@ class ParallelismConfig(_Strict):
     @field_validator("schedule")
     @classmethod
     def _known_schedule(cls, v: str) -> str:
-        from simulator.parallel.schedules.base import SCHEDULES
-
         return _registered(SCHEDULES, v)
 
 
@@ -295,15 +293,11 @@ class NetworkConfig(_Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        from simulator.network.models.base import NETWORK_MODELS
-
         return _registered(NETWORK_MODELS, v)
 
     @field_validator("algorithm")
     @classmethod
     def _known_algorithm(cls, v: str) -> str:
-        from simulator.network.collectives.base import ALGORITHMS
-
         return v if v == "auto" else _registered(ALGORITHMS, v, also=("auto",))
 
 

@@ -24,11 +24,12 @@ from batch_fakes import (
     fake_simulate_interrupt,
 )
 
-from simulator.batch.executors.base import EXECUTORS, ExecutorOptions, WorkersLost, make_executor
+from simulator.batch.executors.base import ExecutorOptions, WorkersLost, make_executor
 from simulator.batch.runner import run_batch
 from simulator.batch.store import STORE_FILE, ResultStore
 from simulator.batch.sweep import load_points, load_sweep
 from simulator.errors import ScenarioError, UserInputError
+from simulator.registry import EXECUTORS
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_SCENARIO: dict[str, Any] = {

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from simulator.cli import main
-from simulator.commands.collective import bus_factor, member_gpus, parse_size, parse_sizes
+from simulator.commands.collective import parse_size, parse_sizes
 from simulator.errors import ScenarioError
+from simulator.network.bench import bus_factor, member_gpus
 from simulator.topology.loader import load_topology
 from simulator.workload.ops import CollectiveKind
 

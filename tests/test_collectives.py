@@ -12,8 +12,9 @@ from hypothesis import strategies as st
 from network_fixtures import build_cluster, cached_cluster, gpu_of_node, gpu_traffic, traffic
 
 from simulator.network.collectives._common import btree_parents, dtree_parents, tree_depth
-from simulator.network.collectives.base import ALGORITHMS, CollectiveAlgorithm
+from simulator.network.collectives.base import CollectiveAlgorithm
 from simulator.network.phases import Phase
+from simulator.registry import ALGORITHMS
 from simulator.workload.ops import CollectiveKind
 
 AR = CollectiveKind.ALL_REDUCE

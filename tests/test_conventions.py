@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
+from simulator.build.setup import Setup
 from simulator.cli import build_parser, main
 from simulator.report.table import layout_line
 from simulator.report.warnings import tp_domain_warning
 from simulator.scenario import load_scenario, scenario_from_dict
-from simulator.simulate import Setup
 from simulator.topology.loader import build_cluster
 
 ROOT = Path(__file__).resolve().parents[1]

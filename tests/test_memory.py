@@ -8,16 +8,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.memory.model import (
+from simulator.build.memory import (
     FRAMEWORK_RESERVE_BYTES,
     RankParams,
     layer_activation_bytes,
     memory_per_gpu,
     model_state_bytes,
 )
-from simulator.parallel.schedules.base import SCHEDULES
+from simulator.build.setup import Setup
 from simulator.parallel.strategies.base import BuildContext
-from simulator.simulate import Setup, simulate
+from simulator.registry import SCHEDULES
+from simulator.simulate import simulate
 from simulator.topology.loader import build_cluster
 from simulator.units import GiB
 

@@ -13,13 +13,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from simulator.build.program_builder import ProgramFactory
+from simulator.build.setup import Setup
 from simulator.models.spec import ModelSpec, MoESpec
 from simulator.network.models.base import CollectiveRequest
 from simulator.parallel.strategies.expert import expert_load_factor, expert_loads
 from simulator.scenario import ExpertLoadConfig, load_scenario
-from simulator.simulate import Setup, simulate
+from simulator.simulate import simulate
 from simulator.topology.loader import build_cluster
-from simulator.workload.builder import ProgramFactory
 from simulator.workload.ops import Collective, CollectiveKind, CommKind
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from network_fixtures import NIC_BYTES_PER_S, NVLINK_BYTES_PER_S, cached_cluster
 
 from simulator.calibrate import links as calibrate_links
-from simulator.commands.collective import bench, time_request
 from simulator.hardware.calibration import LinkCalibration, link_calibration
 from simulator.hardware.gpu import get_gpu
+from simulator.network.bench import bench, time_request
 from simulator.network.models.analytical import AnalyticalNetwork
 from simulator.network.models.base import CollectiveRequest, PhaseCache, alone_time
 from simulator.network.models.flow import FlowNetwork

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 
 from simulator.engine.trace import Trace
 from simulator.errors import InfeasibleConfig
-from simulator.parallel.schedules.base import SCHEDULES, Pass
+from simulator.parallel.schedules.base import Pass
 from simulator.parallel.schedules.zero_bubble import peak_in_flight
+from simulator.registry import SCHEDULES
 from simulator.simulate import SimulationResult, simulate
 
 # Long sequences on a narrow model: attention makes the forward (and the input-gradient backward) heavier

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from simulator.engine.trace import Trace
 from simulator.hardware.calibration import link_calibration
-from simulator.network.models.base import NETWORK_MODELS, CollectiveRequest, PhaseCache
+from simulator.network.models.base import CollectiveRequest, PhaseCache
+from simulator.registry import NETWORK_MODELS
 from simulator.simulate import SimulationResult, simulate
 from simulator.topology.loader import build_cluster
 from simulator.workload.ops import CollectiveKind

@@ -8,10 +8,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from simulator.build.program_builder import ProgramFactory
+from simulator.build.setup import Setup
 from simulator.scenario import Scenario
-from simulator.simulate import Setup, simulate
+from simulator.simulate import simulate
 from simulator.topology.loader import build_cluster
-from simulator.workload.builder import ProgramFactory
 from simulator.workload.ops import Collective, CollectiveKind, CommKind
 from simulator.workload.program import Program
 

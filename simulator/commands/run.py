@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from simulator.build.program_builder import ProgramFactory
+from simulator.build.setup import Setup
 from simulator.engine.budget import (
     DRY_RUN_BUILD_PASSES,
     MAX_LAYER_PASSES,
@@ -22,9 +24,8 @@ from simulator.files import check_output_dir, check_output_file, finite_json
 from simulator.report.progress import reporting, stage
 from simulator.report.style import FIGURE_FORMATS, write_text_atomic
 from simulator.scenario import Scenario, load_scenario
-from simulator.simulate import Setup, SimulationResult, simulate
+from simulator.simulate import SimulationResult, rank_classes, simulate
 from simulator.topology.loader import build_cluster
-from simulator.workload.builder import ProgramFactory
 from simulator.workload.ops import Collective
 
 
@@ -71,7 +72,7 @@ def dry_run(scenario: Scenario, *, full: bool, as_json: bool) -> int:
     engine's limit (or one that cannot run) is refused with one line, its figures in the message."""
     cluster = build_cluster(scenario.topology, file=scenario.topology_file)
     setup = Setup(scenario, cluster, "full" if full else scenario.config.engine.mode)
-    classes = setup.classes
+    classes = rank_classes(setup)
     work = step_estimate(scenario, cluster, len(classes.representatives), setup.micro_batches, setup.dims.pp)
     refused: InfeasibleConfig | None = None
     try:

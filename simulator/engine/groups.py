@@ -16,7 +16,7 @@ import numpy as np
 
 from simulator.network.models.base import CollectiveRequest
 from simulator.parallel.plan import ParallelPlan
-from simulator.workload.ops import Collective, CollectiveKind, SendRecv
+from simulator.workload.ops import Axis, Collective, CollectiveKind, SendRecv
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,7 +76,7 @@ class GroupResolver:
         return gkey, parts, CollectiveRequest(op.kind, groups, op.bytes, gkey, sib, sib_key)
 
     def _resolve_collective(
-        self, kind: str, rank: int
+        self, kind: Axis, rank: int
     ) -> tuple[tuple[object, ...], tuple[int, ...], np.ndarray, _Siblings]:
         groups = self.plan.groups(kind)
         members = self.plan.group_of(kind, rank)

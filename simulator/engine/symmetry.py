@@ -25,7 +25,7 @@ import numpy as np
 from simulator.network.models.base import CollectiveRequest, PhaseCache
 from simulator.parallel.plan import GROUP_KINDS, ParallelPlan
 from simulator.topology.cluster import Cluster
-from simulator.workload.ops import CollectiveKind
+from simulator.workload.ops import Axis, CollectiveKind
 
 # The probe message (per-rank buffer, bytes): its bandwidth terms and its latency terms are fingerprinted apart.
 PROBE_BYTES = 256.0 * 2**20
@@ -59,9 +59,9 @@ def _probe_ops(kind: str) -> tuple[CollectiveKind, ...]:
     """Collectives whose geometry stands for what a group of ``kind`` runs."""
     if kind == "p2p":  # a pipeline send: the pair itself
         return (CollectiveKind.SEND_RECV,)
-    if kind == "ep":
+    if kind == Axis.EP:
         return (CollectiveKind.ALL_TO_ALL,)
-    if kind == "cp":
+    if kind == Axis.CP:
         return (CollectiveKind.ALL_GATHER, CollectiveKind.SEND_RECV)
     return (CollectiveKind.ALL_REDUCE,)
 
@@ -168,7 +168,7 @@ def _regular(cluster: Cluster) -> bool:
 
 def _units(plan: ParallelPlan) -> dict[str, np.ndarray]:
     """Every group instance of more than one rank per kind, and the pipeline's stage-to-stage pairs."""
-    out = {k: plan.groups(k) for k in GROUP_KINDS if k != "pp" and plan.groups(k).shape[1] > 1}
+    out: dict[str, np.ndarray] = {k: plan.groups(k) for k in GROUP_KINDS if k != Axis.PP and plan.groups(k).shape[1] > 1}
     if plan.dims.pp > 1:
         stride = plan.dims.world // plan.dims.pp
         ranks = np.arange(plan.dims.world)

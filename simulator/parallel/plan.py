@@ -17,7 +17,9 @@ from functools import cached_property
 
 import numpy as np
 
-GROUP_KINDS = ("tp", "cp", "dp", "pp", "ep", "edp", "dpcp", "tpcp")
+from simulator.workload.ops import Axis
+
+GROUP_KINDS = tuple(Axis)
 
 
 @dataclass(frozen=True)
@@ -60,34 +62,34 @@ class ParallelPlan:
         d = self.dims
         return np.arange(d.world, dtype=np.int64).reshape(d.pp, d.dp, d.cp, d.tp)
 
-    def groups(self, kind: str) -> np.ndarray:
+    def groups(self, kind: Axis) -> np.ndarray:
         """Every process group of dimension ``kind`` as an ``[instances, members]`` array of ranks.
 
         Members are ordered along the dimension (pipeline groups from stage 0 to the last stage).
         """
         d, g = self.dims, self._grid
-        if kind == "tp":
+        if kind == Axis.TP:
             return g.reshape(-1, d.tp)
-        if kind == "cp":
+        if kind == Axis.CP:
             return g.transpose(0, 1, 3, 2).reshape(-1, d.cp)
-        if kind == "dp":
+        if kind == Axis.DP:
             return g.transpose(0, 2, 3, 1).reshape(-1, d.dp)
-        if kind == "pp":
+        if kind == Axis.PP:
             return g.transpose(1, 2, 3, 0).reshape(-1, d.pp)
-        if kind == "dpcp":  # dense-gradient reduction group when cp > 1 (Megatron reduces over dp×cp)
+        if kind == Axis.DPCP:  # dense-gradient reduction group when cp > 1 (Megatron reduces over dp×cp)
             return g.transpose(0, 3, 1, 2).reshape(-1, d.dp * d.cp)
-        if kind == "tpcp":
+        if kind == Axis.TPCP:
             return g.transpose(0, 1, 2, 3).reshape(-1, d.cp * d.tp)
-        if kind in ("ep", "edp"):
+        if kind in (Axis.EP, Axis.EDP):
             flat = g.transpose(0, 3, 1, 2).reshape(d.pp, d.tp, d.dp * d.cp)  # [pp, tp, dpcp]
             blocks = flat.reshape(d.pp, d.tp, d.dp * d.cp // d.ep, d.ep)
-            if kind == "ep":
+            if kind == Axis.EP:
                 return blocks.reshape(-1, d.ep)
             return blocks.transpose(0, 1, 3, 2).reshape(-1, d.dp * d.cp // d.ep)
         raise KeyError(kind)
 
     @cached_property
-    def _group_index(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    def _group_index(self) -> dict[Axis, tuple[np.ndarray, np.ndarray]]:
         """Per kind: (instance of each rank, position of each rank in its instance)."""
         out = {}
         for kind in GROUP_KINDS:
@@ -99,20 +101,20 @@ class ParallelPlan:
             out[kind] = (inst, pos)
         return out
 
-    def group_of(self, kind: str, rank: int) -> np.ndarray:
+    def group_of(self, kind: Axis, rank: int) -> np.ndarray:
         """The members of ``rank``'s group of dimension ``kind``."""
         inst, _ = self._group_index[kind]
         return self.groups(kind)[inst[rank]]
 
-    def peer(self, kind: str, rank: int, offset: int) -> int | None:
+    def peer(self, kind: Axis, rank: int, offset: int) -> int | None:
         """The rank ``offset`` steps along ``rank``'s group ``kind`` (ring for cp, line for pp)."""
         inst, pos = self._group_index[kind]
         members = self.groups(kind)[inst[rank]]
         j = pos[rank] + offset
-        if kind == "pp":
+        if kind == Axis.PP:
             return int(members[j]) if 0 <= j < members.size else None
         return int(members[j % members.size])
 
-    def position(self, kind: str, rank: int) -> int:
+    def position(self, kind: Axis, rank: int) -> int:
         """Index of ``rank`` within its group of dimension ``kind``."""
         return int(self._group_index[kind][1][rank])

@@ -33,11 +33,12 @@ from functools import cached_property
 
 import numpy as np
 
+from simulator.build.program_builder import ProgramFactory
+from simulator.build.setup import Setup
 from simulator.engine.simulation import HeapEnvironment
 from simulator.hardware.calibration import link_calibration
 from simulator.network.models.analytical import AnalyticalNetwork
 from simulator.network.models.base import (
-    NETWORK_MODELS,
     CollectiveRequest,
     NetworkModel,
     PhaseCache,
@@ -46,11 +47,11 @@ from simulator.network.models.base import (
     alone_time,
 )
 from simulator.parallel.schedules.base import Pass
+from simulator.registry import NETWORK_MODELS
 from simulator.report.schema import StepReport
 from simulator.scenario import Scenario
-from simulator.simulate import Setup, _report, run_step
+from simulator.simulate import _report, rank_classes, run_step
 from simulator.topology.cluster import Cluster
-from simulator.workload.builder import ProgramFactory
 from simulator.workload.steps import FusedCompute
 
 # Relative slack when comparing a link's summed demand with its capacity: demands at the uncontended rate
@@ -208,7 +209,7 @@ class FastPath:
         fill = drain = longest = 0.0
         for stage in range(pp):
             tasks = w.schedule.tasks(stage, pp, m, w.chunks)
-            total = sum(duration(t.kind, t.chunk * pp + stage, t.mb == 0) for t in tasks)
+            total = sum(duration(t.kind, w.schedule.virtual_stage(stage, t.chunk, pp), t.mb == 0) for t in tasks)
             head, tail = tasks[0], tasks[-1]
             starts = head.kind is Pass.F and head.mb == 0 and head.chunk == 0
             ends = tail.kind is Pass.B and tail.mb == m - 1 and tail.chunk == 0
@@ -236,7 +237,7 @@ class FastPath:
             model: NetworkModel = _RecordingNetwork(env, setup.phase_cache)
         else:
             model = NETWORK_MODELS.get(network, field="network.model")(env, setup.phase_cache)
-        run = run_step(setup, factory, env, model)
+        run = run_step(setup, rank_classes(setup), factory, env, model)
         launched = model.launched if isinstance(model, _RecordingNetwork) else []
         contended = oversubscribed(launched, self.cluster.link_capacity_bytes_per_s)
         report = _report(setup, run.trace, run.metrics, model, run.events, time.perf_counter() - t0)

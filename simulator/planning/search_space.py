@@ -12,7 +12,7 @@ Each pruned point keeps the first rule it breaks, cheapest first:
                   pp > 1, pp·v | layers and micro-batches a multiple of pp (Megatron's constraints)
 ``equivalent``    a setting that changes nothing: sequence parallelism at tp = 1, ZeRO > 0 at dp = 1
 ``invalid``       the strategies' and schedules' own checks (``simulate.Setup``: kv_heads, ffn_hidden ...)
-``memory``        the report's own memory estimate (``simulator.memory.model``) exceeds the GPU's HBM
+``memory``        the report's own memory estimate (``simulator.build.memory``) exceeds the GPU's HBM
 ``dominated``     a lighter setting of the same layout fits: recompute none < selective < full and ZeRO
                   1 < 2 < 3 only save memory, never time (ZeRO 2 moves the same bytes as 1; 3 adds gathers)
 
@@ -31,15 +31,14 @@ from typing import Any
 
 import numpy as np
 
-from simulator.errors import InfeasibleConfig
-from simulator.parallel.schedules.base import SCHEDULES
-from simulator.parallel.strategies.base import STRATEGIES
-from simulator.report.schema import Layout as ReportLayout
-from simulator.scenario import Scenario
-from simulator.simulate import DATA_STRATEGY, Setup
-from simulator.simulate import (
+from simulator.build.setup import DATA_STRATEGY, Setup
+from simulator.build.setup import (
     peak_memory as peak_stage_memory,  # the report's own estimate: one source of truth
 )
+from simulator.errors import InfeasibleConfig
+from simulator.registry import SCHEDULES, STRATEGIES
+from simulator.report.schema import Layout as ReportLayout
+from simulator.scenario import Scenario
 from simulator.topology.cluster import Cluster
 from simulator.units import GiB
 

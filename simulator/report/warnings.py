@@ -13,11 +13,12 @@ import numpy as np
 
 from simulator.parallel.plan import ParallelPlan
 from simulator.topology.cluster import Cluster
+from simulator.workload.ops import Axis
 
 
 def tp_domain_warning(cluster: Cluster, plan: ParallelPlan) -> str | None:
     """A warning when some tensor-parallel group spans more than one NVLink domain; None otherwise."""
-    groups = plan.groups("tp")
+    groups = plan.groups(Axis.TP)
     if groups.shape[1] < 2:
         return None
     domain = cluster.nvlink_domain_of_gpu[groups]

@@ -24,9 +24,8 @@ from simulator.files import read_yaml, resolve_reference, shipped_file
 from simulator.files import shipped_dir as shipped_dir  # re-exported: validation and tests use it here
 from simulator.hardware.gpu import GpuSpec, get_gpu
 from simulator.limits import MAX_GPUS, MAX_HOST_GPUS, MAX_NODES, MAX_TOPOLOGY_COUNT, MAX_TOPOLOGY_NUMBER
+from simulator.registry import FABRIC_BUILDERS, HOST_BUILDERS
 from simulator.topology.builders.base import (
-    FABRIC_BUILDERS,
-    HOST_BUILDERS,
     BuildContext,
     FabricBuilder,
     GraphBuilder,

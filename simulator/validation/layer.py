@@ -15,9 +15,9 @@ from typing import Any
 
 import yaml
 
+from simulator.build.setup import Setup
 from simulator.hardware.calibration import ComputeCalibration
 from simulator.scenario import scenario_from_dict
-from simulator.simulate import Setup
 from simulator.topology.loader import build_cluster
 from simulator.workload.steps import FusedCompute, compile_steps
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from simulator.commands.collective import bench, request_groups
 from simulator.hardware.calibration import LinkCalibration, link_calibration
+from simulator.network.bench import bench, request_groups
 from simulator.topology.cluster import Cluster
 from simulator.topology.loader import load_topology
 from simulator.units import GiB

@@ -24,6 +24,20 @@ class CommKind(StrEnum):
     CP = "cp"
 
 
+class Axis(StrEnum):
+    """A process-group axis of the parallel plan (``ParallelPlan.groups``): the mesh dimensions and the
+    combined groups Megatron-Core reduces over."""
+
+    TP = "tp"
+    CP = "cp"
+    DP = "dp"
+    PP = "pp"
+    EP = "ep"
+    EDP = "edp"  # expert data parallel: the ranks holding the same experts (expert-gradient reduction)
+    DPCP = "dpcp"  # dp × cp: the dense-gradient reduction group when cp > 1
+    TPCP = "tpcp"  # tp × cp
+
+
 class CollectiveKind(StrEnum):
     """NCCL collective operations."""
 
@@ -70,7 +84,7 @@ class Compute:
 
 @dataclass(frozen=True, slots=True)
 class Collective:
-    """A collective over the process group of dimension ``group`` (``"tp"``, ``"dp"``, ``"ep"`` ...).
+    """A collective over the process group of axis ``group``.
 
     ``bytes`` is the per-rank buffer size S in the nccl-tests sense: the all-reduce input, the all-gather
     output, the reduce-scatter input, the all-to-all send buffer.
@@ -79,7 +93,7 @@ class Collective:
     name: str
     kind: CollectiveKind
     comm: CommKind
-    group: str
+    group: Axis
     bytes: float
     micro_batch: int = -1
     chunk: int = 0
@@ -96,7 +110,7 @@ class SendRecv:
     name: str
     is_send: bool
     comm: CommKind
-    group: str
+    group: Axis
     offset: int  # +1 = next rank along the group (next pipeline stage), -1 = previous
     bytes: float
     tag: tuple[object, ...]

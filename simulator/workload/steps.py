@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from simulator.hardware.compute import KernelTime
-from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.workload.ops import Axis, CollectiveKind, CommKind
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +36,7 @@ class CommStep:
     name: str
     kind: CollectiveKind
     comm: CommKind
-    group: str
+    group: Axis
     bytes: float
     join_after: int = 0
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
-from simulator.registry import Registry
+from simulator.registry import EXECUTORS
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -59,7 +59,6 @@ class Executor(ABC):
         """Run ``fn(item)`` for every item; yield the outcomes in completion order."""
 
 
-EXECUTORS: Registry[type[Executor]] = Registry("executor", "simulator.batch.executors")
 
 
 def make_executor(name: str, options: ExecutorOptions) -> Executor:

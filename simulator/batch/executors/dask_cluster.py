@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
-from simulator.batch.executors.base import EXECUTORS, A, Done, Executor, R
+from simulator.batch.executors.base import A, Done, Executor, R
 from simulator.errors import UserInputError
+from simulator.registry import EXECUTORS
 
 
 @EXECUTORS.register("dask")

@@ -14,7 +14,8 @@ from collections.abc import Callable, Generator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 
-from simulator.batch.executors.base import EXECUTORS, A, Done, Executor, R, WorkersLost
+from simulator.batch.executors.base import A, Done, Executor, R, WorkersLost
+from simulator.registry import EXECUTORS
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PARENT_POLL_S = 1.0  # how often a worker checks that its parent is still there (where prctl is missing)

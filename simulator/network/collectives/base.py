@@ -8,7 +8,6 @@ from typing import ClassVar
 import numpy as np
 
 from simulator.network.phases import Phase
-from simulator.registry import Registry
 from simulator.topology.cluster import Cluster
 from simulator.workload.ops import CollectiveKind
 
@@ -54,8 +53,3 @@ class CollectiveAlgorithm(ABC):
         self, kind: CollectiveKind, groups: np.ndarray, nbytes: float, cluster: Cluster
     ) -> list[Phase]:
         """The phases of a collective on validated ``[instances >= 1, members >= 2]`` groups."""
-
-
-ALGORITHMS: Registry[type[CollectiveAlgorithm]] = Registry(
-    "collective algorithm", "simulator.network.collectives"
-)

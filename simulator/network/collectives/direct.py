@@ -13,8 +13,9 @@ from typing import ClassVar
 
 import numpy as np
 
-from simulator.network.collectives.base import ALGORITHMS, CollectiveAlgorithm
+from simulator.network.collectives.base import CollectiveAlgorithm
 from simulator.network.phases import Phase
+from simulator.registry import ALGORITHMS
 from simulator.topology.cluster import Cluster
 from simulator.workload.ops import CollectiveKind
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.network.collectives._common import gpu_phase
-from simulator.network.collectives.base import ALGORITHMS, CollectiveAlgorithm
+from simulator.network.collectives.base import CollectiveAlgorithm
 from simulator.network.phases import Phase
+from simulator.registry import ALGORITHMS
 from simulator.topology.cluster import Cluster
 from simulator.workload.ops import CollectiveKind
 

@@ -22,8 +22,9 @@ from simulator.network.collectives._common import (
     ring_orders,
     topology_sorted,
 )
-from simulator.network.collectives.base import ALGORITHMS, CollectiveAlgorithm
+from simulator.network.collectives.base import CollectiveAlgorithm
 from simulator.network.phases import Phase
+from simulator.registry import ALGORITHMS
 from simulator.topology.cluster import Cluster
 from simulator.workload.ops import CollectiveKind
 

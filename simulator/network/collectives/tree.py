@@ -25,8 +25,9 @@ from simulator.network.collectives._common import (
     topology_sorted,
     tree_depth,
 )
-from simulator.network.collectives.base import ALGORITHMS, CollectiveAlgorithm
+from simulator.network.collectives.base import CollectiveAlgorithm
 from simulator.network.phases import Phase
+from simulator.registry import ALGORITHMS
 from simulator.topology.cluster import Cluster
 from simulator.workload.ops import CollectiveKind
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from simulator.network.models.base import NETWORK_MODELS, CollectiveRequest, NetworkModel, alone_time
+from simulator.network.models.base import CollectiveRequest, NetworkModel, alone_time
+from simulator.registry import NETWORK_MODELS
 
 
 @NETWORK_MODELS.register("analytical")

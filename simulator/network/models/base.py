@@ -18,10 +18,10 @@ import simpy
 
 from simulator.errors import ScenarioError
 from simulator.hardware.calibration import LinkCalibration
-from simulator.network.collectives.base import ALGORITHMS, CollectiveAlgorithm
+from simulator.network.collectives.base import CollectiveAlgorithm
 from simulator.network.maxmin import coflow_link_loads, maxmin_rates
 from simulator.network.phases import Phase
-from simulator.registry import Registry
+from simulator.registry import ALGORITHMS
 from simulator.topology.cluster import Cluster
 from simulator.workload.ops import CollectiveKind
 
@@ -247,6 +247,3 @@ class NetworkModel(ABC):
         # counted per routed collective and added when read: one scatter per distinct collective, not per run
         hit = self._pending.get(id(phases))
         self._pending[id(phases)] = (phases, 1 if hit is None else hit[1] + 1)
-
-
-NETWORK_MODELS: Registry[type[NetworkModel]] = Registry("network model", "simulator.network.models")

@@ -19,13 +19,8 @@ import numpy as np
 import simpy
 
 from simulator.network.maxmin import maxmin_rates
-from simulator.network.models.base import (
-    NETWORK_MODELS,
-    CollectiveRequest,
-    NetworkModel,
-    PhaseCache,
-    RoutedPhase,
-)
+from simulator.network.models.base import CollectiveRequest, NetworkModel, PhaseCache, RoutedPhase
+from simulator.registry import NETWORK_MODELS
 
 _REL_EPS = 1e-9
 # Slack of the feasibility test at uncontended rates: a phase alone fills its bottleneck exactly, up to

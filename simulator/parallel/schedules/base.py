@@ -7,8 +7,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
 
-from simulator.registry import Registry
-
 
 class Pass(StrEnum):
     """Kinds of pipeline tasks: forward, backward (input+weight gradients), or split B/W (zero bubble)."""
@@ -32,9 +30,20 @@ class Schedule(ABC):
 
     name: ClassVar[str]
     splits_backward: ClassVar[bool] = False  # whether it emits separate W tasks
+    chunked: ClassVar[bool] = False  # whether a stage may hold more than one model chunk (virtual_stages > 1)
 
     def validate(self, stages: int, micro_batches: int, chunks: int) -> None:  # noqa: B027 - optional hook
         """Raise ``InfeasibleConfig`` if the schedule cannot run this shape."""
+
+    def virtual_stage(self, stage: int, chunk: int, stages: int) -> int:
+        """Where model chunk ``chunk`` of pipeline stage ``stage`` sits in model order (its virtual stage).
+        The schedule owns this placement; the default is Megatron-LM's interleaving, in which stage ``s``
+        holds virtual stages ``s, s + P, s + 2P, …`` (Narayanan et al. 2021, Sec. 2.2)."""
+        return chunk * stages + stage
+
+    def stage_of(self, virtual_stage: int, stages: int) -> int:
+        """The pipeline stage that holds ``virtual_stage`` (the inverse of ``virtual_stage``)."""
+        return virtual_stage % stages
 
     @abstractmethod
     def tasks(self, stage: int, stages: int, micro_batches: int, chunks: int) -> list[Task]:
@@ -43,6 +52,3 @@ class Schedule(ABC):
     @abstractmethod
     def in_flight(self, stage: int, stages: int, micro_batches: int, chunks: int) -> float:
         """Peak number of micro-batches (in units of a whole stage's layers) whose activations are held."""
-
-
-SCHEDULES: Registry[type[Schedule]] = Registry("pipeline schedule", "simulator.parallel.schedules")

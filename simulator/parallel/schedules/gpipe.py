@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from simulator.parallel.schedules.base import SCHEDULES, Pass, Schedule, Task
+from simulator.parallel.schedules.base import Pass, Schedule, Task
+from simulator.registry import SCHEDULES
 
 
 @SCHEDULES.register("gpipe")

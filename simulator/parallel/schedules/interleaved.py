@@ -9,8 +9,9 @@ messages. Megatron requires m to be a multiple of p.
 from __future__ import annotations
 
 from simulator.errors import InfeasibleConfig
-from simulator.parallel.schedules.base import SCHEDULES, Pass, Schedule, Task
+from simulator.parallel.schedules.base import Pass, Schedule, Task
 from simulator.parallel.schedules.one_f_one_b import one_f_one_b_order
+from simulator.registry import SCHEDULES
 
 
 def virtual_task(k: int, stages: int, chunks: int, forward: bool) -> tuple[int, int]:
@@ -35,6 +36,7 @@ class Interleaved(Schedule):
     """Megatron's interleaved schedule with ``virtual_stages`` chunks per rank."""
 
     name = "interleaved"
+    chunked = True
 
     def validate(self, stages: int, micro_batches: int, chunks: int) -> None:
         """Megatron's constraints: more than one stage, and micro-batches a multiple of the stages."""

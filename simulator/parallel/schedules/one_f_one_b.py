@@ -7,7 +7,8 @@ uniform stages, and stage s holds at most p − s micro-batches of activations.
 
 from __future__ import annotations
 
-from simulator.parallel.schedules.base import SCHEDULES, Pass, Schedule, Task
+from simulator.parallel.schedules.base import Pass, Schedule, Task
+from simulator.registry import SCHEDULES
 
 
 def one_f_one_b_order(warmup: int, total: int) -> list[tuple[Pass, int]]:

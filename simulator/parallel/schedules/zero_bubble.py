@@ -15,7 +15,8 @@ from functools import cache
 from typing import ClassVar
 
 from simulator.errors import InfeasibleConfig
-from simulator.parallel.schedules.base import SCHEDULES, Pass, Schedule, Task
+from simulator.parallel.schedules.base import Pass, Schedule, Task
+from simulator.registry import SCHEDULES
 
 
 def zb_h1_order(stage: int, stages: int, micro_batches: int) -> list[Task]:

@@ -2,7 +2,7 @@
 
 Each parallel dimension has an abstract base here; each variant is one file registered by name in
 ``STRATEGIES`` (``tensor``, ``sequence``, ``context_ring``, ``context_all_gather``, ``expert``, ``ddp``,
-``zero1`` … ``zero3``). The layer builder (``simulator.workload.layer``) calls their hooks at fixed points of
+``zero1`` … ``zero3``). The layer builder (``simulator.build.layer``) calls their hooks at fixed points of
 the transformer layer; the program builder calls the step-level hooks (gradient reduction, optimizer).
 """
 
@@ -17,8 +17,8 @@ from simulator.frameworks.profile import FrameworkProfile
 from simulator.hardware.compute import ComputeModel
 from simulator.models.spec import ModelSpec
 from simulator.parallel.plan import ParallelDims
-from simulator.registry import Registry
 from simulator.scenario import ParallelismConfig, TrainingConfig
+from simulator.workload.ops import Axis
 from simulator.workload.steps import Step
 
 
@@ -115,24 +115,24 @@ class DataStrategy(Strategy):
     zero_stage: ClassVar[int]
 
     @abstractmethod
-    def gradient_steps(self, ctx: BuildContext, grad_count: float, group: str, final: bool) -> list[Step]:
+    def gradient_steps(self, ctx: BuildContext, grad_count: float, group: Axis, final: bool) -> list[Step]:
         """Reduction of ``grad_count`` gradients that just became ready (``final``: the last bucket)."""
 
-    def layer_prologue(self, ctx: BuildContext, param_count: float, group: str, backward: bool) -> list[Step]:
+    def layer_prologue(self, ctx: BuildContext, param_count: float, group: Axis, backward: bool) -> list[Step]:
         """Communication before a layer's forward or backward (ZeRO-3 parameter all-gather)."""
         return []
 
-    def step_prologue(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+    def step_prologue(self, ctx: BuildContext, param_count: float, group: Axis) -> list[Step]:
         """Communication issued at the start of the step for a layer's parameters and waited for before
         the layer's first forward (the distributed optimizer's overlapped parameter all-gather)."""
         return []
 
-    def layer_epilogue(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+    def layer_epilogue(self, ctx: BuildContext, param_count: float, group: Axis) -> list[Step]:
         """Communication after a layer's backward in every micro-batch (ZeRO-3 gradient reduce-scatter)."""
         return []
 
     @abstractmethod
-    def after_optimizer(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+    def after_optimizer(self, ctx: BuildContext, param_count: float, group: Axis) -> list[Step]:
         """Communication after the optimizer step (sharded optimizers all-gather the updated parameters)."""
 
     @abstractmethod
@@ -154,6 +154,3 @@ class ExpertStrategy(Strategy):
     def combine(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
         """Communication returning the experts' outputs (or, in the backward pass, the gradients of the
         outputs to the experts)."""
-
-
-STRATEGIES: Registry[type[Strategy]] = Registry("parallelism strategy", "simulator.parallel.strategies")

@@ -7,9 +7,10 @@ but small for GQA models, which is why Llama 3 chose it.
 
 from __future__ import annotations
 
-from simulator.parallel.strategies.base import STRATEGIES, BuildContext, ContextStrategy
+from simulator.parallel.strategies.base import BuildContext, ContextStrategy
 from simulator.parallel.strategies.context_ring import require_flash
-from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.registry import STRATEGIES
+from simulator.workload.ops import Axis, CollectiveKind, CommKind
 from simulator.workload.steps import CommStep, Step
 
 
@@ -29,7 +30,7 @@ class AllGatherAttention(ContextStrategy):
         if cp == 1:
             return core
         return [
-            CommStep("cp_kv_allgather", CollectiveKind.ALL_GATHER, CommKind.CP, "cp", kv_bytes * cp),
+            CommStep("cp_kv_allgather", CollectiveKind.ALL_GATHER, CommKind.CP, Axis.CP, kv_bytes * cp),
             *core,
         ]
 
@@ -39,7 +40,7 @@ class AllGatherAttention(ContextStrategy):
         if cp == 1:
             return core
         return [
-            CommStep("cp_kv_allgather", CollectiveKind.ALL_GATHER, CommKind.CP, "cp", kv_bytes * cp),
+            CommStep("cp_kv_allgather", CollectiveKind.ALL_GATHER, CommKind.CP, Axis.CP, kv_bytes * cp),
             *core,
-            CommStep("cp_dkv_reducescatter", CollectiveKind.REDUCE_SCATTER, CommKind.CP, "cp", kv_bytes * cp),
+            CommStep("cp_dkv_reducescatter", CollectiveKind.REDUCE_SCATTER, CommKind.CP, Axis.CP, kv_bytes * cp),
         ]

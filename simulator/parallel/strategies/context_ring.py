@@ -13,8 +13,9 @@ from dataclasses import replace
 
 from simulator.errors import InfeasibleConfig
 from simulator.hardware.compute import KernelTime
-from simulator.parallel.strategies.base import STRATEGIES, BuildContext, ContextStrategy
-from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.parallel.strategies.base import BuildContext, ContextStrategy
+from simulator.registry import STRATEGIES
+from simulator.workload.ops import Axis, CollectiveKind, CommKind
 from simulator.workload.steps import CommStep, KernelStep, Step
 
 
@@ -63,7 +64,7 @@ class RingAttention(ContextStrategy):
         for i, block in enumerate(split_kernels(core, cp, tag)):
             if i < cp - 1 or tag == "bwd":  # backward returns the gradient accumulators home at the end
                 out.append(
-                    CommStep(f"cp_{tag}_shift{i}", CollectiveKind.SEND_RECV, CommKind.CP, "cp", nbytes, 1)
+                    CommStep(f"cp_{tag}_shift{i}", CollectiveKind.SEND_RECV, CommKind.CP, Axis.CP, nbytes, 1)
                 )
             out.extend(block)
         return out

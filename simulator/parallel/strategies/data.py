@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from simulator.parallel.strategies.base import STRATEGIES, BuildContext, DataStrategy
-from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.parallel.strategies.base import BuildContext, DataStrategy
+from simulator.registry import STRATEGIES
+from simulator.workload.ops import Axis, CollectiveKind, CommKind
 from simulator.workload.steps import CommStep, Step
 
 
@@ -40,7 +41,7 @@ class DataParallel(DataStrategy):
     zero_stage: ClassVar[int] = 0
     reduce_kind: ClassVar[CollectiveKind] = CollectiveKind.ALL_REDUCE
 
-    def gradient_steps(self, ctx: BuildContext, grad_count: float, group: str, final: bool) -> list[Step]:
+    def gradient_steps(self, ctx: BuildContext, grad_count: float, group: Axis, final: bool) -> list[Step]:
         """One bucket's gradient reduction, waited for before the optimizer step."""
         nbytes = grad_count * grad_element_bytes(ctx)
         if nbytes <= 0:
@@ -48,7 +49,7 @@ class DataParallel(DataStrategy):
         name = f"grad_{self.reduce_kind.value}"
         return [CommStep(name, self.reduce_kind, CommKind.DP, group, nbytes, join_after=-1)]
 
-    def after_optimizer(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+    def after_optimizer(self, ctx: BuildContext, param_count: float, group: Axis) -> list[Step]:
         """Replicated optimizer: parameters are already everywhere."""
         return []
 

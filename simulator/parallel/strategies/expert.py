@@ -19,9 +19,10 @@ import numpy as np
 
 from simulator.errors import InfeasibleConfig
 from simulator.models.spec import ModelSpec
-from simulator.parallel.strategies.base import STRATEGIES, BuildContext, ExpertStrategy
+from simulator.parallel.strategies.base import BuildContext, ExpertStrategy
+from simulator.registry import STRATEGIES
 from simulator.scenario import ExpertLoadConfig
-from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.workload.ops import Axis, CollectiveKind, CommKind
 from simulator.workload.steps import CommStep, Step
 
 
@@ -87,7 +88,7 @@ class ExpertParallel(ExpertStrategy):
         if ctx.dims.ep == 1:
             return []
         nbytes = routed_tokens * ctx.model.hidden * ctx.e
-        return [CommStep(name, CollectiveKind.ALL_TO_ALL, CommKind.EP, "ep", nbytes)]
+        return [CommStep(name, CollectiveKind.ALL_TO_ALL, CommKind.EP, Axis.EP, nbytes)]
 
     def dispatch(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
         """Tokens to their experts (forward); gradients of the expert inputs back (backward)."""

@@ -10,9 +10,10 @@ overlapped with the weight-gradient GEMM (``LinearWithGradAccumulationAndAsyncCo
 from __future__ import annotations
 
 from simulator.errors import InfeasibleConfig
-from simulator.parallel.strategies.base import STRATEGIES, BuildContext
+from simulator.parallel.strategies.base import BuildContext
 from simulator.parallel.strategies.tensor import TensorParallel
-from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.registry import STRATEGIES
+from simulator.workload.ops import Axis, CollectiveKind, CommKind
 from simulator.workload.steps import CommStep, Step
 
 AG, RS = CollectiveKind.ALL_GATHER, CollectiveKind.REDUCE_SCATTER
@@ -47,7 +48,7 @@ class SequenceParallel(TensorParallel):
     def _comm(self, ctx: BuildContext, name: str, kind: CollectiveKind, join: int = 0) -> list[Step]:
         if ctx.tp == 1:
             return []
-        return [CommStep(name, kind, CommKind.TP, "tp", self._activation_bytes(ctx), join)]
+        return [CommStep(name, kind, CommKind.TP, Axis.TP, self._activation_bytes(ctx), join)]
 
     def block_input_forward(self, ctx: BuildContext, tag: str) -> list[Step]:
         """All-gather the sequence shards before the column-parallel GEMM (under it, when overlapped)."""

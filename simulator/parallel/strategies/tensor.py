@@ -9,8 +9,9 @@ all-reduce runs concurrently with the weight-gradient GEMM.
 from __future__ import annotations
 
 from simulator.errors import InfeasibleConfig
-from simulator.parallel.strategies.base import STRATEGIES, BuildContext, TensorStrategy
-from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.parallel.strategies.base import BuildContext, TensorStrategy
+from simulator.registry import STRATEGIES
+from simulator.workload.ops import Axis, CollectiveKind, CommKind
 from simulator.workload.steps import CommStep, Step
 
 
@@ -59,7 +60,7 @@ class TensorParallel(TensorStrategy):
             return []
         return [
             CommStep(
-                f"{tag}.allreduce", CollectiveKind.ALL_REDUCE, CommKind.TP, "tp", self._activation_bytes(ctx)
+                f"{tag}.allreduce", CollectiveKind.ALL_REDUCE, CommKind.TP, Axis.TP, self._activation_bytes(ctx)
             )
         ]
 
@@ -76,4 +77,4 @@ class TensorParallel(TensorStrategy):
         if ctx.tp == 1:
             return []
         nbytes = self._activation_bytes(ctx)
-        return [CommStep(f"{tag}.grad_allreduce", CollectiveKind.ALL_REDUCE, CommKind.TP, "tp", nbytes, 1)]
+        return [CommStep(f"{tag}.grad_allreduce", CollectiveKind.ALL_REDUCE, CommKind.TP, Axis.TP, nbytes, 1)]

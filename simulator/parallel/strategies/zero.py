@@ -21,13 +21,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from simulator.parallel.strategies.base import STRATEGIES, BuildContext
+from simulator.parallel.strategies.base import BuildContext
 from simulator.parallel.strategies.data import DataParallel, grad_element_bytes, param_element_bytes
-from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.registry import STRATEGIES
+from simulator.workload.ops import Axis, CollectiveKind, CommKind
 from simulator.workload.steps import PREFETCH, CommStep, Step
 
 
-def _param_allgather(ctx: BuildContext, param_count: float, group: str, join_after: int = 0) -> list[Step]:
+def _param_allgather(ctx: BuildContext, param_count: float, group: Axis, join_after: int = 0) -> list[Step]:
     nbytes = param_count * param_element_bytes(ctx)
     if nbytes <= 0:
         return []
@@ -42,14 +43,14 @@ class Zero1(DataParallel):
     zero_stage: ClassVar[int] = 1
     reduce_kind: ClassVar[CollectiveKind] = CollectiveKind.REDUCE_SCATTER
 
-    def step_prologue(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+    def step_prologue(self, ctx: BuildContext, param_count: float, group: Axis) -> list[Step]:
         """With ``param_gather_overlap``: the layer's share of the updated parameters, gathered under the
         forward pass (issued at the step start, waited for at the layer's first forward)."""
         if not ctx.par.param_gather_overlap:
             return []
         return _param_allgather(ctx, param_count, group, PREFETCH)
 
-    def after_optimizer(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+    def after_optimizer(self, ctx: BuildContext, param_count: float, group: Axis) -> list[Step]:
         """All-gather the updated 16-bit parameters (exposed unless overlapped with the next forward)."""
         if ctx.par.param_gather_overlap:
             return []
@@ -75,15 +76,15 @@ class Zero3(Zero1):
     name = "zero3"
     zero_stage: ClassVar[int] = 3
 
-    def gradient_steps(self, ctx: BuildContext, grad_count: float, group: str, final: bool) -> list[Step]:
+    def gradient_steps(self, ctx: BuildContext, grad_count: float, group: Axis, final: bool) -> list[Step]:
         """Nothing left to reduce at the end: each layer reduce-scattered its gradients already."""
         return []
 
-    def layer_prologue(self, ctx: BuildContext, param_count: float, group: str, backward: bool) -> list[Step]:
+    def layer_prologue(self, ctx: BuildContext, param_count: float, group: Axis, backward: bool) -> list[Step]:
         """All-gather the layer's parameters (blocking; the builder prefetches it when overlapped)."""
         return _param_allgather(ctx, param_count, group)
 
-    def layer_epilogue(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+    def layer_epilogue(self, ctx: BuildContext, param_count: float, group: Axis) -> list[Step]:
         """Reduce-scatter the layer's gradients of this micro-batch, waited for before the optimizer."""
         nbytes = param_count * grad_element_bytes(ctx)
         if nbytes <= 0:
@@ -91,10 +92,10 @@ class Zero3(Zero1):
         rs = CollectiveKind.REDUCE_SCATTER
         return [CommStep("grad_reduce_scatter", rs, CommKind.DP, group, nbytes, join_after=-1)]
 
-    def step_prologue(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+    def step_prologue(self, ctx: BuildContext, param_count: float, group: Axis) -> list[Step]:
         """Parameters are gathered per use, not once per step."""
         return []
 
-    def after_optimizer(self, ctx: BuildContext, param_count: float, group: str) -> list[Step]:
+    def after_optimizer(self, ctx: BuildContext, param_count: float, group: Axis) -> list[Step]:
         """Updated parameters stay sharded until their next use."""
         return []

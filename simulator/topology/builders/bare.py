@@ -5,15 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from simulator.registry import HOST_BUILDERS
 from simulator.topology.builders._parts import add_gpus
-from simulator.topology.builders.base import (
-    HOST_BUILDERS,
-    BuildContext,
-    GraphBuilder,
-    HostBuilder,
-    HostPorts,
-    HostSpec,
-)
+from simulator.topology.builders.base import BuildContext, GraphBuilder, HostBuilder, HostPorts, HostSpec
 
 
 @HOST_BUILDERS.register("bare")

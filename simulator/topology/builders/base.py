@@ -17,7 +17,6 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from simulator.errors import ScenarioError
-from simulator.registry import Registry
 from simulator.units import GB
 
 PosInt = Annotated[int, Field(gt=0)]
@@ -278,8 +277,6 @@ class FabricBuilder(ABC):
         """Add the fabric to ``g``; return facts for ``Cluster.meta`` (tiers, switch counts ...)."""
 
 
-HOST_BUILDERS: Registry[type[HostBuilder]] = Registry("host builder", "simulator.topology.builders")
-FABRIC_BUILDERS: Registry[type[FabricBuilder]] = Registry("fabric builder", "simulator.topology.builders")
 
 
 def fabric_edge(spec: SwitchedFabricSpec, ctx: BuildContext, field: str = "fabric") -> tuple[float, float]:

@@ -7,9 +7,9 @@ from typing import Any
 
 from pydantic import model_validator
 
+from simulator.registry import HOST_BUILDERS
 from simulator.topology.builders._parts import add_cpus, add_gpus, add_pcie_and_nics
 from simulator.topology.builders.base import (
-    HOST_BUILDERS,
     BuildContext,
     CpuHostSpec,
     GraphBuilder,

@@ -8,8 +8,8 @@ from typing import Any
 from pydantic import model_validator
 
 from simulator.errors import ScenarioError
+from simulator.registry import FABRIC_BUILDERS
 from simulator.topology.builders.base import (
-    FABRIC_BUILDERS,
     BuildContext,
     FabricBuilder,
     GraphBuilder,

@@ -8,15 +8,9 @@ import math
 from typing import Any
 
 from simulator.errors import ScenarioError
+from simulator.registry import FABRIC_BUILDERS
 from simulator.topology.builders._clos import ClosSpec, build_upper
-from simulator.topology.builders.base import (
-    FABRIC_BUILDERS,
-    BuildContext,
-    FabricBuilder,
-    GraphBuilder,
-    HostPorts,
-    attach_nic,
-)
+from simulator.topology.builders.base import BuildContext, FabricBuilder, GraphBuilder, HostPorts, attach_nic
 
 
 def leaf_ports(spec: ClosSpec, ctx: BuildContext) -> tuple[int, int]:

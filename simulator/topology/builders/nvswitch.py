@@ -8,9 +8,9 @@ from typing import Any
 
 from pydantic import model_validator
 
+from simulator.registry import HOST_BUILDERS
 from simulator.topology.builders._parts import add_gpus, add_pcie_and_nics
 from simulator.topology.builders.base import (
-    HOST_BUILDERS,
     NVLS_LINK_TYPES,
     BuildContext,
     GraphBuilder,

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from simulator.registry import HOST_BUILDERS
 from simulator.topology.builders._parts import add_cpus, add_gpus, add_pcie_and_nics
 from simulator.topology.builders.base import (
-    HOST_BUILDERS,
     BuildContext,
     CpuHostSpec,
     GraphBuilder,

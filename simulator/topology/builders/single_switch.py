@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from simulator.errors import ScenarioError
+from simulator.registry import FABRIC_BUILDERS
 from simulator.topology.builders.base import (
-    FABRIC_BUILDERS,
     BuildContext,
     FabricBuilder,
     GraphBuilder,

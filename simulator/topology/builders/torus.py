@@ -13,8 +13,8 @@ import numpy as np
 from pydantic import Field
 
 from simulator.errors import ScenarioError
+from simulator.registry import FABRIC_BUILDERS
 from simulator.topology.builders.base import (
-    FABRIC_BUILDERS,
     BuildContext,
     FabricBuilder,
     GraphBuilder,

@@ -9,7 +9,8 @@ the optimizer update.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import cached_property
+from collections.abc import Callable
+from functools import cached_property, partial
 
 from simulator.errors import InfeasibleConfig
 from simulator.models.params import ParameterCount
@@ -17,7 +18,7 @@ from simulator.parallel.plan import ParallelPlan
 from simulator.parallel.schedules.base import Pass, Schedule, Task
 from simulator.parallel.strategies.base import BuildContext, DataStrategy
 from simulator.parallel.strategies.data import grad_element_bytes
-from simulator.workload.layer import (
+from simulator.build.layer import (
     LayerBuilder,
     LayerStrategies,
     embedding_backward,
@@ -26,7 +27,7 @@ from simulator.workload.layer import (
     head_forward,
     split_weight_gradients,
 )
-from simulator.workload.ops import Category, Collective, CollectiveKind, CommKind, Compute, SendRecv
+from simulator.workload.ops import Axis, Category, Collective, CollectiveKind, CommKind, Compute, SendRecv
 from simulator.workload.program import COMPUTE_STREAM, Program, ProgramBuilder
 from simulator.workload.steps import (
     PREFETCH,
@@ -47,8 +48,10 @@ COMM_STREAM = {CommKind.TP: "tp-comm", CommKind.DP: "dp-comm", CommKind.CP: "cp-
 ADAM_BYTES_PER_PARAM = 36.0
 
 
-def stage_layers(layers: int, pp: int, chunks: int, pp_layers: list[int] | None) -> list[list[int]]:
-    """Layer indices of each virtual stage (chunk c of stage s is virtual stage c·pp + s)."""
+def stage_layers(
+    layers: int, pp: int, chunks: int, pp_layers: list[int] | None, place: Callable[[int, int], int]
+) -> list[list[int]]:
+    """Layer indices of each virtual stage (chunk c of stage s is virtual stage ``place(s, c)``)."""
     virtual = pp * chunks
     if pp_layers is None:
         if layers % virtual:
@@ -68,7 +71,7 @@ def stage_layers(layers: int, pp: int, chunks: int, pp_layers: list[int] | None)
                 f"pp_layers sums to {sum(pp_layers)}, the model has {layers} layers",
                 field="parallelism.pp_layers",
             )
-        counts = list(pp_layers) if len(pp_layers) == virtual else _spread(pp_layers, chunks)
+        counts = list(pp_layers) if len(pp_layers) == virtual else _spread(pp_layers, chunks, place)
     out, start = [], 0
     for n in counts:
         out.append(list(range(start, start + n)))
@@ -76,13 +79,13 @@ def stage_layers(layers: int, pp: int, chunks: int, pp_layers: list[int] | None)
     return out
 
 
-def _spread(per_stage: list[int], chunks: int) -> list[int]:
+def _spread(per_stage: list[int], chunks: int, place: Callable[[int, int], int]) -> list[int]:
     """Per-stage layer counts → per-virtual-stage counts (chunk c of stage s gets an even share)."""
     pp = len(per_stage)
     counts = [0] * (pp * chunks)
     for s, n in enumerate(per_stage):
         for c in range(chunks):
-            counts[c * pp + s] = n // chunks + (1 if c < n % chunks else 0)
+            counts[place(s, c)] = n // chunks + (1 if c < n % chunks else 0)
     return counts
 
 
@@ -114,7 +117,8 @@ class WorkloadSpec:
     def virtual_layers(self) -> list[list[int]]:
         """Layer indices per virtual stage."""
         d = self.ctx.dims
-        return stage_layers(self.ctx.model.layers, d.pp, self.chunks, self.ctx.par.pp_layers)
+        place = partial(self.schedule.virtual_stage, stages=d.pp)
+        return stage_layers(self.ctx.model.layers, d.pp, self.chunks, self.ctx.par.pp_layers, place)
 
     @property
     def last_virtual(self) -> int:
@@ -127,15 +131,15 @@ class WorkloadSpec:
         return LayerBuilder(self.ctx, self.layer_strategies)
 
     @property
-    def dense_group(self) -> str:
+    def dense_group(self) -> Axis:
         """Process group that reduces dense gradients (data × context parallel)."""
-        return "dp" if self.ctx.dims.cp == 1 else "dpcp"
+        return Axis.DP if self.ctx.dims.cp == 1 else Axis.DPCP
 
     @property
-    def expert_group(self) -> str:
+    def expert_group(self) -> Axis:
         """Process group that reduces expert gradients: the ranks holding the same experts (Megatron-Core's
         expert-data-parallel group), or the dense group when experts are not split."""
-        return "edp" if self.ctx.dims.ep > 1 else self.dense_group
+        return Axis.EDP if self.ctx.dims.ep > 1 else self.dense_group
 
     def layer_param_split(self, layer: int) -> tuple[float, float]:
         """(dense, routed-expert) parameters of one layer held by one rank: everything split over tensor
@@ -177,7 +181,7 @@ class WorkloadSpec:
             units.append((self.params.output + self.params.final_norm) / self.ctx.tp)
         return max(units, default=0.0)
 
-    def by_group(self, dense: float, expert: float) -> list[tuple[str, float]]:
+    def by_group(self, dense: float, expert: float) -> list[tuple[Axis, float]]:
         """Parameter counts per reducing group of more than one rank (one entry when experts reduce with
         the dense weights)."""
         if self.expert_group == self.dense_group:
@@ -186,12 +190,12 @@ class WorkloadSpec:
             pairs = [(self.dense_group, dense), (self.expert_group, expert)]
         return [(g, n) for g, n in pairs if n > 0 and self.group_size(g) > 1]
 
-    def group_size(self, group: str) -> int:
+    def group_size(self, group: Axis) -> int:
         """Members of each process group of kind ``group``."""
         return self._group_sizes[group]
 
     @cached_property
-    def _group_sizes(self) -> dict[str, int]:
+    def _group_sizes(self) -> dict[Axis, int]:
         return {g: int(self.plan.groups(g).shape[1]) for g in {self.dense_group, self.expert_group}}
 
 
@@ -300,7 +304,7 @@ class ProgramFactory:
                 steps = s.data.layer_epilogue(s.ctx, count, group)
             else:
                 steps = s.data.step_prologue(s.ctx, count, group)
-            prefix = "expert_" if group == "edp" else ""
+            prefix = "expert_" if group == Axis.EDP else ""
             for cs in steps:
                 assert isinstance(cs, CommStep)
                 out.append(replace(cs, name=f"{prefix}{cs.name}.{u.name}"))
@@ -370,7 +374,7 @@ class ProgramFactory:
         grads = _GradBuckets(s, em)
         self._step_prologue(em, stage)
         for task in s.schedule.tasks(stage, s.ctx.dims.pp, s.micro_batches, s.chunks):
-            vs = task.chunk * s.ctx.dims.pp + stage
+            vs = s.schedule.virtual_stage(stage, task.chunk, s.ctx.dims.pp)
             if task.kind is Pass.F:
                 self._forward(em, task, vs, stage)
             elif task.kind is Pass.W:
@@ -392,10 +396,10 @@ class ProgramFactory:
     def _p2p(self, kind: str, task: Task, vs_peer: int, vs_to: int, stage: int, is_send: bool) -> SendRecv:
         """One side of the transfer of ``kind`` ("act" or "grad") to virtual stage ``vs_to``; a send and its
         receive share the tag (kind, micro-batch, destination virtual stage)."""
-        off = vs_peer % self.spec.ctx.dims.pp - stage
+        off = self.spec.schedule.stage_of(vs_peer, self.spec.ctx.dims.pp) - stage
         name = f"{'send' if is_send else 'recv'}_{kind}"
         tag = (kind, task.mb, vs_to)
-        return SendRecv(name, is_send, CommKind.PP, "pp", off, self._p2p_bytes(), tag, task.mb, task.chunk)
+        return SendRecv(name, is_send, CommKind.PP, Axis.PP, off, self._p2p_bytes(), tag, task.mb, task.chunk)
 
     def _recv(self, em: _Emitter, kind: str, task: Task, vs_from: int, stage: int) -> None:
         vs_to = vs_from + (1 if kind == "act" else -1)
@@ -405,7 +409,7 @@ class ProgramFactory:
         if c.tp > 1 and c.par.pp_scatter_gather and not c.par.sequence_parallel:
             # Megatron's scatter-gather: each TP rank received 1/tp of the activation; gather it over NVLink
             gather = CommStep(
-                f"{kind}_allgather", CollectiveKind.ALL_GATHER, CommKind.TP, "tp", self._p2p_bytes() * c.tp
+                f"{kind}_allgather", CollectiveKind.ALL_GATHER, CommKind.TP, Axis.TP, self._p2p_bytes() * c.tp
             )
             cat = Category.FORWARD if kind == "act" else Category.BACKWARD
             self._emit(em, compile_steps([gather], False, self.inline), cat, task, None)
@@ -434,7 +438,7 @@ class ProgramFactory:
         overlapped parameter gathers, joined by each unit's first forward."""
         s = self.spec
         for chunk in range(s.chunks):
-            for u in self.units(chunk * s.ctx.dims.pp + stage):
+            for u in self.units(s.schedule.virtual_stage(stage, chunk, s.ctx.dims.pp)):
                 for cs in self.unit_comm(u, "step"):
                     em.comm(cs, -1, chunk)
 
@@ -483,7 +487,7 @@ class ProgramFactory:
         for group, count in groups:
             for cs in s.data.after_optimizer(s.ctx, count, group):
                 assert isinstance(cs, CommStep)
-                em.comm(replace(cs, name=f"expert_{cs.name}") if group == "edp" else cs, -1, 0)
+                em.comm(replace(cs, name=f"expert_{cs.name}") if group == Axis.EDP else cs, -1, 0)
 
 
 def _is_recompute(seg: tuple[CompiledStep, ...]) -> bool:
@@ -536,7 +540,7 @@ class _GradBuckets:
                 self._emit(group, self.total[group], Task(Pass.B, -1))
                 self.total[group] = 0.0
 
-    def _emit(self, group: str, count: float, task: Task) -> None:
+    def _emit(self, group: Axis, count: float, task: Task) -> None:
         for cs in self.spec.data.gradient_steps(self.spec.ctx, count, group, final=False):
             assert isinstance(cs, CommStep)
-            self.em.comm(replace(cs, name=f"expert_{cs.name}") if group == "edp" else cs, task.mb, task.chunk)
+            self.em.comm(replace(cs, name=f"expert_{cs.name}") if group == Axis.EDP else cs, task.mb, task.chunk)

@@ -27,7 +27,7 @@ from simulator.frameworks.profile import OpKernels
 from simulator.hardware.compute import ComputeModel, KernelTime
 from simulator.parallel.strategies.base import BuildContext, ContextStrategy, ExpertStrategy, TensorStrategy
 from simulator.parallel.strategies.data import grad_element_bytes
-from simulator.workload.ops import CollectiveKind, CommKind
+from simulator.workload.ops import Axis, CollectiveKind, CommKind
 from simulator.workload.steps import CommStep, GradReady, KernelStep, Step
 
 
@@ -492,7 +492,7 @@ def head_forward(ctx: BuildContext, tensor: TensorStrategy) -> list[Step]:
     steps.append(_k("cross_entropy", cm.elementwise(tokens * v * (ctx.e + 4 * 4))))
     if ctx.tp > 1:
         steps += [
-            CommStep(f"ce.allreduce{i}", CollectiveKind.ALL_REDUCE, CommKind.TP, "tp", 4.0 * tokens)
+            CommStep(f"ce.allreduce{i}", CollectiveKind.ALL_REDUCE, CommKind.TP, Axis.TP, 4.0 * tokens)
             for i in range(3)
         ]
     return steps
