@@ -112,12 +112,14 @@ def test_modern_rows_are_classified():
 
 
 def test_a_rejected_layout_is_a_row_that_does_not_run_with_its_reason():
-    """Megatron-Core MoE parallel folding (EP 32 over TP 2 x DP 16) is not modelled yet: the row stays, marked."""
+    """A row whose scenario the simulator rejects stays in the table, marked, with the reason: here the
+    published Qwen3-235B layout (EP 32 folded over TP 2 x DP 16) with its experts split over TP instead."""
+    from simulator.scenario import load_scenario
     from simulator.validation.suites import evaluate
 
     row, sc = next((r, s) for r, s in suite_rows([MODERN]) if r.name == "mbridge2511-h100-qwen3-235b-256")
-    result = evaluate(row, sc)
-    assert not result.runs and not result.ok and "ep=32" in result.failure
+    result = evaluate(row, load_scenario(sc.file, ["parallelism.etp=2"]))
+    assert not result.runs and not result.ok and "ep·etp=32·2" in result.failure
     assert result.gpus == 256
     doc = command._as_dict(result)
     assert doc["predicted_s"] is None and doc["error"] is None and doc["runs"] is False

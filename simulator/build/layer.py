@@ -58,8 +58,9 @@ _NORM_FUSED_FP8 = frozenset({"qkv", "fc1", "shared_fc1"})
 
 
 def _plus(a: KernelTime, b: KernelTime) -> KernelTime:
-    """Two kernels run back to back, reported as one step (the second's launch and bytes included)."""
-    return KernelTime(a.duration_s + b.duration_s, a.flops + b.flops, a.bytes + b.bytes, a.launch_s + b.launch_s)
+    """Two kernels run back to back, reported as one step (the second's launch, bytes and seconds per kernel
+    class included: a GEMM with its FP8 cast counts the cast as ``fp8_cast``)."""
+    return a.plus(b)
 
 
 def _k(name: str, t: KernelTime, counts: bool = True) -> KernelStep:
@@ -231,9 +232,10 @@ class LayerBuilder:
             self._norm("attn_norm_bwd", backward=True),
         ]
 
-    def _ffn_width(self, ffn: int) -> tuple[int, int]:
-        """(FC1 output width, FC2 input width) on this rank; a gated MLP has two FC1 matrices."""
-        per_rank = ffn // self.ctx.tp
+    def _ffn_width(self, ffn: int, tp: int | None = None) -> tuple[int, int]:
+        """(FC1 output width, FC2 input width) on this rank, split over ``tp`` ranks (default: the tensor-parallel
+        degree); a gated MLP has two FC1 matrices."""
+        per_rank = ffn // (tp or self.ctx.tp)
         return (2 * per_rank if self.ctx.model.gated_mlp else per_rank), per_rank
 
     def _activation(self, name: str, fc1: int, fc2: int, backward: bool, tokens: float = 0.0) -> KernelStep:
@@ -286,9 +288,9 @@ class LayerBuilder:
         moe = c.model.moe
         assert moe is not None
         local = moe.experts // c.dims.ep
-        routed = self.T * moe.top_k * c.expert_load_factor
-        fc1, fc2 = self._ffn_width(c.model.expert_ffn)
-        return _MoEShape(local, routed, math.ceil(routed / local), fc1, fc2, self.T * moe.top_k)
+        routed = c.moe_tokens * moe.top_k * c.expert_load_factor
+        fc1, fc2 = self._ffn_width(c.model.expert_ffn, c.dims.expert_tp)
+        return _MoEShape(local, routed, math.ceil(routed / local), fc1, fc2, c.moe_tokens * moe.top_k)
 
     def _expert_gemm(self, name: str, tokens: int, n_out: int, k_in: int, local: int) -> KernelStep:
         # Megatron-Core GroupedMLP: one grouped GEMM over the rank's experts; under FP8 its permuted input
@@ -327,18 +329,21 @@ class LayerBuilder:
         return _k(name, self.cm.elementwise(2 * self.e * copies * self.h))
 
     def moe_block_forward(self) -> list[Step]:
-        """Norm → router → permute → dispatch → experts → combine → unpermute (+ shared experts)."""
+        """Norm → router → permute → dispatch → experts → combine → unpermute (+ shared experts). With the
+        experts split over tensor parallelism the block gathers the tokens first and scatters them after
+        (Megatron's f/g); folded whole onto each rank (etp = 1) it routes the rank's sequence shard as is."""
         c, cm, t, x = self.ctx, self.cm, self.s.tensor, self._experts()
         moe = c.model.moe
         assert moe is not None
         local, routed, per_expert, fc1, fc2, sent = self._moe_shape()
+        n, tp_split = c.moe_tokens, c.dims.expert_tp == c.tp
         # received chunks sorted by local expert and back (Megatron-Core sort_chunks_by_idxs)
         sort = [self._permute("moe_sort", routed)] if local > 1 else []
         return [
             self._norm("mlp_norm"),
-            *t.block_input_forward(c, "mlp"),
-            _k("router", cm.gemm(self.T, moe.experts, self.h, linear=False)),  # fp32/bf16 in Megatron-Core
-            _k("router_topk", cm.elementwise(3 * 4 * self.T * moe.experts)),  # fp32 logits → probs → top-k
+            *(t.block_input_forward(c, "mlp") if tp_split else []),
+            _k("router", cm.gemm(n, moe.experts, self.h, linear=False)),  # fp32/bf16 in Megatron-Core
+            _k("router_topk", cm.elementwise(3 * 4 * n * moe.experts)),  # fp32 logits → probs → top-k
             self._permute("moe_permute", sent),
             *x.dispatch(c, routed, False),
             *sort,
@@ -347,10 +352,10 @@ class LayerBuilder:
             self._expert_gemm("expert_fc2", per_expert, self.h, fc2, local),
             *sort,
             *x.combine(c, routed, False),
-            _k("moe_unpermute", cm.elementwise(self.e * self.h * (sent + self.T))),  # weighted sum of k
+            _k("moe_unpermute", cm.elementwise(self.e * self.h * (sent + n))),  # weighted sum of k
             *self._shared_forward(),
             # no GEMM right before to hide the block's output communication under
-            *_blocking(t.block_output_forward(c, "mlp")),
+            *(_blocking(t.block_output_forward(c, "mlp")) if tp_split else []),
             self._dropout_add("mlp_dropout_add"),
         ]
 
@@ -360,14 +365,15 @@ class LayerBuilder:
         moe = c.model.moe
         assert moe is not None
         local, routed, per_expert, fc1, fc2, sent = self._moe_shape()
+        n, tp_split = c.moe_tokens, c.dims.expert_tp == c.tp
         sort = [self._permute("moe_sort_bwd", routed)] if local > 1 else []
         g = self._expert_gemm
         return [
             self._dropout_add("mlp_dropout_add_bwd", backward=True),
-            *t.block_output_backward(c, "mlp"),
+            *(t.block_output_backward(c, "mlp") if tp_split else []),
             *self._shared_backward(),
             # reads dY and the saved expert outputs (for the routing weights' gradient), writes the copies'
-            _k("moe_unpermute_bwd", cm.elementwise(self.e * self.h * (2 * sent + self.T))),
+            _k("moe_unpermute_bwd", cm.elementwise(self.e * self.h * (2 * sent + n))),
             *x.combine(c, routed, True),
             *sort,
             g("expert_fc2_dgrad", per_expert, fc2, self.h, local),
@@ -378,11 +384,11 @@ class LayerBuilder:
             *sort,
             *x.dispatch(c, routed, True),
             self._permute("moe_permute_bwd", sent),
-            _k("router_topk_bwd", cm.elementwise(3 * 4 * self.T * moe.experts)),
-            *t.block_input_backward_pre(c, "mlp"),
-            _k("router_dgrad", cm.gemm(self.T, self.h, moe.experts, linear=False)),
-            *t.block_input_backward_post(c, "mlp"),
-            _k("router_wgrad", cm.gemm(self.h, moe.experts, self.T, linear=False)),
+            _k("router_topk_bwd", cm.elementwise(3 * 4 * n * moe.experts)),
+            *(t.block_input_backward_pre(c, "mlp") if tp_split else []),
+            _k("router_dgrad", cm.gemm(n, self.h, moe.experts, linear=False)),
+            *(t.block_input_backward_post(c, "mlp") if tp_split else []),
+            _k("router_wgrad", cm.gemm(self.h, moe.experts, n, linear=False)),
             self._norm("mlp_norm_bwd", backward=True),
         ]
 

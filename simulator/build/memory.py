@@ -78,10 +78,10 @@ def _mlp_bytes(ctx: BuildContext, moe: bool) -> float:
     split = (2 * width if m.gated_mlp else width) + width  # FC1 output + FC2 input per token
     if not moe or m.moe is None:
         return e * tokens * split / t
-    routed = tokens * m.moe.top_k * ctx.expert_load_factor
-    experts = e * routed * (2 * m.hidden + split / t)
+    routed = ctx.moe_tokens * m.moe.top_k * ctx.expert_load_factor
+    experts = e * routed * (2 * m.hidden + split / ctx.dims.expert_tp)
     shared = e * tokens * split * m.moe.shared_experts / t
-    return experts + shared + 4.0 * tokens * m.moe.experts
+    return experts + shared + 4.0 * ctx.moe_tokens * m.moe.experts
 
 
 def layer_activation_bytes(ctx: BuildContext, moe: bool) -> float:

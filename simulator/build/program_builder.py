@@ -13,6 +13,7 @@ from collections.abc import Callable
 from functools import cached_property, partial
 
 from simulator.errors import InfeasibleConfig
+from simulator.hardware.compute import KernelClass
 from simulator.models.params import ParameterCount
 from simulator.parallel.plan import ParallelPlan
 from simulator.parallel.schedules.base import Pass, Schedule, Task
@@ -142,13 +143,13 @@ class WorkloadSpec:
         return Axis.EDP if self.ctx.dims.ep > 1 else self.dense_group
 
     def layer_param_split(self, layer: int) -> tuple[float, float]:
-        """(dense, routed-expert) parameters of one layer held by one rank: everything split over tensor
-        parallelism, routed experts also over expert parallelism."""
+        """(dense, routed-expert) parameters of one layer held by one rank: dense weights split over tensor
+        parallelism, routed experts over expert tensor × expert parallelism."""
         p, c = self.params, self.ctx
         if not c.model.is_moe_layer(layer):
             return p.dense_layer / c.tp, 0.0
         experts = p.routed_experts_per_layer
-        return (p.moe_layer - experts) / c.tp, experts / (c.tp * c.dims.ep)
+        return (p.moe_layer - experts) / c.tp, experts / (c.dims.expert_tp * c.dims.ep)
 
     def layer_params(self, layer: int) -> float:
         """Parameters of one layer held by one rank."""
@@ -217,7 +218,7 @@ class _Emitter:
         self.joins = [[c - 1, op] for c, op in self.joins if c > 0]
         op = Compute(
             fc.name, category, fc.duration_s, fc.model_flops, fc.hw_flops, fc.bytes, mb, chunk,
-            fc.comm_exposed_s, fc.comm_hidden_s, fc.segments,
+            fc.comm_exposed_s, fc.comm_hidden_s, fc.segments, fc.class_s,
         )  # fmt: skip
         self.last_compute = self.pb.add(op, COMPUTE_STREAM, deps)
         return self.last_compute
@@ -480,8 +481,8 @@ class ProgramFactory:
         groups = s.by_group(dense, expert)
         sharded = sum(n / s.data.optimizer_shard(s.ctx, s.group_size(g)) for g, n in groups)
         updated = dense + expert - sum(n for _, n in groups) + sharded  # unsharded groups update everything
-        t = s.ctx.compute.elementwise(updated * ADAM_BYTES_PER_PARAM)
-        fc = FusedCompute(("optimizer",), t.duration_s, 0.0, 0.0, t.bytes, 1)
+        t = s.ctx.compute.elementwise(updated * ADAM_BYTES_PER_PARAM, kind=KernelClass.OPTIMIZER)
+        fc = FusedCompute(("optimizer",), t.duration_s, 0.0, 0.0, t.bytes, 1, class_s=t.class_s)
         em.joins += [[0, op] for op in em.step_end]
         em.compute(fc, Category.OPTIMIZER, -1, 0)
         for group, count in groups:

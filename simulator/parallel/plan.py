@@ -5,9 +5,12 @@ tensor-parallel group occupies consecutive GPUs of one host:
 
     rank = tp_i + tp · (cp_i + cp · (dp_i + dp · pp_i))
 
-Expert parallelism is carved out of the data×context dimension, as in Megatron-Core: with ``dpcp =
-cp_i + cp·dp_i``, a rank's expert-parallel index is ``dpcp % ep`` and ranks sharing ``dpcp // ep`` form one
-expert-parallel group. Rank ``r`` runs on GPU ``r`` (GPUs are numbered host by host).
+Expert parallelism folds over the ranks of a pipeline stage as Megatron-Core's "MoE parallel folding" does
+(Liu et al. 2025, arXiv 2504.14960; ``RankGenerator`` with the expert order tp-ep-dp-pp): a stage's
+``tp·cp·dp`` ranks, in rank order, are split into expert tensor parallelism ``etp`` (fastest), then ``ep``,
+then expert data parallelism ``edp = tp·cp·dp / (etp·ep)``. With ``etp = tp`` (the default) this is expert
+parallelism carved out of data × context: ``ep`` index ``dpcp % ep`` with ``dpcp = cp_i + cp·dp_i``. Rank ``r``
+runs on GPU ``r`` (GPUs are numbered host by host).
 """
 
 from __future__ import annotations
@@ -31,6 +34,17 @@ class ParallelDims:
     dp: int
     cp: int = 1
     ep: int = 1
+    etp: int | None = None  # expert tensor parallelism; None: tp (Megatron-Core's default)
+
+    @property
+    def expert_tp(self) -> int:
+        """Tensor-parallel degree inside the experts."""
+        return self.tp if self.etp is None else self.etp
+
+    @property
+    def edp(self) -> int:
+        """Expert data parallelism: the ranks of a stage holding the same experts."""
+        return self.tp * self.cp * self.dp // (self.expert_tp * self.ep)
 
     @property
     def world(self) -> int:
@@ -53,8 +67,9 @@ class ParallelPlan:
         cp_i = (r // d.tp) % d.cp
         dp_i = (r // (d.tp * d.cp)) % d.dp
         pp_i = r // (d.tp * d.cp * d.dp)
-        dpcp = cp_i + d.cp * dp_i
-        return {"tp": tp_i, "cp": cp_i, "dp": dp_i, "pp": pp_i, "ep": dpcp % d.ep, "edp": dpcp // d.ep}
+        local = r % (d.tp * d.cp * d.dp)  # rank within its pipeline stage
+        ep_i, edp_i = (local // d.expert_tp) % d.ep, local // (d.expert_tp * d.ep)
+        return {"tp": tp_i, "cp": cp_i, "dp": dp_i, "pp": pp_i, "ep": ep_i, "edp": edp_i}
 
     @cached_property
     def _grid(self) -> np.ndarray:
@@ -81,11 +96,10 @@ class ParallelPlan:
         if kind == Axis.TPCP:
             return g.transpose(0, 1, 2, 3).reshape(-1, d.cp * d.tp)
         if kind in (Axis.EP, Axis.EDP):
-            flat = g.transpose(0, 3, 1, 2).reshape(d.pp, d.tp, d.dp * d.cp)  # [pp, tp, dpcp]
-            blocks = flat.reshape(d.pp, d.tp, d.dp * d.cp // d.ep, d.ep)
+            blocks = g.reshape(d.pp, d.edp, d.ep, d.expert_tp)  # a stage's ranks in rank order: etp fastest
             if kind == Axis.EP:
-                return blocks.reshape(-1, d.ep)
-            return blocks.transpose(0, 1, 3, 2).reshape(-1, d.dp * d.cp // d.ep)
+                return blocks.transpose(0, 3, 1, 2).reshape(-1, d.ep)
+            return blocks.transpose(0, 3, 2, 1).reshape(-1, d.edp)
         raise KeyError(kind)
 
     @cached_property

@@ -49,6 +49,13 @@ class BuildContext:
         """Tensor-parallel degree."""
         return self.dims.tp
 
+    @property
+    def moe_tokens(self) -> int:
+        """Tokens one rank's mixture-of-experts block routes: the micro-batch's when the experts are split
+        over the tensor-parallel ranks (etp = tp: the sequence-parallel shards are gathered first), the
+        sequence-parallel shard when they are folded whole onto each rank (etp = 1)."""
+        return self.tokens * self.dims.expert_tp // self.dims.tp
+
 
 class Strategy(ABC):  # noqa: B024 - a marker base: variants implement their dimension's hooks
     """One registered parallelism variant."""

@@ -78,10 +78,11 @@ class ExpertParallel(ExpertStrategy):
             raise InfeasibleConfig(
                 f"ep={ctx.dims.ep} does not divide experts={moe.experts}", field="parallelism.ep"
             )
-        if ctx.model.expert_ffn % ctx.tp:
+        etp = ctx.dims.expert_tp
+        if ctx.model.expert_ffn % etp:
             raise InfeasibleConfig(
-                f"tp={ctx.tp} does not divide the experts' ffn width {ctx.model.expert_ffn}",
-                field="parallelism.tp",
+                f"expert tensor parallelism {etp} does not divide the experts' ffn width {ctx.model.expert_ffn}",
+                field="parallelism.etp" if ctx.par.etp is not None else "parallelism.tp",
             )
 
     def _all_to_all(self, ctx: BuildContext, name: str, routed_tokens: float) -> list[Step]:
