@@ -19,6 +19,7 @@ from simulator.build.setup import Setup, peak_memory
 from simulator.engine.budget import check_ops, check_work, step_estimate
 from simulator.engine.groups import GroupResolver, RankClasses
 from simulator.engine.simulation import Engine
+from simulator.engine.symmetry import pipeline_offsets
 from simulator.engine.symmetry import refine as refine_classes
 from simulator.engine.trace import Trace
 from simulator.errors import InfeasibleConfig
@@ -29,7 +30,16 @@ from simulator.registry import NETWORK_MODELS
 from simulator.report.invariants import check_invariants
 from simulator.report.links import bottleneck_tier, busiest_links, tier_usage
 from simulator.report.metrics import StepMetrics, step_metrics
-from simulator.report.schema import Breakdown, CommTimes, Layout, LinkUse, MemoryGiB, StepReport, TierUse
+from simulator.report.schema import (
+    Breakdown,
+    CommTimes,
+    KernelClasses,
+    Layout,
+    LinkUse,
+    MemoryGiB,
+    StepReport,
+    TierUse,
+)
 from simulator.report.warnings import tp_domain_warning
 from simulator.scenario import Scenario
 from simulator.topology.loader import build_cluster
@@ -57,7 +67,9 @@ def rank_classes(setup: Setup) -> RankClasses:
     gpu_type = np.array([spec.name for spec in setup.cluster.gpu_specs[:world]])
     if len(set(gpu_type)) > 1:
         raise InfeasibleConfig("clusters with mixed GPU types are not simulated yet", field="cluster")
-    ref = refine_classes(setup.plan, setup.cluster, setup.phase_cache)
+    w = setup.workload
+    offsets = pipeline_offsets(w.schedule, setup.dims.pp, w.chunks)
+    ref = refine_classes(setup.plan, setup.cluster, setup.phase_cache, offsets)
     if ref.unchecked_kinds:
         setup.warnings.append(
             "symmetry reduction: the network equivalence of the "
@@ -171,6 +183,9 @@ def _report(
         ),  # fmt: skip
         comm=CommTimes(**{f"{k}_s": v for k, v in m.comm_s.items()}),
         exposed_comm=CommTimes(**{f"{k}_s": v for k, v in m.exposed_by_kind_s.items()}),
+        kernel_classes=KernelClasses(
+            **{f"{k}_s": v for k, v in m.kernel_class_s.items()}, communication_s=m.exposed_comm_s
+        ),
         memory_gib_per_gpu=MemoryGiB(**gib, total=mem.total / GiB),
         fits_memory=fits,
         simulated_ranks=len(trace.rank_labels),

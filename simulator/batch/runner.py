@@ -34,7 +34,7 @@ from simulator.batch.executors.base import Done, ExecutorOptions, make_executor
 from simulator.batch.store import CACHED_STATUSES, PointOutcome, ResultStore, StoredResult, now_iso, point_key
 from simulator.batch.sweep import Point, load_points
 from simulator.errors import ScenarioError, UserInputError
-from simulator.report.schema import StepReport
+from simulator.report.schema import KernelClasses, StepReport
 from simulator.scenario import Scenario
 from simulator.topology.loader import check_topology
 
@@ -309,6 +309,8 @@ METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     *((f"breakdown.{k}", ("breakdown", k)) for k in ("compute_s", "exposed_comm_s", "overlapped_comm_s")),
     *((f"breakdown.{k}", ("breakdown", k)) for k in ("bubble_s", "other_s")),
     *((f"comm.{k}", ("comm", k)) for k in ("tp_s", "dp_s", "pp_s", "ep_s", "cp_s")),
+    # where the time goes per kind of kernel (issue #8); empty cells for reports stored before it
+    *((f"kernel_classes.{k}", ("kernel_classes", k)) for k in KernelClasses.model_fields),
     ("memory_gib_per_gpu.total", ("memory_gib_per_gpu", "total")),
     ("fits_memory", ("fits_memory",)),
 )

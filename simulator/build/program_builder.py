@@ -8,17 +8,10 @@ the optimizer update.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from functools import cached_property, partial
 
-from simulator.errors import InfeasibleConfig
-from simulator.hardware.compute import KernelClass
-from simulator.models.params import ParameterCount
-from simulator.parallel.plan import ParallelPlan
-from simulator.parallel.schedules.base import Pass, Schedule, Task
-from simulator.parallel.strategies.base import BuildContext, DataStrategy
-from simulator.parallel.strategies.data import grad_element_bytes
 from simulator.build.layer import (
     LayerBuilder,
     LayerStrategies,
@@ -28,6 +21,13 @@ from simulator.build.layer import (
     head_forward,
     split_weight_gradients,
 )
+from simulator.errors import InfeasibleConfig
+from simulator.hardware.compute import KernelClass
+from simulator.models.params import ParameterCount
+from simulator.parallel.plan import ParallelPlan
+from simulator.parallel.schedules.base import Pass, Schedule, Task
+from simulator.parallel.strategies.base import BuildContext, DataStrategy
+from simulator.parallel.strategies.data import grad_element_bytes
 from simulator.workload.ops import Axis, Category, Collective, CollectiveKind, CommKind, Compute, SendRecv
 from simulator.workload.program import COMPUTE_STREAM, Program, ProgramBuilder
 from simulator.workload.steps import (

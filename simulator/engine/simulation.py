@@ -139,7 +139,7 @@ class Engine:
         self._row((
             st.rank, st.program.streams[i], op.name, op.category.value, "", start, self.env.now,
             op.bytes, op.model_flops, op.hw_flops, op.micro_batch,
-            op.inline_comm_s, op.inline_hidden_s, op.segments,
+            op.inline_comm_s, op.inline_hidden_s, op.segments, op.class_s,
         ))  # fmt: skip
         self._done(st, i)
 
@@ -199,7 +199,7 @@ class Engine:
             for st, i in meeting.arrived:
                 op: Collective | SendRecv = st.program.ops[i]  # type: ignore[assignment]
                 self._row((st.rank, st.program.streams[i], op.name, "comm", op.comm.value, start, now,
-                           op.bytes, 0.0, 0.0, op.micro_batch, 0.0, 0.0, ()))  # fmt: skip
+                           op.bytes, 0.0, 0.0, op.micro_batch, 0.0, 0.0, (), ()))  # fmt: skip
                 self._done(st, i)
 
         return finish

@@ -6,7 +6,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-_ROW_DEFAULTS = (0.0, 0.0, 0.0, -1, 0.0, 0.0, ())  # bytes, model/hw FLOPs, micro-batch, inline, segments
+from simulator.hardware.compute import KERNEL_CLASSES
+
+# bytes, model/hw FLOPs, micro-batch, inline, segments, seconds per kernel class
+_ROW_DEFAULTS = (0.0, 0.0, 0.0, -1, 0.0, 0.0, (), ())
+_FIELDS = 15
 
 
 @dataclass
@@ -32,19 +36,20 @@ class TraceRecorder:
         inline_comm_s: float = 0.0,
         inline_hidden_s: float = 0.0,
         segments: tuple[object, ...] = (),
+        class_s: tuple[float, ...] = (),
     ) -> None:
         """Record one executed op (``category``: a compute Category value or "comm"; ``comm``: the CommKind
-        value of a communication, "" for compute)."""
+        value of a communication, "" for compute; ``class_s``: a compute op's seconds per kernel class)."""
         self.rows.append((rank, stream, name, category, comm, start_s, end_s, nbytes, model_flops, hw_flops,
-                          micro_batch, inline_comm_s, inline_hidden_s, segments))  # fmt: skip
+                          micro_batch, inline_comm_s, inline_hidden_s, segments, class_s))  # fmt: skip
 
     def add_row(self, row: tuple[object, ...]) -> None:
-        """Record one executed op given as the 7 leading fields of ``add`` or all 14, in that order."""
-        self.rows.append(row if len(row) == 14 else row + _ROW_DEFAULTS)
+        """Record one executed op given as the 7 leading fields of ``add`` or all 15, in that order."""
+        self.rows.append(row if len(row) == _FIELDS else row + _ROW_DEFAULTS)
 
     def freeze(self, rank_labels: dict[int, str], rank_multiplicity: dict[int, int]) -> Trace:
         """The finished, immutable trace."""
-        cols: list[tuple[object, ...]] = list(zip(*self.rows, strict=True)) if self.rows else [()] * 14
+        cols: list[tuple[object, ...]] = list(zip(*self.rows, strict=True)) if self.rows else [()] * _FIELDS
 
         def num(i: int, dtype: type) -> np.ndarray:
             return np.asarray(cols[i], dtype=dtype)
@@ -64,9 +69,19 @@ class TraceRecorder:
             inline_comm_s=num(11, np.float64),
             inline_hidden_s=num(12, np.float64),
             segments=tuple(cols[13]),  # type: ignore[arg-type]
+            class_s=_class_matrix(cols[14]),
             rank_labels=dict(rank_labels),
             rank_multiplicity=dict(rank_multiplicity),
         )
+
+
+def _class_matrix(col: tuple[object, ...]) -> np.ndarray:
+    """The ops' seconds per kernel class as one [ops, classes] array (an op without classes: zeros)."""
+    out = np.zeros((len(col), len(KERNEL_CLASSES)))
+    given = [i for i, c in enumerate(col) if c]
+    if given:
+        out[given] = np.array([col[i] for i in given], dtype=np.float64)
+    return out
 
 
 @dataclass(frozen=True, eq=False)
@@ -92,6 +107,7 @@ class Trace:
     inline_comm_s: np.ndarray  # host-local collectives folded into a compute op: waited for
     inline_hidden_s: np.ndarray  # ... and hidden under its kernels
     segments: tuple[tuple[object, ...], ...]  # layout of those ops (``Segment``s), empty for plain ops
+    class_s: np.ndarray  # [op, kernel class] seconds (``KERNEL_CLASSES`` order); zero rows for communication
     rank_labels: dict[int, str]
     rank_multiplicity: dict[int, int]
 
@@ -117,7 +133,8 @@ class Trace:
             if not segs:
                 rec.add(rank, self.stream[i], self.name[i], self.category[i], self.comm[i], start,
                         float(self.end_s[i]), float(self.bytes[i]), float(self.model_flops[i]),
-                        float(self.hw_flops[i]), int(self.micro_batch[i]))  # fmt: skip
+                        float(self.hw_flops[i]), int(self.micro_batch[i]),
+                        class_s=tuple(self.class_s[i].tolist()))  # fmt: skip
                 continue
             for seg in segs:
                 comm = getattr(seg, "comm", "")

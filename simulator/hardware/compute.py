@@ -19,12 +19,18 @@ A power-limited GPU type scales compute-bound efficiencies by its measured ``clo
 Element-wise kernels are memory bound: bytes / (HBM bandwidth × achieved fraction).
 Every kernel also pays the GPU-side gap between back-to-back kernels, and carries the host time needed to
 launch it: a run of short kernels cannot finish faster than the framework launches them (CPU-bound).
+
+Every kernel time says which ``KernelClass`` its seconds belong to (``KernelTime.class_s``), set here where the
+kernel is timed, so that a report can say where the step goes (issue #8): a step that adds two kernels adds their
+seconds per class. FP8 quantisation (``fp8_cast``) is a class of its own, not element-wise, so that the cost of
+FP8 training shows apart from the kernels BF16 training runs too.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cache
 from importlib import resources
 
@@ -36,14 +42,59 @@ from simulator.hardware.gpu import GpuSpec
 from simulator.units import BYTES_PER_ELEMENT
 
 
+class KernelClass(StrEnum):
+    """What kind of work a kernel's seconds are (the JSON report's ``kernel_classes``, ``<value>_s``)."""
+
+    GEMM = "gemm"  # tensor-core matrix multiplications (linear layers, unfused attention, logits, router)
+    ATTENTION = "attention"  # fused attention kernels (flash attention forward and backward)
+    ELEMENTWISE = "elementwise"  # memory-bound kernels: norms, activations, dropout, softmax, permutes ...
+    FP8_CAST = "fp8_cast"  # FP8 quantisation of GEMM inputs (cast + amax + transpose)
+    OPTIMIZER = "optimizer"  # the optimizer update with its gradient-norm and inf checks
+    HOST_BOUND = "host_bound"  # not a kernel: the GPU waiting for the host to launch the next one
+
+
+KERNEL_CLASSES: tuple[KernelClass, ...] = tuple(KernelClass)
+ClassSeconds = tuple[float, ...]  # seconds per KERNEL_CLASSES entry, in that order
+NO_CLASS_S: ClassSeconds = (0.0,) * len(KERNEL_CLASSES)
+_CLASS_INDEX = {c: i for i, c in enumerate(KERNEL_CLASSES)}
+
+
+def class_seconds(kind: KernelClass, seconds: float) -> ClassSeconds:
+    """``seconds`` all in the class ``kind``."""
+    out = [0.0] * len(KERNEL_CLASSES)
+    out[_CLASS_INDEX[kind]] = seconds
+    return tuple(out)
+
+
+def add_class_seconds(a: ClassSeconds, b: ClassSeconds) -> ClassSeconds:
+    """Per-class sum of two kernels' seconds."""
+    return tuple(x + y for x, y in zip(a, b, strict=True))
+
+
 @dataclass(frozen=True)
 class KernelTime:
-    """Duration of one kernel and the work it does."""
+    """Duration of one kernel and the work it does; ``class_s`` splits the duration over ``KERNEL_CLASSES``
+    (all zero for a kernel built by hand without a class, e.g. a zero-time stand-in)."""
 
     duration_s: float
     flops: float
     bytes: float
     launch_s: float = 0.0  # host time to launch it
+    class_s: ClassSeconds = NO_CLASS_S
+
+    def plus(self, other: KernelTime) -> KernelTime:
+        """Two kernels back to back, as one (durations, work, launches and per-class seconds added)."""
+        return KernelTime(
+            self.duration_s + other.duration_s, self.flops + other.flops, self.bytes + other.bytes,
+            self.launch_s + other.launch_s, add_class_seconds(self.class_s, other.class_s),
+        )  # fmt: skip
+
+    def split(self, parts: int) -> KernelTime:
+        """One of ``parts`` equal pieces of this kernel, each launched on its own (ring attention's blocks)."""
+        return KernelTime(
+            self.duration_s / parts, self.flops / parts, self.bytes / parts, self.launch_s,
+            tuple(x / parts for x in self.class_s),
+        )  # fmt: skip
 
 
 @cache
@@ -113,8 +164,8 @@ class ComputeModel:
         tile_s = 2.0 * g.tile_m * g.tile_n * g.tile_k * iterations / per_sm_flops
         operand = 1 if fp8 else self.element_bytes  # FP8 operands, 16-bit output
         nbytes = float(batch * (operand * (m * k + k * n) + self.element_bytes * m * n))
-        t = max(waves * tile_s, nbytes / self.memory_bytes_per_s)
-        return KernelTime(t + self.calib.kernel_gap_s, flops, nbytes, self.calib.kernel_launch_s)
+        t = max(waves * tile_s, nbytes / self.memory_bytes_per_s) + self.calib.kernel_gap_s
+        return KernelTime(t, flops, nbytes, self.calib.kernel_launch_s, class_seconds(KernelClass.GEMM, t))
 
     @property
     def fp8_ratio(self) -> float:
@@ -125,12 +176,21 @@ class ComputeModel:
     def fp8_cast(self, elements: float, transpose: bool) -> KernelTime:
         """Quantise a 16-bit tensor to FP8 with its amax (TE ``cast_transpose``): read 2 bytes, write 1 byte,
         and 1 more for the transposed copy that Hopper's FP8 GEMMs need for the other operand layout."""
-        return self.elementwise(elements * (self.element_bytes + 1 + (1 if transpose else 0)))
+        nbytes = elements * (self.element_bytes + 1 + (1 if transpose else 0))
+        return self.elementwise(nbytes, kind=KernelClass.FP8_CAST)
 
-    def elementwise(self, nbytes: float, flops: float = 0.0, kernels: int = 1) -> KernelTime:
-        """``kernels`` memory-bound kernels moving ``nbytes`` to and from HBM in all."""
+    def elementwise(
+        self,
+        nbytes: float,
+        flops: float = 0.0,
+        kernels: int = 1,
+        *,
+        kind: KernelClass = KernelClass.ELEMENTWISE,
+    ) -> KernelTime:
+        """``kernels`` memory-bound kernels moving ``nbytes`` to and from HBM in all (``kind``: their class, e.g.
+        ``OPTIMIZER`` for the optimizer update, which is memory bound too)."""
         t = nbytes / self.memory_bytes_per_s + kernels * self.calib.kernel_gap_s
-        return KernelTime(t, flops, nbytes, kernels * self.calib.kernel_launch_s)
+        return KernelTime(t, flops, nbytes, kernels * self.calib.kernel_launch_s, class_seconds(kind, t))
 
     def attention_efficiency(self, backward: bool, seq_k: float, head_dim: int, causal: bool) -> float:
         """Fraction of the 16-bit peak a fused attention kernel reaches: the measured kernel model of this
@@ -155,4 +215,6 @@ class ComputeModel:
         query tiles each see ``seq_k`` keys (the causal prefix counted whole)."""
         eff = self.attention_efficiency(backward, seq_k, head_dim, causal) * self.calib.clock_scale
         t = max(flops / (self.attention_peak_flops_per_s * eff), nbytes / self.memory_bytes_per_s)
-        return KernelTime(t + self.calib.kernel_gap_s, flops, nbytes, self.calib.kernel_launch_s)
+        t += self.calib.kernel_gap_s
+        classes = class_seconds(KernelClass.ATTENTION, t)
+        return KernelTime(t, flops, nbytes, self.calib.kernel_launch_s, classes)

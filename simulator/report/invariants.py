@@ -6,6 +6,8 @@ A violation is a bug in clustersim, never a number to print: ``check_invariants`
 * every figure is finite, no duration is negative;
 * the step is its parts: compute + exposed communication + bubble + other = step time (the overlapped
   communication is hidden under compute, not part of the step);
+* the kernel classes are the compute time: gemm + attention + elementwise + fp8_cast + host_bound =
+  compute, and their communication is the exposed communication (checked on traces that carry classes);
 * MFU <= HFU <= 1 (hardware FLOPs include the model's and what recomputation adds; no GPU beats its peak);
 * tokens/s = global batch x sequence length / step time, samples/s = global batch / step time;
 * no op ends before it starts;
@@ -90,6 +92,16 @@ def violations(
         samples = layout.global_batch / step
         if not math.isclose(report.samples_per_s, samples, rel_tol=REL_TOL):
             errors.append(f"samples_per_s {report.samples_per_s:.9g} is not batch / step = {samples:.9g}")
+    k = report.kernel_classes
+    if trace is not None and trace.class_s.any():
+        tol = REL_TOL * max(step, 0.0)
+        if not math.isclose(k.compute_s(), b.compute_s, rel_tol=REL_TOL, abs_tol=tol):
+            errors.append(
+                f"kernel classes sum to {k.compute_s():.9g} s, not the compute time {b.compute_s:.9g} s"
+            )
+        if not math.isclose(k.communication_s, b.exposed_comm_s, rel_tol=REL_TOL, abs_tol=tol):
+            errors.append(f"kernel classes' communication {k.communication_s:.9g} s is not the exposed "
+                          f"communication {b.exposed_comm_s:.9g} s")  # fmt: skip
     if trace is not None and len(trace):
         negative = int(np.count_nonzero(trace.end_s < trace.start_s))
         if negative:

@@ -4,6 +4,11 @@ The critical rank is the simulated rank that finishes last. Its step is cut into
 between op boundaries; each segment is compute (forward, backward, recompute on the compute stream),
 exposed communication (a transfer in flight, no compute), optimizer/other, or idle. Idle time is pipeline
 bubble when the job is pipelined, "other" otherwise. Communication that runs under compute is overlapped.
+
+The critical rank's compute ops also carry their seconds per kernel class (``Trace.class_s``, set by the
+compute model where each kernel is timed); summed over its ops they split ``compute_s`` into GEMM,
+attention, element-wise, FP8 cast and host-bound time, and give the optimizer update's time (inside
+``other_s``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from simulator.engine.trace import Trace
+from simulator.hardware.compute import KERNEL_CLASSES
 from simulator.workload.ops import Category, CommKind
 
 COMPUTE_CATEGORIES = {Category.FORWARD, Category.BACKWARD, Category.BACKWARD_INPUT,
@@ -34,6 +40,7 @@ class StepMetrics:
     other_s: float
     comm_s: dict[str, float]
     exposed_by_kind_s: dict[str, float]
+    kernel_class_s: dict[str, float]  # KernelClass value → seconds on the critical rank
 
 
 def _coverage(bounds: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
@@ -78,6 +85,7 @@ def step_metrics(trace: Trace, pipelined: bool) -> StepMetrics:
     comm_s = {k.value: float(width[v].sum()) for k, v in kinds.items()}
     comm_s[CommKind.TP.value] += inline_exposed + inline_hidden
     exposed_by[CommKind.TP.value] += inline_exposed
+    per_class = trace.class_s[rows].sum(axis=0)  # communication rows are zeros
     return StepMetrics(
         step_time_s=step,
         critical_rank=crit,
@@ -88,4 +96,5 @@ def step_metrics(trace: Trace, pipelined: bool) -> StepMetrics:
         other_s=float(width[~busy & other_busy].sum()) + (0.0 if pipelined else idle_s),
         comm_s=comm_s,
         exposed_by_kind_s=exposed_by,
+        kernel_class_s={c.value: float(v) for c, v in zip(KERNEL_CLASSES, per_class, strict=True)},
     )

@@ -27,6 +27,28 @@ class Breakdown(_Frozen):
     other_s: float
 
 
+class KernelClasses(_Frozen):
+    """The critical rank's time per kind of work (issue #8), seconds: gemm_s + attention_s + elementwise_s +
+    fp8_cast_s + host_bound_s = breakdown.compute_s (recomputed kernels in their class); optimizer_s is the
+    optimizer update, which the breakdown counts in other_s; communication_s = breakdown.exposed_comm_s.
+
+    ``host_bound_s`` is the GPU waiting for the host to launch kernels (a launch-bound run of short kernels);
+    ``fp8_cast_s`` the quantisation of FP8 GEMMs' inputs, zero in 16-bit training. The compute model sets each
+    kernel's class where it times it (``hardware/compute.py`` ``KernelClass``)."""
+
+    gemm_s: float = 0.0
+    attention_s: float = 0.0
+    elementwise_s: float = 0.0
+    fp8_cast_s: float = 0.0
+    host_bound_s: float = 0.0
+    optimizer_s: float = 0.0
+    communication_s: float = 0.0
+
+    def compute_s(self) -> float:
+        """The classes that make up ``breakdown.compute_s``."""
+        return self.gemm_s + self.attention_s + self.elementwise_s + self.fp8_cast_s + self.host_bound_s
+
+
 class CommTimes(_Frozen):
     """Time the critical rank spends in each kind of communication (exposed or hidden), seconds."""
 
@@ -115,6 +137,7 @@ class StepReport(_Frozen):
     cluster: str = ""
     layout: Layout | None = None
     exposed_comm: CommTimes = Field(default_factory=CommTimes)  # the exposed part, per kind
+    kernel_classes: KernelClasses = Field(default_factory=KernelClasses)  # the step per kind of work
     links: list[LinkUse] = Field(default_factory=list)  # busiest links, most loaded first
     tiers: list[TierUse] = Field(default_factory=list)  # per fabric tier, inner (NVLink) to outer (core)
     bottleneck_tier: str = ""  # the tier whose busiest link is the most utilised ("" without link data)

@@ -46,6 +46,9 @@ def print_report(
     """
     capacity = capacity_gib if capacity_gib is not None else hbm_capacity_gib(report.gpu)
     parts: list[RenderableType] = [headline(report), metrics_table(report), breakdown_table(report)]
+    # absent (all zero) from reports stored before it
+    if any(v > 0 for v in report.kernel_classes.model_dump().values()):
+        parts.append(kernel_classes_table(report))
     if any(getattr(report.comm, f"{k}_s") > 0 for k in COMM_KINDS):
         parts.append(comm_table(report))
     parts.append(memory_table(report, capacity))
@@ -141,6 +144,35 @@ def breakdown_table(report: StepReport) -> Table:
     )
     if step > 0 and abs(total - step) > _SUM_TOLERANCE * step:
         table.caption = f"parts sum to {format_seconds(total, unit)}, not the step time"
+    return table
+
+
+_KERNEL_CLASS_ROWS = (
+    ("GEMM", "gemm_s"),
+    ("attention", "attention_s"),
+    ("element-wise", "elementwise_s"),
+    ("FP8 cast", "fp8_cast_s"),
+    ("host-bound (launch wait)", "host_bound_s"),
+)
+
+
+def kernel_classes_table(report: StepReport) -> Table:
+    """Where the compute time goes, per kind of kernel (summing to the breakdown's compute), with the
+    optimizer update and the exposed communication beside it."""
+    k, step = report.kernel_classes, report.step_time_s
+    unit = time_unit(step)
+    table = Table(title="Time per kernel class (critical rank)", title_justify="left")
+    table.add_column("class")
+    table.add_column("time", justify="right")
+    table.add_column("% of step", justify="right")
+    for name, field in _KERNEL_CLASS_ROWS:
+        value = getattr(k, field)
+        table.add_row(name, format_seconds(value, unit), _share(value, step))
+    table.add_section()
+    compute = k.compute_s()
+    table.add_row(Text("compute", style="bold"), format_seconds(compute, unit), _share(compute, step))
+    table.add_row("optimizer (in other)", format_seconds(k.optimizer_s, unit), _share(k.optimizer_s, step))
+    table.add_row("exposed comm", format_seconds(k.communication_s, unit), _share(k.communication_s, step))
     return table
 
 

@@ -19,11 +19,12 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from simulator.report.schema import StepReport
+from simulator.report.schema import KernelClasses, StepReport
 from simulator.report.style import COMM_KINDS, MEMORY_COMPONENTS, atomic_path
 
 Row = dict[str, object]
 BREAKDOWN_FIELDS = ("compute_s", "exposed_comm_s", "overlapped_comm_s", "bubble_s", "other_s")
+KERNEL_CLASS_FIELDS: tuple[str, ...] = tuple(KernelClasses.model_fields)  # gemm_s, attention_s ...
 
 BASE_COLUMNS: tuple[str, ...] = (
     "gpus",
@@ -48,6 +49,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     *(f"breakdown.{k}" for k in BREAKDOWN_FIELDS),
     *(f"comm.{k}_s" for k in COMM_KINDS),
     *(f"exposed_comm.{k}_s" for k in COMM_KINDS),
+    *(f"kernel_classes.{k}" for k in KERNEL_CLASS_FIELDS),
     *(f"memory_gib_per_gpu.{m}" for m in MEMORY_COMPONENTS),
     "memory_gib_per_gpu.total",
     "fits_memory",
@@ -84,6 +86,7 @@ def report_row(report: StepReport) -> Row:
     row.update({f"breakdown.{k}": getattr(b, k) for k in BREAKDOWN_FIELDS})
     row.update({f"comm.{k}_s": getattr(report.comm, f"{k}_s") for k in COMM_KINDS})
     row.update({f"exposed_comm.{k}_s": getattr(report.exposed_comm, f"{k}_s") for k in COMM_KINDS})
+    row.update({f"kernel_classes.{k}": getattr(report.kernel_classes, k) for k in KERNEL_CLASS_FIELDS})
     row.update({f"memory_gib_per_gpu.{m}": getattr(mem, m) for m in MEMORY_COMPONENTS})
     row["memory_gib_per_gpu.total"] = mem.total
     row.update(fits_memory=report.fits_memory, warnings=len(report.warnings))

@@ -66,7 +66,9 @@ class Compute:
 
     ``model_flops`` counts only what the model needs (no recomputation; MFU), ``hw_flops`` what the GPU
     executes (HFU). ``inline_comm_s``/``inline_hidden_s`` are host-local collectives folded into the op
-    (waited for / hidden under kernels); ``segments`` lays them out for traces.
+    (waited for / hidden under kernels); ``segments`` lays them out for traces. ``class_s`` is the rest of the
+    duration in seconds per kernel class, in the order of ``hardware/compute.py`` ``KERNEL_CLASSES`` (empty:
+    unknown), so that ``duration_s = sum(class_s) + inline_comm_s``.
     """
 
     name: str
@@ -80,6 +82,7 @@ class Compute:
     inline_comm_s: float = 0.0
     inline_hidden_s: float = 0.0
     segments: tuple[object, ...] = ()
+    class_s: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,10 @@ with into one engine op (a 16,384-GPU step must simulate in seconds), keeping th
 separates or overlaps them as ops of their own — or, for collectives that stay inside one host's NVLink
 domain and share no link with other traffic (``inline``), folding their uncontended duration into the fused
 op as a segment, since the network model would give them exactly that duration.
+
+A fused op keeps its seconds per kernel class (``FusedCompute.class_s``, ``hardware/compute.py``
+``KernelClass``): its kernels' own seconds, plus ``HOST_BOUND`` for the time a launch-bound run is stretched
+by, so that its classes sum to its duration less the inlined communication it waited for.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from simulator.hardware.compute import KernelTime
+from simulator.hardware.compute import KERNEL_CLASSES, NO_CLASS_S, ClassSeconds, KernelClass, KernelTime
 from simulator.workload.ops import Axis, CollectiveKind, CommKind
 
 
@@ -83,7 +87,8 @@ class FusedCompute:
     """Consecutive kernels (and inlined collectives) fused into one engine op.
 
     ``comm_exposed_s`` is inlined communication the compute stream waited for; ``comm_hidden_s`` inlined
-    communication that ran under a kernel."""
+    communication that ran under a kernel; ``class_s`` the rest of ``duration_s`` per ``KERNEL_CLASSES``
+    entry (``duration_s = sum(class_s) + comm_exposed_s``)."""
 
     names: tuple[str, ...]
     duration_s: float
@@ -94,6 +99,7 @@ class FusedCompute:
     comm_exposed_s: float = 0.0
     comm_hidden_s: float = 0.0
     segments: tuple[Segment, ...] = ()
+    class_s: ClassSeconds = NO_CLASS_S
 
     @property
     def name(self) -> str:
@@ -106,6 +112,7 @@ class FusedCompute:
 
 
 CompiledStep = FusedCompute | CommStep | GradReady | Join
+_HOST_BOUND = KERNEL_CLASSES.index(KernelClass.HOST_BOUND)
 InlineTime = Callable[[CommStep], float | None]
 
 
@@ -124,6 +131,7 @@ class _Run:
     segments: list[Segment] = field(default_factory=list)
     overlap_s: float = 0.0  # an inlined comm still running under the next kernel
     launch_s: float = 0.0  # host time to launch the run's kernels
+    class_s: list[float] = field(default_factory=lambda: [0.0] * len(KERNEL_CLASSES))
 
     def kernel(self, k: KernelStep) -> None:
         t = k.time.duration_s
@@ -140,6 +148,9 @@ class _Run:
         self.bytes += k.time.bytes
         self.kernels += 1
         self.launch_s += k.time.launch_s
+        acc = self.class_s
+        for i, x in enumerate(k.time.class_s):
+            acc[i] += x
 
     def comm(self, c: CommStep, duration_s: float) -> None:
         self._settle()
@@ -177,6 +188,7 @@ class _Run:
         self.segments = [
             Segment(g.name, g.comm, g.offset_s * f, g.duration_s * f, g.step) for g in self.segments
         ]
+        self.class_s[_HOST_BOUND] += self.launch_s - self.duration  # the GPU waits for the host
         self.duration = self.launch_s
 
     def build(self) -> FusedCompute:
@@ -185,6 +197,7 @@ class _Run:
         return FusedCompute(
             tuple(self.names), self.duration, self.model_flops, self.hw_flops, self.bytes, self.kernels,
             self.exposed, self.hidden, tuple(self.segments) if self.exposed or self.hidden else (),
+            tuple(self.class_s),
         )  # fmt: skip
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import replace
 
 from simulator.errors import InfeasibleConfig
-from simulator.hardware.compute import KernelTime
 from simulator.parallel.strategies.base import BuildContext, ContextStrategy
 from simulator.registry import STRATEGIES
 from simulator.workload.ops import Axis, CollectiveKind, CommKind
@@ -24,8 +23,7 @@ def split_kernels(core: list[Step], parts: int, tag: str) -> list[list[Step]]:
     blocks: list[list[Step]] = [[] for _ in range(parts)]
     for step in core:
         assert isinstance(step, KernelStep)
-        t = step.time
-        part = KernelTime(t.duration_s / parts, t.flops / parts, t.bytes / parts, t.launch_s)
+        part = step.time.split(parts)  # keeps the kernel's seconds per class
         for i in range(parts):
             blocks[i].append(
                 replace(step, name=f"{step.name}.{tag}{i}", time=part, model_flops=step.model_flops / parts)
