@@ -19,7 +19,6 @@ from simulator.build.setup import Setup, peak_memory
 from simulator.engine.budget import check_ops, check_work, step_estimate
 from simulator.engine.groups import GroupResolver, RankClasses
 from simulator.engine.simulation import Engine
-from simulator.engine.symmetry import pipeline_offsets
 from simulator.engine.symmetry import refine as refine_classes
 from simulator.engine.trace import Trace
 from simulator.errors import InfeasibleConfig
@@ -67,9 +66,7 @@ def rank_classes(setup: Setup) -> RankClasses:
     gpu_type = np.array([spec.name for spec in setup.cluster.gpu_specs[:world]])
     if len(set(gpu_type)) > 1:
         raise InfeasibleConfig("clusters with mixed GPU types are not simulated yet", field="cluster")
-    w = setup.workload
-    offsets = pipeline_offsets(w.schedule, setup.dims.pp, w.chunks)
-    ref = refine_classes(setup.plan, setup.cluster, setup.phase_cache, offsets)
+    ref = refine_classes(setup.plan, setup.cluster, setup.phase_cache)
     if ref.unchecked_kinds:
         setup.warnings.append(
             "symmetry reduction: the network equivalence of the "
