@@ -152,3 +152,41 @@ def test_framework_profiles_are_mechanisms():
     assert profile_for("megatron-core", compile=False).name == "megatron-core"
     assert {"megatron-core", "torchtitan", "llm-foundry", "deepspeed"} <= set(profile_names())
     assert framework_profile("llm-foundry").rotary is None  # MPT uses ALiBi
+
+
+# ------------------------------------------------------------------------------- FP8 recipes, MoE launches
+@pytest.mark.parametrize("recipe", ["delayed", "current", "mxfp8"])
+def test_fp8_cast_by_recipe(recipe):
+    """Bytes and launches of quantising 16 tensors of 1M elements each (TE 2.9, compute.py ``fp8_cast``):
+    delayed casts them all in one fused kernel reading 2 B and writing 1 + 1 (transpose) B per element;
+    current scaling reads each tensor once more for its amax and launches 4 kernels per tensor; MXFP8 one
+    kernel per tensor."""
+    kernels = framework_profile("megatron-core").cast_kernels(recipe)
+    cm = replace(_model("h100-sxm", "fp8"), fp8_recipe=recipe, fp8_cast_kernels=kernels)
+    n = 16 * 2**20
+    t = cm.fp8_cast(n, transpose=True, tensors=16)
+    launches = {"delayed": 1, "current": 16 * 4, "mxfp8": 16}[recipe]
+    per_element = {"delayed": 4, "current": 6, "mxfp8": 4}[recipe]
+    assert t.bytes == n * per_element
+    assert t.launch_s == pytest.approx(launches * cm.calib.kernel_launch_s)
+    hbm = n * per_element / cm.memory_bytes_per_s
+    assert t.duration_s == pytest.approx(hbm + launches * cm.calib.kernel_gap_s)
+
+
+def test_megatron_launches_one_gemm_per_local_expert(make_scenario):
+    """TE 2.9's GroupedLinear runs a cuBLASLt GEMM per local expert (multi_stream_cublas_gemm); a framework
+    with one grouped kernel launches once. The GPU time is the same grouped GEMM in both."""
+    from simulator.build.setup import Setup
+    from simulator.topology.loader import build_cluster
+
+    model = {"layers": 2, "hidden": 1024, "heads": 16, "ffn_hidden": 2048, "vocab": 4096, "gated_mlp": True,
+             "moe": {"experts": 32, "top_k": 4, "expert_ffn_hidden": 512}}  # fmt: skip
+    gemms = {}
+    for name in ("megatron-core", "torchtitan"):
+        sc = make_scenario(model=model, parallelism__ep=8, framework__name=name)
+        setup = Setup(sc, build_cluster(sc.topology, file="<test>"), "symmetric")
+        steps = {s.name: s for s in setup.workload.layer_builder.moe_block_forward() if hasattr(s, "time")}
+        gemms[name] = steps["expert_fc1"].time
+    launch = gemms["torchtitan"].launch_s
+    assert gemms["megatron-core"].launch_s == pytest.approx(32 // 8 * launch)
+    assert gemms["megatron-core"].duration_s == pytest.approx(gemms["torchtitan"].duration_s)

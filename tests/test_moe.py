@@ -45,15 +45,23 @@ def collectives(setup: Setup, comm: CommKind) -> list[Collective]:
 @pytest.mark.parametrize("recompute", ["none", "full"])
 def test_all_to_all_bytes_match_reference(make_scenario, ep, recompute):
     """Per MoE layer and micro-batch: dispatch and combine forward, both again backward (and again in the
-    recomputed forward), each a buffer of T·k·h·bytes; the network sends (ep−1)/ep of it off each rank."""
+    recomputed forward), each a buffer of T·k·h·bytes; the network sends (ep−1)/ep of it off each rank.
+    Beside each dispatch, the fp32 routing probabilities (T·k·4 bytes); before each forward dispatch, the
+    all-gather of the int64 tokens-per-expert counts (Megatron-Core's dropless all-to-all dispatcher)."""
     m, seq = 2, 1024
     s = setup_of(make_scenario, gpus_per_host=8, model=MOE, micro_batches=m, seq_len=seq,
                  parallelism__ep=ep, training__recompute=recompute)  # fmt: skip
-    ops = [op for op in collectives(s, CommKind.EP) if op.kind is CollectiveKind.ALL_TO_ALL]
-    per_layer = 4 + (2 if recompute == "full" else 0)
+    ep_ops = collectives(s, CommKind.EP)
+    ops = [op for op in ep_ops if op.kind is CollectiveKind.ALL_TO_ALL and "probs" not in op.name]
+    forwards = 1 + (1 if recompute == "full" else 0)
+    per_layer = 2 * forwards + 2
     assert len(ops) == per_layer * MOE["layers"] * m
     buffer = seq * 2 * MOE["hidden"] * 2  # T·k·h·bytes, bf16
     assert {op.bytes for op in ops} == {buffer}
+    probs = [op for op in ep_ops if "probs" in op.name]
+    assert len(probs) == (forwards + 1) * MOE["layers"] * m and {op.bytes for op in probs} == {seq * 2 * 4}
+    counts = [op for op in ep_ops if op.kind is CollectiveKind.ALL_GATHER]
+    assert len(counts) == forwards * MOE["layers"] * m and {op.bytes for op in counts} == {8 * 8 * ep}
     assert {op.group for op in ops} == {"ep"}
     group = s.plan.groups("ep")[:1]
     req = CollectiveRequest(CollectiveKind.ALL_TO_ALL, group, buffer, ("ep-test",))

@@ -24,7 +24,7 @@ from simulator.parallel.plan import ParallelDims, ParallelPlan
 from simulator.scenario import load_scenario
 from simulator.simulate import simulate
 from simulator.topology.loader import build_cluster
-from simulator.workload.ops import Axis, Collective, CommKind
+from simulator.workload.ops import Axis, Collective, CollectiveKind
 
 ROOT = Path(__file__).resolve().parent.parent
 MOE = {
@@ -86,7 +86,10 @@ def test_folded_experts_are_whole_and_route_the_sequence_shard(make_scenario) ->
     ctx = folded.ctx
     assert ctx.moe_tokens * 2 == ctx.tokens
     prog = ProgramFactory(folded.workload, folded.inline_comm).build(0)
-    a2a = [op for op in prog.ops if isinstance(op, Collective) and op.comm is CommKind.EP]
+    a2a = [
+        op for op in prog.ops
+        if isinstance(op, Collective) and op.kind is CollectiveKind.ALL_TO_ALL and "probs" not in op.name
+    ]  # fmt: skip
     assert a2a and all(op.group == Axis.EP for op in a2a)
     per_copy = MOE["hidden"] * ctx.e
     assert {op.bytes for op in a2a} == {ctx.tokens / 2 * MOE["moe"]["top_k"] * per_copy}

@@ -293,11 +293,15 @@ class LayerBuilder:
         return _MoEShape(local, routed, math.ceil(routed / local), fc1, fc2, c.moe_tokens * moe.top_k)
 
     def _expert_gemm(self, name: str, tokens: int, n_out: int, k_in: int, local: int) -> KernelStep:
-        # Megatron-Core GroupedMLP: one grouped GEMM over the rank's experts; under FP8 its permuted input
-        # arrives 16-bit and is cast first (TE GroupedLinear)
+        """The GEMMs of every local expert, timed on the GPU as one grouped GEMM (TE GroupedLinear spreads
+        the experts' GEMMs over 4 streams, so they fill the SMs together); launched as the framework does:
+        one cuBLASLt GEMM per expert (``per_expert``, TE 2.9) or one grouped kernel. Under FP8 the permuted
+        input arrives 16-bit and is quantised first, one tensor per expert (``split_quantize``)."""
         t = self.cm.gemm(tokens, n_out, k_in, batch=local)
+        if self.ctx.framework.moe.grouped_gemm == "per_expert":
+            t = replace(t, launch_s=t.launch_s * local)
         if self.cm.fp8:
-            t = _plus(t, self.cm.fp8_cast(tokens * local * k_in, transpose=True))
+            t = _plus(t, self.cm.fp8_cast(tokens * local * k_in, transpose=True, tensors=local))
         return _k(name, t)
 
     def _shared_forward(self) -> list[Step]:
@@ -324,9 +328,10 @@ class LayerBuilder:
             *self._linear_backward("shared_fc1", fc1, self.h),
         ]
 
-    def _permute(self, name: str, copies: float) -> KernelStep:
-        """Moving token copies into expert order: read and write each copy (Megatron-Core ``permute``)."""
-        return _k(name, self.cm.elementwise(2 * self.e * copies * self.h))
+    def _permute(self, name: str, copies: float, kernels: int = 1) -> KernelStep:
+        """Moving token copies into expert order: read and write each copy (Megatron-Core ``permute``), in the
+        framework's ``kernels`` launches (TE's fused permutation: a row-id map, then the copy)."""
+        return _k(name, self.cm.elementwise(2 * self.e * copies * self.h, kernels=kernels))
 
     def moe_block_forward(self) -> list[Step]:
         """Norm → router → permute → dispatch → experts → combine → unpermute (+ shared experts). With the
@@ -336,15 +341,16 @@ class LayerBuilder:
         moe = c.model.moe
         assert moe is not None
         local, routed, per_expert, fc1, fc2, sent = self._moe_shape()
-        n, tp_split = c.moe_tokens, c.dims.expert_tp == c.tp
+        n, tp_split, k = c.moe_tokens, c.dims.expert_tp == c.tp, c.framework.moe
         # received chunks sorted by local expert and back (Megatron-Core sort_chunks_by_idxs)
-        sort = [self._permute("moe_sort", routed)] if local > 1 else []
+        sort = [self._permute("moe_sort", routed, k.sort[0])] if local > 1 else []
         return [
             self._norm("mlp_norm"),
             *(t.block_input_forward(c, "mlp") if tp_split else []),
             _k("router", cm.gemm(n, moe.experts, self.h, linear=False)),  # fp32/bf16 in Megatron-Core
-            _k("router_topk", cm.elementwise(3 * 4 * n * moe.experts)),  # fp32 logits → probs → top-k
-            self._permute("moe_permute", sent),
+            # fp32 logits → probs → top-k, the load-balancing loss: the framework's router kernels
+            _k("router_topk", cm.elementwise(3 * 4 * n * moe.experts, kernels=k.router[0])),
+            self._permute("moe_permute", sent, k.permute[0]),
             *x.dispatch(c, routed, False),
             *sort,
             self._expert_gemm("expert_fc1", per_expert, fc1, self.h, local),
@@ -365,8 +371,8 @@ class LayerBuilder:
         moe = c.model.moe
         assert moe is not None
         local, routed, per_expert, fc1, fc2, sent = self._moe_shape()
-        n, tp_split = c.moe_tokens, c.dims.expert_tp == c.tp
-        sort = [self._permute("moe_sort_bwd", routed)] if local > 1 else []
+        n, tp_split, k = c.moe_tokens, c.dims.expert_tp == c.tp, c.framework.moe
+        sort = [self._permute("moe_sort_bwd", routed, k.sort[1])] if local > 1 else []
         g = self._expert_gemm
         return [
             self._dropout_add("mlp_dropout_add_bwd", backward=True),
@@ -383,8 +389,8 @@ class LayerBuilder:
             g("expert_fc1_wgrad", self.h, fc1, per_expert, local),
             *sort,
             *x.dispatch(c, routed, True),
-            self._permute("moe_permute_bwd", sent),
-            _k("router_topk_bwd", cm.elementwise(3 * 4 * n * moe.experts)),
+            self._permute("moe_permute_bwd", sent, k.permute[1]),
+            _k("router_topk_bwd", cm.elementwise(3 * 4 * n * moe.experts, kernels=k.router[1])),
             *(t.block_input_backward_pre(c, "mlp") if tp_split else []),
             _k("router_dgrad", cm.gemm(n, self.h, moe.experts, linear=False)),
             *(t.block_input_backward_post(c, "mlp") if tp_split else []),

@@ -22,10 +22,9 @@ from simulator.network.models.base import (
     alone_time,
 )
 from simulator.parallel.plan import ParallelDims, ParallelPlan
-from simulator.registry import SCHEDULES
 from simulator.parallel.strategies.base import BuildContext, DataStrategy, ExpertStrategy
-from simulator.registry import STRATEGIES
 from simulator.parallel.strategies.expert import expert_load_factor
+from simulator.registry import SCHEDULES, STRATEGIES
 from simulator.scenario import Scenario
 from simulator.topology.cluster import Cluster
 from simulator.workload.ops import Axis, CollectiveKind
@@ -136,7 +135,9 @@ class Setup:
                 f"{self.gpu.name} has no calibration of its own; uses {calib.inherited_from}'s"
             )
         impl = self.framework.attention_impl
-        return ComputeModel(self.gpu, calib, self.scenario.training.precision, impl)
+        t = self.scenario.training
+        recipe = t.fp8_recipe or "delayed"  # not stated: Transformer Engine's default recipe (DelayedScaling)
+        return ComputeModel(self.gpu, calib, t.precision, impl, recipe, self.framework.cast_kernels(recipe))
 
     @cached_property
     def framework(self) -> FrameworkProfile:

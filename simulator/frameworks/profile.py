@@ -8,7 +8,7 @@ name: ``megatron-core`` (Transformer Engine fused kernels), ``torchtitan`` (eage
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -29,6 +29,18 @@ class OpKernels:
 
 
 @dataclass(frozen=True)
+class MoEKernels:
+    """What the framework launches around a mixture-of-experts block: kernels of the router (GEMM aside), of
+    the token permutation into expert order and of the per-expert sort, forward and backward, and how the
+    grouped expert GEMMs launch (``per_expert``: one GEMM per local expert, ``single``: one grouped kernel)."""
+
+    router: tuple[int, int] = (1, 1)
+    permute: tuple[int, int] = (1, 1)
+    sort: tuple[int, int] = (1, 1)
+    grouped_gemm: str = "single"
+
+
+@dataclass(frozen=True)
 class FrameworkProfile:
     """The mechanisms of one framework in one execution mode."""
 
@@ -38,6 +50,13 @@ class FrameworkProfile:
     activation: OpKernels  # the MLP activation (SwiGLU or GeLU)
     rotary: OpKernels | None  # rotary embedding of Q and K; None: the model family uses none (ALiBi)
     sources: dict[str, str]
+    moe: MoEKernels = MoEKernels()
+    # kernels launched to quantise one tensor to FP8, per scaling recipe (not listed: one)
+    fp8_cast_kernels: dict[str, int] = field(default_factory=dict)
+
+    def cast_kernels(self, recipe: str) -> int:
+        """Kernels per tensor quantised under ``recipe``."""
+        return self.fp8_cast_kernels.get(recipe, 1)
 
 
 def _ops(raw: dict[str, Any]) -> OpKernels:
@@ -64,7 +83,7 @@ def framework_profile(name: str) -> FrameworkProfile:
     raw = yaml.safe_load(
         resources.files("simulator.frameworks").joinpath("profiles", f"{name}.yaml").read_text()
     )
-    rotary = raw.get("rotary")
+    rotary, moe = raw.get("rotary"), raw.get("moe")
     return FrameworkProfile(
         name=name,
         attention_impl=str(raw["attention_impl"]),
@@ -72,7 +91,20 @@ def framework_profile(name: str) -> FrameworkProfile:
         activation=_ops(raw["activation"]),
         rotary=None if rotary is None else _ops(rotary),
         sources=dict(raw.get("sources", {})),
+        moe=MoEKernels() if moe is None else _moe(moe),
+        fp8_cast_kernels={str(k): int(v) for k, v in raw.get("fp8_cast_kernels", {}).items()},
     )
+
+
+def _moe(raw: dict[str, Any]) -> MoEKernels:
+    grouped = str(raw["grouped_gemm"])
+    if grouped not in ("per_expert", "single"):
+        raise ValueError(f"moe.grouped_gemm {grouped!r}; valid: per_expert, single")
+
+    def pair(key: str) -> tuple[int, int]:
+        return int(raw[key]["kernels"]), int(raw[key]["backward_kernels"])
+
+    return MoEKernels(pair("router"), pair("permute"), pair("sort"), grouped)
 
 
 def profile_for(framework: str, compile: bool) -> FrameworkProfile:

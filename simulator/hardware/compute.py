@@ -119,6 +119,8 @@ class ComputeModel:
     calib: ComputeCalibration
     precision: str
     attention_impl: str = "cudnn"  # the fused attention kernels the framework launches (attention.yaml)
+    fp8_recipe: str = "delayed"  # FP8 scaling recipe (TrainingConfig.fp8_recipe; TE's default DelayedScaling)
+    fp8_cast_kernels: int = 1  # kernels the framework launches to quantise one tensor under that recipe
 
     @property
     def peak_flops_per_s(self) -> float:
@@ -173,11 +175,23 @@ class ComputeModel:
         ratio = fp8_gemm_ratio(self.gpu.name)
         return _FP8_RATIO_FALLBACK if ratio is None else ratio
 
-    def fp8_cast(self, elements: float, transpose: bool) -> KernelTime:
-        """Quantise a 16-bit tensor to FP8 with its amax (TE ``cast_transpose``): read 2 bytes, write 1 byte,
-        and 1 more for the transposed copy that Hopper's FP8 GEMMs need for the other operand layout."""
-        nbytes = elements * (self.element_bytes + 1 + (1 if transpose else 0))
-        return self.elementwise(nbytes, kind=KernelClass.FP8_CAST)
+    def fp8_cast(self, elements: float, transpose: bool, tensors: int = 1) -> KernelTime:
+        """Quantise ``tensors`` 16-bit tensors of ``elements`` in all to FP8: read 2 bytes, write 1 byte, and 1
+        more for the transposed (column-wise) copy the weight-gradient GEMM needs. By recipe (Transformer
+        Engine 2.9, ``cast.cpp`` ``multi_tensor_quantize_impl``, ``quantizer.cpp``):
+
+        * ``delayed``: the scale comes from the amax history, so the cast records the amax as it goes, and
+          one fused kernel casts every tensor (``nvte_multi_cast_transpose``);
+        * ``current``: the scale needs this tensor's amax first: an amax pass reading the tensor, then the
+          cast; per tensor ``fp8_cast_kernels`` launches (TE: zero the amax, amax, scale, cast);
+        * ``mxfp8`` / ``blockwise`` / ``rowwise``: one scale per block of 32 (1×128, one row) elements, found
+          in the cast kernel itself; one launch per tensor, row- and column-wise data written together.
+        """
+        per_element = self.element_bytes + 1 + (1 if transpose else 0)
+        if self.fp8_recipe == "current":
+            per_element += self.element_bytes  # the amax pass reads the tensor once more
+        kernels = 1 if self.fp8_recipe == "delayed" else tensors * self.fp8_cast_kernels
+        return self.elementwise(elements * per_element, kernels=kernels, kind=KernelClass.FP8_CAST)
 
     def elementwise(
         self,

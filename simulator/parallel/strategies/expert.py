@@ -5,7 +5,11 @@ The routed experts of a layer are split over the ``ep`` ranks of an expert-paral
 each). Every rank sends each routed copy of its tokens to the rank holding the chosen expert (dispatch
 all-to-all), the experts run, and the outputs come back (combine all-to-all); the backward pass runs the
 same two all-to-alls on the gradients. Under uniform routing a rank sends T·k·h elements, (ep−1)/ep of them
-to other ranks (docs/reference.md, "MoE dispatch and combine").
+to other ranks (docs/reference.md, "MoE dispatch and combine"). As Megatron-Core's dropless all-to-all dispatcher
+runs it (Megatron-LM @0d8e0714, ``token_dispatcher.py`` ``MoEAlltoAllTokenDispatcher``): the tokens-per-expert
+counts are all-gathered over the group first (the split sizes of the all-to-all), and the routing
+probabilities travel in an all-to-all of their own beside the tokens (fp32, one per token copy), forward and
+backward.
 
 Load imbalance: with ``training.expert_load`` skewed, the rank holding the most popular experts receives
 ``expert_load_factor`` times its fair share of tokens (capped by the capacity factor, beyond which tokens
@@ -92,8 +96,24 @@ class ExpertParallel(ExpertStrategy):
         return [CommStep(name, CollectiveKind.ALL_TO_ALL, CommKind.EP, Axis.EP, nbytes)]
 
     def dispatch(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
-        """Tokens to their experts (forward); gradients of the expert inputs back (backward)."""
-        return self._all_to_all(ctx, "moe_dispatch_bwd" if backward else "moe_dispatch", routed_tokens)
+        """Tokens to their experts (forward, after the counts that size the all-to-all); gradients of the
+        expert inputs back (backward); each with the routing probabilities' all-to-all."""
+        if ctx.dims.ep == 1:
+            return []
+        moe = ctx.model.moe
+        assert moe is not None
+        suffix = "_bwd" if backward else ""
+        probs = CommStep(
+            f"moe_dispatch_probs{suffix}", CollectiveKind.ALL_TO_ALL, CommKind.EP, Axis.EP, 4.0 * routed_tokens
+        )
+        counts = CommStep(  # int64 tokens-per-expert of every rank of the group (preprocess)
+            "moe_counts_allgather", CollectiveKind.ALL_GATHER, CommKind.EP, Axis.EP, 8.0 * moe.experts * ctx.dims.ep
+        )
+        return [
+            *([] if backward else [counts]),
+            *self._all_to_all(ctx, f"moe_dispatch{suffix}", routed_tokens),
+            probs,
+        ]
 
     def combine(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
         """Expert outputs back (forward); gradients of the outputs to the experts (backward)."""
