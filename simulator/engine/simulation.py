@@ -21,6 +21,7 @@ from simpy.events import NORMAL
 
 from simulator.engine.groups import GroupResolver
 from simulator.engine.trace import Trace, TraceRecorder
+from simulator.hardware.compute import NO_CLASS_S
 from simulator.network.models.base import CollectiveRequest, NetworkModel
 from simulator.workload.ops import Collective, Compute, SendRecv
 from simulator.workload.program import Program
@@ -199,7 +200,7 @@ class Engine:
             for st, i in meeting.arrived:
                 op: Collective | SendRecv = st.program.ops[i]  # type: ignore[assignment]
                 self._row((st.rank, st.program.streams[i], op.name, "comm", op.comm.value, start, now,
-                           op.bytes, 0.0, 0.0, op.micro_batch, 0.0, 0.0, (), ()))  # fmt: skip
+                           op.bytes, 0.0, 0.0, op.micro_batch, 0.0, 0.0, (), NO_CLASS_S))  # fmt: skip
                 self._done(st, i)
 
         return finish

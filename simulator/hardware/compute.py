@@ -59,11 +59,14 @@ NO_CLASS_S: ClassSeconds = (0.0,) * len(KERNEL_CLASSES)
 _CLASS_INDEX = {c: i for i, c in enumerate(KERNEL_CLASSES)}
 
 
+# the zeros before and after each class's slot: a kernel's one-hot tuple is two concatenations (called per kernel)
+_AROUND = {c: (NO_CLASS_S[:i], NO_CLASS_S[i + 1 :]) for c, i in _CLASS_INDEX.items()}
+
+
 def class_seconds(kind: KernelClass, seconds: float) -> ClassSeconds:
     """``seconds`` all in the class ``kind``."""
-    out = [0.0] * len(KERNEL_CLASSES)
-    out[_CLASS_INDEX[kind]] = seconds
-    return tuple(out)
+    before, after = _AROUND[kind]
+    return (*before, seconds, *after)
 
 
 def add_class_seconds(a: ClassSeconds, b: ClassSeconds) -> ClassSeconds:

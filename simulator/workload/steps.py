@@ -131,7 +131,8 @@ class _Run:
     segments: list[Segment] = field(default_factory=list)
     overlap_s: float = 0.0  # an inlined comm still running under the next kernel
     launch_s: float = 0.0  # host time to launch the run's kernels
-    class_s: list[float] = field(default_factory=lambda: [0.0] * len(KERNEL_CLASSES))
+    classes: list[ClassSeconds] = field(default_factory=list)  # per kernel, summed in build
+    host_bound_s: float = 0.0  # the stretch of a launch-bound run
 
     def kernel(self, k: KernelStep) -> None:
         t = k.time.duration_s
@@ -148,9 +149,7 @@ class _Run:
         self.bytes += k.time.bytes
         self.kernels += 1
         self.launch_s += k.time.launch_s
-        acc = self.class_s
-        for i, x in enumerate(k.time.class_s):
-            acc[i] += x
+        self.classes.append(k.time.class_s)
 
     def comm(self, c: CommStep, duration_s: float) -> None:
         self._settle()
@@ -188,7 +187,7 @@ class _Run:
         self.segments = [
             Segment(g.name, g.comm, g.offset_s * f, g.duration_s * f, g.step) for g in self.segments
         ]
-        self.class_s[_HOST_BOUND] += self.launch_s - self.duration  # the GPU waits for the host
+        self.host_bound_s = self.launch_s - self.duration  # the GPU waits for the host
         self.duration = self.launch_s
 
     def build(self) -> FusedCompute:
@@ -197,8 +196,18 @@ class _Run:
         return FusedCompute(
             tuple(self.names), self.duration, self.model_flops, self.hw_flops, self.bytes, self.kernels,
             self.exposed, self.hidden, tuple(self.segments) if self.exposed or self.hidden else (),
-            tuple(self.class_s),
+            self._class_s(),
         )  # fmt: skip
+
+    def _class_s(self) -> ClassSeconds:
+        """Seconds per class: the kernels' own, plus the launch-bound stretch as ``HOST_BOUND``."""
+        if not self.host_bound_s:
+            if len(self.classes) == 1:  # most runs: one kernel
+                return self.classes[0]
+            return tuple(map(sum, zip(*self.classes, strict=True))) if self.classes else NO_CLASS_S
+        total = [sum(c) for c in zip(*self.classes, strict=True)] if self.classes else list(NO_CLASS_S)
+        total[_HOST_BOUND] += self.host_bound_s
+        return tuple(total)
 
 
 def compile_steps(
