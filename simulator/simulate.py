@@ -39,7 +39,7 @@ from simulator.report.schema import (
     StepReport,
     TierUse,
 )
-from simulator.report.warnings import tp_domain_warning
+from simulator.report.warnings import tp_domain_warning, unmodelled_settings
 from simulator.scenario import Scenario
 from simulator.topology.loader import build_cluster
 from simulator.units import GiB
@@ -151,9 +151,9 @@ def _report(
             f"does not fit: {mem.total / GiB:.1f} GiB per GPU > {setup.gpu.hbm_bytes / GiB:.1f} GiB HBM; "
             f"largest term: {name} {size / GiB:.1f} GiB"
         )
-    tp_warning = tp_domain_warning(setup.cluster, setup.plan)
-    if tp_warning is not None:
-        warnings.append(tp_warning)
+    for extra in (tp_domain_warning(setup.cluster, setup.plan), unmodelled_settings(setup.scenario)):
+        if extra is not None:
+            warnings.append(extra)
     links, tiers, bottleneck = _links(setup, network, step)
     p = s.parallelism
     layout = Layout(

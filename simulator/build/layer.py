@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import NamedTuple
 
+from simulator.build.memory import recomputed_modules
 from simulator.frameworks.profile import OpKernels
 from simulator.hardware.compute import ComputeModel, KernelTime
 from simulator.parallel.strategies.base import BuildContext, ContextStrategy, ExpertStrategy, TensorStrategy
@@ -344,7 +345,7 @@ class LayerBuilder:
         n, tp_split, k = c.moe_tokens, c.dims.expert_tp == c.tp, c.framework.moe
         # received chunks sorted by local expert and back (Megatron-Core sort_chunks_by_idxs)
         sort = [self._permute("moe_sort", routed, k.sort[0])] if local > 1 else []
-        return [
+        return self._moe_graphs([
             self._norm("mlp_norm"),
             *(t.block_input_forward(c, "mlp") if tp_split else []),
             _k("router", cm.gemm(n, moe.experts, self.h, linear=False)),  # fp32/bf16 in Megatron-Core
@@ -363,7 +364,7 @@ class LayerBuilder:
             # no GEMM right before to hide the block's output communication under
             *(_blocking(t.block_output_forward(c, "mlp")) if tp_split else []),
             self._dropout_add("mlp_dropout_add"),
-        ]
+        ])
 
     def moe_block_backward(self) -> list[Step]:
         """Reverse of ``moe_block_forward``: the two all-to-alls again, on the gradients."""
@@ -374,7 +375,7 @@ class LayerBuilder:
         n, tp_split, k = c.moe_tokens, c.dims.expert_tp == c.tp, c.framework.moe
         sort = [self._permute("moe_sort_bwd", routed, k.sort[1])] if local > 1 else []
         g = self._expert_gemm
-        return [
+        return self._moe_graphs([
             self._dropout_add("mlp_dropout_add_bwd", backward=True),
             *(t.block_output_backward(c, "mlp") if tp_split else []),
             *self._shared_backward(),
@@ -396,33 +397,80 @@ class LayerBuilder:
             *(t.block_input_backward_post(c, "mlp") if tp_split else []),
             _k("router_wgrad", cm.gemm(self.h, moe.experts, n, linear=False)),
             self._norm("mlp_norm_bwd", backward=True),
-        ]
+        ])
+
+    # ------------------------------------------------------------------ CUDA graphs
+    _MOE_GRAPH_SCOPES = {  # Megatron-Core TransformerLayer partial CUDA graphs (cuda_graph_scope)
+        "moe_router": frozenset({"mlp_norm", "router", "router_topk", "router_topk_bwd", "router_dgrad",
+                                 "router_wgrad", "mlp_norm_bwd"}),
+        "moe_preprocess": frozenset({"moe_permute", "moe_permute_bwd"}),
+    }  # fmt: skip
+
+    def _graphed(self, steps: list[Step], scope: str, names: frozenset[str] | None = None) -> list[Step]:
+        """``steps`` as replayed from the CUDA graph of ``scope`` when the framework captures it: the graph's
+        kernels (those in ``names``, default all) launch nothing of their own, the graph launches once
+        (cudaGraphLaunch; CUDA C++ Programming Guide, "CUDA Graphs"). Communication inside keeps its time."""
+        if scope not in self.ctx.cuda_graphs:
+            return steps
+        out, launch = [], self.cm.calib.kernel_launch_s
+        for s in steps:
+            if isinstance(s, KernelStep) and (names is None or s.name in names):
+                s, launch = replace(s, time=replace(s.time, launch_s=launch)), 0.0
+            out.append(s)
+        return out
+
+    def _moe_graphs(self, steps: list[Step]) -> list[Step]:
+        """The MoE block's router and preprocess kernels replayed from their partial CUDA graphs."""
+        for scope, names in self._MOE_GRAPH_SCOPES.items():
+            steps = self._graphed(steps, scope, names)
+        return steps
 
     # ------------------------------------------------------------------ whole layer
     def forward(self, moe: bool = False) -> list[Step]:
         """One layer's forward pass (``moe``: a mixture-of-experts layer)."""
         mlp = self.moe_block_forward() if moe else self.mlp_block_forward()
-        return [*self.attention_block_forward(), *mlp]
+        return [*self._graphed(self.attention_block_forward(), "attn"), *self._graphed(mlp, "moe" if moe else "mlp")]
 
     def backward(self, param_count: float, moe: bool = False, expert_param_count: float = 0.0) -> list[Step]:
         """One layer's backward pass, ending with its gradients (``param_count`` dense and
         ``expert_param_count`` expert parameters on this rank) accumulated and ready."""
         mlp = self.moe_block_backward() if moe else self.mlp_block_backward()
         return [
-            *mlp,
-            *self.attention_block_backward(),
+            *self._graphed(mlp, "moe" if moe else "mlp"),
+            *self._graphed(self.attention_block_backward(), "attn"),
             grad_accumulation(self.ctx, param_count + expert_param_count),
             GradReady(param_count, expert_param_count),
         ]
 
     def recompute(self, mode: str, moe: bool = False) -> list[Step]:
-        """What the backward pass recomputes first: the whole forward (full) or the attention core
-        (selective, Korthikanti 2022 Sec. 5); flash attention already recomputes its core."""
+        """What the backward pass recomputes first: the whole forward (full), or under selective the modules
+        ``recomputed_modules`` names (Megatron-Core ``--recompute-modules``; by default the attention core,
+        Korthikanti 2022 Sec. 5, which flash attention already recomputes inside its backward)."""
         if mode == "full":
             return [_uncounted(s) for s in self.forward(moe)]
-        if mode == "selective" and not self.ctx.training.flash_attention:
-            return [_uncounted(s) for s in self.attention_core_forward()]
-        return []
+        again = recomputed_modules(self.ctx)
+        steps: list[Step] = []
+        if "layernorm" in again:
+            steps += [self._norm("attn_norm"), self._norm("mlp_norm")]
+        if "core_attn" in again and not self.ctx.training.flash_attention:
+            steps += self.attention_core_forward()
+        if moe and "moe" in again:
+            steps += self.moe_block_forward()
+        elif moe:
+            steps += self._recomputed_expert_parts(again)
+        elif "mlp" in again:
+            steps += self.mlp_block_forward()
+        return [_uncounted(s) for s in steps]
+
+    def _recomputed_expert_parts(self, again: frozenset[str]) -> list[Step]:
+        """The parts of a MoE block recomputed on their own: the experts' activation, the shared experts."""
+        out: list[Step] = []
+        if "moe_act" in again:
+            _, routed, _, fc1, fc2, _ = self._moe_shape()
+            out.append(self._activation("expert_activation", fc1, fc2, False, routed))
+        if "shared_experts" in again:
+            out += self._shared_forward()
+        return out
 
 
 def grad_accumulation(ctx: BuildContext, param_count: float) -> KernelStep:

@@ -68,6 +68,15 @@ def model_state_bytes(ctx: BuildContext, local_params: float, shard: int) -> tup
     return (w / shard if zero >= 3 else w, g / shard if zero >= 2 else g, o / shard if zero >= 1 else o)
 
 
+def recomputed_modules(ctx: BuildContext) -> frozenset[str]:
+    """What selective recomputation recomputes: Megatron-Core's ``--recompute-modules``, or the core attention
+    (Korthikanti et al. 2022, Sec. 5) when none are named; nothing under other modes."""
+    t = ctx.training
+    if t.recompute != "selective":
+        return frozenset()
+    return frozenset(t.recompute_modules or ("core_attn",))
+
+
 def _mlp_bytes(ctx: BuildContext, moe: bool) -> float:
     """The MLP's TP-split tensors (Korthikanti: FC1 output and FC2 input, 16·s·b·h/t for a 4h FFN), or a
     mixture-of-experts block's: the routed token copies the most loaded rank's experts read, FC1 outputs, FC2
@@ -76,11 +85,16 @@ def _mlp_bytes(ctx: BuildContext, moe: bool) -> float:
     m, t, e, tokens = ctx.model, ctx.tp, 2.0, ctx.tokens
     width = m.expert_ffn if moe else m.ffn_hidden
     split = (2 * width if m.gated_mlp else width) + width  # FC1 output + FC2 input per token
+    again = recomputed_modules(ctx)
     if not moe or m.moe is None:
-        return e * tokens * split / t
+        return 0.0 if "mlp" in again else e * tokens * split / t
+    if "moe" in again:  # the whole block runs again from its input (kept as the layer's FC1 input)
+        return 0.0
+    if "moe_act" in again:  # the activation runs again from FC1's output: its output (FC2's input) is not kept
+        split -= width
     routed = ctx.moe_tokens * m.moe.top_k * ctx.expert_load_factor
     experts = e * routed * (2 * m.hidden + split / ctx.dims.expert_tp)
-    shared = e * tokens * split * m.moe.shared_experts / t
+    shared = 0.0 if "shared_experts" in again else e * tokens * split * m.moe.shared_experts / t
     return experts + shared + 4.0 * ctx.moe_tokens * m.moe.experts
 
 
@@ -92,14 +106,16 @@ def layer_activation_bytes(ctx: BuildContext, moe: bool) -> float:
     mode = ctx.training.recompute
     if mode == "full":
         return e * tokens * m.hidden / (t if sp else 1)
-    # 2 norm inputs, QKV and FC1 inputs (2 bytes each), 2 dropout masks (1 byte): 10·s·b·h, TP-replicated
-    replicated = 10.0 * tokens * m.hidden / (t if sp else 1)
+    again = recomputed_modules(ctx)
+    # 2 norm inputs, QKV and FC1 inputs (2 bytes each), 2 dropout masks (1 byte): 10·s·b·h, TP-replicated;
+    # recomputing the norms drops their outputs, the QKV and FC1 inputs
+    replicated = (6.0 if "layernorm" in again else 10.0) * tokens * m.hidden / (t if sp else 1)
     q, kv = m.q_hidden, m.kv_hidden
     attention = e * tokens * (q + kv + kv + q) / t  # Q, K (QKᵀ inputs), V (AV input), projection input
     heads = m.heads / t
     if ctx.training.flash_attention:
         scores = 4.0 * heads * tokens  # fp32 log-sum-exp per query row and head (FlashAttention-2)
-    elif mode == "selective":
+    elif "core_attn" in again:
         scores = 0.0  # recomputed (Korthikanti Sec. 5)
     else:
         scores = 5.0 * heads * ctx.training.seq_len * tokens  # softmax out, dropout mask, dropout out

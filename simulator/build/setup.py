@@ -4,6 +4,7 @@ most loaded pipeline stage."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cached_property
 
 import numpy as np
@@ -135,6 +136,9 @@ class Setup:
                 f"{self.gpu.name} has no calibration of its own; uses {calib.inherited_from}'s"
             )
         impl = self.framework.attention_impl
+        if "full_iteration" in self.scenario.config.framework.cuda_graph_scope:
+            # the whole step replays as CUDA graphs: no host launch per kernel (layer.py _graphed for scopes)
+            calib = replace(calib, kernel_launch_s=0.0)
         t = self.scenario.training
         recipe = t.fp8_recipe or "delayed"  # not stated: Transformer Engine's default recipe (DelayedScaling)
         return ComputeModel(self.gpu, calib, t.precision, impl, recipe, self.framework.cast_kernels(recipe))
@@ -151,7 +155,8 @@ class Setup:
         s = self.scenario
         self.gpu.peak(s.training.precision)  # fail early on an unsupported precision
         load = expert_load_factor(s.model, s.training.expert_load, self.dims.ep)
-        return BuildContext(s.model, self.compute, s.training, s.parallelism, self.dims, self.framework, load)
+        graphs = frozenset(s.config.framework.cuda_graph_scope)
+        return BuildContext(s.model, self.compute, s.training, s.parallelism, self.dims, self.framework, load, graphs)
 
     @cached_property
     def data(self) -> DataStrategy:

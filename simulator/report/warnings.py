@@ -1,4 +1,5 @@
-"""Warnings a buyer needs about the layout itself (issue #10, point 9), derived from the cluster and plan.
+"""Warnings a buyer needs about the layout itself (issue #10, point 9), derived from the cluster and plan, and
+about settings of the scenario that the step does not model yet.
 
 Tensor parallelism runs several collectives per layer on the critical path (Megatron-LM, Shoeybi et al.
 2019, §3: two all-reduces per layer forward, two backward), which is why it is kept inside the NVLink
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from simulator.parallel.plan import ParallelPlan
+from simulator.scenario import Scenario
 from simulator.topology.cluster import Cluster
 from simulator.workload.ops import Axis
 
@@ -36,3 +38,22 @@ def tp_domain_warning(cluster: Cluster, plan: ParallelPlan) -> str | None:
         f"domain, so {crossing.size} of {groups.shape[0]} tp groups span {hosts} hosts and run their "
         f"per-layer collectives over the inter-host fabric{over}; keep tp <= {per_domain}"
     )
+
+
+def unmodelled_settings(scenario: Scenario) -> str | None:
+    """A warning naming the scenario's settings that the schema records (they are in the published run's
+    configuration) but the step does not model yet, so a reader knows the prediction ignores them; None
+    when every setting given is modelled."""
+    t, p = scenario.training, scenario.parallelism
+    found = []
+    if t.selective_recompute == "op_level":
+        found.append("training.selective_recompute=op_level (runs as recompute none)")
+    if t.recompute_modules and "mla_up_proj" in t.recompute_modules:
+        found.append("training.recompute_modules: mla_up_proj (not recomputed)")
+    if p.moe_a2a_overlap:
+        found.append("parallelism.moe_a2a_overlap (the all-to-alls run exposed)")
+    if p.moe_dispatcher not in (None, "alltoall"):
+        found.append(f"parallelism.moe_dispatcher={p.moe_dispatcher} (runs as alltoall)")
+    if not found:
+        return None
+    return "recorded but not modelled: " + "; ".join(found)

@@ -33,6 +33,7 @@ class BuildContext:
     dims: ParallelDims
     framework: FrameworkProfile
     expert_load_factor: float = 1.0  # tokens on the most loaded expert-parallel rank ÷ the mean
+    cuda_graphs: frozenset[str] = frozenset()  # the framework's CUDA-graph scopes (framework.cuda_graph_scope)
 
     @property
     def e(self) -> int:
