@@ -379,8 +379,9 @@ class LayerBuilder:
             self._dropout_add("mlp_dropout_add_bwd", backward=True),
             *(t.block_output_backward(c, "mlp") if tp_split else []),
             *self._shared_backward(),
-            # reads dY and the saved expert outputs (for the routing weights' gradient), writes the copies'
-            _k("moe_unpermute_bwd", cm.elementwise(self.e * self.h * (2 * sent + n))),
+            # reads dY (and, unless the routing weights multiply in the activation, the saved expert outputs
+            # for their gradient), writes the copies'
+            _k("moe_unpermute_bwd", cm.elementwise(self.e * self.h * ((1 if k.probs_in_activation else 2) * sent + n))),
             *x.combine(c, routed, True),
             *sort,
             g("expert_fc2_dgrad", per_expert, fc2, self.h, local),

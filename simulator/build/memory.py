@@ -77,24 +77,35 @@ def recomputed_modules(ctx: BuildContext) -> frozenset[str]:
     return frozenset(t.recompute_modules or ("core_attn",))
 
 
+def linear_input_bytes(ctx: BuildContext) -> float:
+    """Bytes per element of a linear layer's input kept for its weight gradient: 16-bit, or 1 byte where the
+    framework keeps the FP8 copy it quantised for the forward GEMM (Transformer Engine: ``_Linear.forward``
+    saves the quantised ``inputmat``, ``_LayerNormLinear`` its quantised ``ln_out``; TE v2.9)."""
+    return 1.0 if ctx.compute.fp8 and ctx.framework.fp8_saves_inputs else 2.0
+
+
 def _mlp_bytes(ctx: BuildContext, moe: bool) -> float:
     """The MLP's TP-split tensors (Korthikanti: FC1 output and FC2 input, 16·s·b·h/t for a 4h FFN), or a
     mixture-of-experts block's: the routed token copies the most loaded rank's experts read, FC1 outputs, FC2
-    inputs and expert outputs (kept for the routing weights' gradient), the shared experts' tensors and the
-    fp32 routing probabilities."""
+    inputs and expert outputs (kept for the routing weights' gradient unless the framework applies the
+    routing weights in the activation), the shared experts' tensors and the fp32 routing probabilities."""
     m, t, e, tokens = ctx.model, ctx.tp, 2.0, ctx.tokens
+    lin = linear_input_bytes(ctx)
     width = m.expert_ffn if moe else m.ffn_hidden
-    split = (2 * width if m.gated_mlp else width) + width  # FC1 output + FC2 input per token
+    fc1_out = 2 * width if m.gated_mlp else width
+    per_token = e * fc1_out + lin * width  # FC1 output (the activation's input) + FC2 input, bytes
     again = recomputed_modules(ctx)
     if not moe or m.moe is None:
-        return 0.0 if "mlp" in again else e * tokens * split / t
+        return 0.0 if "mlp" in again else tokens * per_token / t
     if "moe" in again:  # the whole block runs again from its input (kept as the layer's FC1 input)
         return 0.0
+    shared = 0.0 if "shared_experts" in again else tokens * per_token * m.moe.shared_experts / t
     if "moe_act" in again:  # the activation runs again from FC1's output: its output (FC2's input) is not kept
-        split -= width
+        per_token -= lin * width
     routed = ctx.moe_tokens * m.moe.top_k * ctx.expert_load_factor
-    experts = e * routed * (2 * m.hidden + split / ctx.dims.expert_tp)
-    shared = 0.0 if "shared_experts" in again else e * tokens * split * m.moe.shared_experts / t
+    # each routed copy: the FC1 input, the expert output unless the routing weights multiply inside the activation
+    copy = lin * m.hidden + (0.0 if ctx.framework.moe.probs_in_activation else e * m.hidden)
+    experts = routed * (copy + per_token / ctx.dims.expert_tp)
     return experts + shared + 4.0 * ctx.moe_tokens * m.moe.experts
 
 
@@ -107,9 +118,10 @@ def layer_activation_bytes(ctx: BuildContext, moe: bool) -> float:
     if mode == "full":
         return e * tokens * m.hidden / (t if sp else 1)
     again = recomputed_modules(ctx)
-    # 2 norm inputs, QKV and FC1 inputs (2 bytes each), 2 dropout masks (1 byte): 10·s·b·h, TP-replicated;
-    # recomputing the norms drops their outputs, the QKV and FC1 inputs
-    replicated = (6.0 if "layernorm" in again else 10.0) * tokens * m.hidden / (t if sp else 1)
+    # 2 norm inputs (2 bytes each), QKV and FC1 inputs (2 bytes, or 1 in FP8), 2 dropout masks (1 byte): 10·s·b·h,
+    # TP-replicated; recomputing the norms drops their outputs, the QKV and FC1 inputs
+    norm_outputs = 0.0 if "layernorm" in again else 2 * linear_input_bytes(ctx)
+    replicated = (6.0 + norm_outputs) * tokens * m.hidden / (t if sp else 1)
     q, kv = m.q_hidden, m.kv_hidden
     attention = e * tokens * (q + kv + kv + q) / t  # Q, K (QKᵀ inputs), V (AV input), projection input
     heads = m.heads / t

@@ -38,6 +38,7 @@ class MoEKernels:
     permute: tuple[int, int] = (1, 1)
     sort: tuple[int, int] = (1, 1)
     grouped_gemm: str = "single"
+    probs_in_activation: bool = False  # routing weights applied in the activation, not after the combine
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class FrameworkProfile:
     moe: MoEKernels = MoEKernels()
     # kernels launched to quantise one tensor to FP8, per scaling recipe (not listed: one)
     fp8_cast_kernels: dict[str, int] = field(default_factory=dict)
+
+    fp8_saves_inputs: bool = False  # linear layers keep their FP8-quantised inputs for backward (1 B/element)
 
     def cast_kernels(self, recipe: str) -> int:
         """Kernels per tensor quantised under ``recipe``."""
@@ -93,6 +96,7 @@ def framework_profile(name: str) -> FrameworkProfile:
         sources=dict(raw.get("sources", {})),
         moe=MoEKernels() if moe is None else _moe(moe),
         fp8_cast_kernels={str(k): int(v) for k, v in raw.get("fp8_cast_kernels", {}).items()},
+        fp8_saves_inputs=bool(raw.get("fp8_saves_inputs", False)),
     )
 
 
@@ -104,7 +108,7 @@ def _moe(raw: dict[str, Any]) -> MoEKernels:
     def pair(key: str) -> tuple[int, int]:
         return int(raw[key]["kernels"]), int(raw[key]["backward_kernels"])
 
-    return MoEKernels(pair("router"), pair("permute"), pair("sort"), grouped)
+    return MoEKernels(pair("router"), pair("permute"), pair("sort"), grouped, bool(raw.get("probs_in_activation", False)))
 
 
 def profile_for(framework: str, compile: bool) -> FrameworkProfile:
