@@ -55,7 +55,9 @@ class LayerStrategies:
 # Transformer Engine's LayerNormLinear (Megatron-Core's QKV and FC1 with TE) emits the normalised input in FP8
 # from the norm kernel itself; the other linear layers receive 16-bit inputs and cast them in a kernel of their
 # own (TE ``cast_transpose``). Megatron-Core TE spec: TELayerNormColumnParallelLinear for linear_qkv/linear_fc1.
-_NORM_FUSED_FP8 = frozenset({"qkv", "fc1", "shared_fc1"})
+# MLA's up-projections are TELayerNormColumnParallelLinear too, fusing q_layernorm / kv_layernorm (Megatron-Core
+# get_gpt_layer_with_transformer_engine_spec, multi_latent_attention=True).
+_NORM_FUSED_FP8 = frozenset({"qkv", "fc1", "shared_fc1", "q_up", "kv_up"})
 
 
 def _plus(a: KernelTime, b: KernelTime) -> KernelTime:
@@ -71,7 +73,9 @@ def _k(name: str, t: KernelTime, counts: bool = True) -> KernelStep:
 class LayerBuilder:
     """Builds the forward, backward and recompute steps of the layers of one scenario on one rank."""
 
-    def __init__(self, ctx: BuildContext, strategies: LayerStrategies) -> None:
+    def __init__(self, ctx: BuildContext, strategies: LayerStrategies, window: int | None = None) -> None:
+        """``window``: the keys per query of a sliding-window layer (``model.attention_window``); one builder
+        serves the layers of one kind."""
         self.ctx = ctx
         self.s = strategies
         self.cm: ComputeModel = ctx.compute
@@ -83,73 +87,103 @@ class LayerBuilder:
         self.kv = max(m.kv_hidden // tp, m.d_head)  # KV heads are replicated when tp > kv_heads
         self.heads = m.heads // tp
         self.e = ctx.e
+        self.window = window if window is not None and window < ctx.training.seq_len else None
+        # Per-head widths of Q/K and of V/O, and this rank's Q, K, V and attention-output widths. MLA has one K
+        # and V head per query head, split over TP by heads (Megatron-Core MLASelfAttention), Q/K heads of
+        # nope + rope = 192 and V heads of 128 (DeepSeek-V3 config_671B.json).
+        self.d_qk, self.d_v = m.qk_head_dim, m.v_head_dim
+        if m.mla is not None:
+            self.q_w = self.k_w = self.heads * self.d_qk
+            self.v_w = self.o_w = self.heads * self.d_v
+        else:
+            self.q_w, self.k_w, self.v_w, self.o_w = self.q, self.kv, self.kv, self.q
 
     # ------------------------------------------------------------------ attention core
     def _core_flops(self) -> float:
-        """Forward FLOPs of QKᵀ and AV on this rank, without causal savings (2 GEMMs × 2·s_q·s_k·d)."""
+        """Forward FLOPs of QKᵀ (2·s_q·s_k·d_qk) and AV (2·s_q·s_k·d_v) on this rank, without causal savings."""
         c = self.ctx
         s_q = c.training.seq_len // c.dims.cp
         s_k = c.training.seq_len
-        return 4.0 * c.training.micro_batch * self.heads * s_q * s_k * c.model.d_head
+        return 2.0 * c.training.micro_batch * self.heads * s_q * s_k * (self.d_qk + self.d_v)
+
+    def _flash_forward_flops(self) -> float:
+        """Forward FLOPs a causal fused kernel does on this rank: half the score matrix (the masked half
+        skipped), or for a sliding window of w keys the band, query i seeing min(i + 1, w) keys:
+        w·s − w(w − 1)/2 pairs per sequence and head (≈ w·s for w ≪ s), this rank's 1/cp of them."""
+        if self.window is None:
+            return self._core_flops() / 2
+        c, w = self.ctx, self.window
+        s = c.training.seq_len
+        pairs = (w * s - w * (w - 1) / 2) / c.dims.cp
+        return 2.0 * c.training.micro_batch * self.heads * pairs * (self.d_qk + self.d_v)
 
     def attention_core_forward(self) -> list[Step]:
         """Attention scores, softmax and weighted sum, fused or not."""
         c, cm = self.ctx, self.cm
-        b, s, d, a = c.training.micro_batch, c.training.seq_len, c.model.d_head, self.heads
+        b, s, a = c.training.micro_batch, c.training.seq_len, self.heads
+        dq, dv = self.d_qk, self.d_v
         if c.training.flash_attention:
-            # causal flash attention skips the masked half of the blocks (Dao 2023, FlashAttention-2)
-            flops = self._core_flops() / 2
-            io = self.e * self.T * (2 * self.q + 2 * self.kv)
+            # causal flash attention skips the masked half of the blocks (Dao 2023, FlashAttention-2), a
+            # windowed one the tiles outside the band; reads Q, K, V, writes O
+            flops = self._flash_forward_flops()
+            io = self.e * self.T * (self.q_w + self.k_w + self.v_w + self.o_w)
             seq_k, head_dim, causal = self._attention_shape()
-            t = cm.flash_attention(flops, io, False, seq_k=seq_k, head_dim=head_dim, causal=causal)
+            t = cm.flash_attention(flops, io, False, seq_k=seq_k, head_dim=head_dim, causal=causal,
+                                   window=self.window)  # fmt: skip
             core: list[Step] = [KernelStep("flash_attn", t, t.flops)]
         else:
+            # unfused attention materialises the whole s×s score matrix whatever the mask (causal or window)
             scores = b * a * s * s
             core = [
-                _k("attn_qk", cm.gemm(s, s, d, batch=b * a, linear=False)),
+                _k("attn_qk", cm.gemm(s, s, dq, batch=b * a, linear=False)),
                 _k("softmax", cm.elementwise(2 * self.e * scores)),  # fused scale+mask+softmax: read, write
                 _k("attn_dropout", cm.elementwise((2 * self.e + 1) * scores)),  # read, write, 1-byte mask
-                _k("attn_av", cm.gemm(s, d, s, batch=b * a, linear=False)),
+                _k("attn_av", cm.gemm(s, dv, s, batch=b * a, linear=False)),
             ]
         return self.s.context.attention_forward(c, core, self._kv_bytes())
 
     def attention_core_backward(self) -> list[Step]:
         """Backward of the attention core."""
         c, cm = self.ctx, self.cm
-        b, s, d, a = c.training.micro_batch, c.training.seq_len, c.model.d_head, self.heads
+        b, s, a = c.training.micro_batch, c.training.seq_len, self.heads
+        dq, dv = self.d_qk, self.d_v
         if c.training.flash_attention:
             # FlashAttention-2 backward: 5 GEMMs vs 2 forward (recomputes QKᵀ): 2.5× forward FLOPs;
-            # the model needs 2× forward (Dao 2023, Sec. 3.2)
-            fwd = self._core_flops() / 2
-            io = self.e * self.T * (4 * self.q + 4 * self.kv)
+            # the model needs 2× forward (Dao 2023, Sec. 3.2). Reads Q, K, V, O, dO; writes dQ, dK, dV.
+            fwd = self._flash_forward_flops()
+            io = 2 * self.e * self.T * (self.q_w + self.k_w + self.v_w + self.o_w)
             seq_k, head_dim, causal = self._attention_shape()
-            t = cm.flash_attention(2.5 * fwd, io, True, seq_k=seq_k, head_dim=head_dim, causal=causal)
+            t = cm.flash_attention(2.5 * fwd, io, True, seq_k=seq_k, head_dim=head_dim, causal=causal,
+                                   window=self.window)  # fmt: skip
             core: list[Step] = [KernelStep("flash_attn_bwd", t, 2.0 * fwd)]
         else:
             scores = b * a * s * s
             core = [
-                _k("attn_av_dgrad", cm.gemm(s, s, d, batch=b * a, linear=False)),  # dP = dO·Vᵀ
-                _k("attn_av_vgrad", cm.gemm(s, d, s, batch=b * a, linear=False)),  # dV = Pᵀ·dO (an activation gradient)
+                _k("attn_av_dgrad", cm.gemm(s, s, dv, batch=b * a, linear=False)),  # dP = dO·Vᵀ
+                _k("attn_av_vgrad", cm.gemm(s, dv, s, batch=b * a, linear=False)),  # dV = Pᵀ·dO (an activation gradient)
                 _k("attn_dropout_bwd", cm.elementwise((2 * self.e + 1) * scores)),
                 _k("softmax_bwd", cm.elementwise(3 * self.e * scores)),  # read y, dy; write dx
-                _k("attn_qk_dgrad", cm.gemm(s, d, s, batch=b * a, linear=False)),  # dQ = dS·K
-                _k("attn_qk_kgrad", cm.gemm(s, d, s, batch=b * a, linear=False)),  # dK = dSᵀ·Q (an activation gradient)
+                _k("attn_qk_dgrad", cm.gemm(s, dq, s, batch=b * a, linear=False)),  # dQ = dS·K
+                _k("attn_qk_kgrad", cm.gemm(s, dq, s, batch=b * a, linear=False)),  # dK = dSᵀ·Q (an activation gradient)
             ]
         return self.s.context.attention_backward(c, core, self._kv_bytes())
 
     def _attention_shape(self) -> tuple[float, int, bool]:
         """What sets a fused kernel's efficiency: (keys per query tile, head dim, causal masking). Ring attention runs
         one kernel per K/V block of the load-balanced (zig-zag) split: 2·cp chunks of s/(2·cp), each step a
-        chunk pair, mostly unmasked; all-gather CP and no CP run one causal kernel over the whole sequence."""
+        chunk pair, mostly unmasked; all-gather CP and no CP run one causal kernel over the whole sequence.
+        MLA's Q/K heads (192) and V heads (128) differ: the kernel's work per loaded tile goes with their mean.
+        A sliding-window layer's band is passed to the kernel model on its own (``window``)."""
         c = self.ctx
         s, cp = c.training.seq_len, c.dims.cp
+        d = (self.d_qk + self.d_v) // 2
         if cp > 1 and c.par.cp_algorithm == "ring":
-            return s / (2 * cp), c.model.d_head, False
-        return float(s), c.model.d_head, True
+            return s / (2 * cp), d, False
+        return float(s), d, True
 
     def _kv_bytes(self) -> float:
         """Bytes of this rank's K and V for one micro-batch (what ring attention passes around)."""
-        return 2.0 * self.T * self.kv * self.e
+        return float(self.T * (self.k_w + self.v_w) * self.e)
 
     # ------------------------------------------------------------------ dense blocks
     def _fused(self, ops: OpKernels, fused_bytes: float, backward: bool) -> KernelTime:
@@ -167,11 +201,25 @@ class LayerBuilder:
         """Rotary position embedding of this rank's Q and K (read and write each; Su et al. 2021), where the
         framework's model family uses it."""
         ops, model = self.ctx.framework.rotary, self.ctx.model
+        if model.mla is not None:
+            return [self._mla_rotary(name, backward)]
         # not stated: the gated-MLP families (Llama, Mistral, Qwen) use RoPE, GPT-style ones learned positions
         rope = model.position_embedding == "rope" or (model.position_embedding is None and model.gated_mlp)
         if ops is None or not rope:
             return []
         return [_k(name, self._fused(ops, 2 * self.e * self.T * (self.q + self.kv), backward))]
+
+    def _mla_rotary(self, name: str, backward: bool) -> KernelStep:
+        """MLA's decoupled RoPE and the assembly of the core's inputs (Megatron-Core
+        ``fused_apply_mla_rope_for_q`` / ``_for_kv``): rotate each query head's rope part in Q, rotate the one
+        shared rope key and write it beside every head's no-rope key, split V out of the kv up-projection.
+        Reads Q, the kv up-projection's output and the rope key; writes Q, K and V (backward the reverse)."""
+        m = self.ctx.model.mla
+        assert m is not None
+        kv_up = self.heads * (m.qk_nope_head_dim + m.v_head_dim)
+        n = self.e * self.T * (2 * self.q_w + kv_up + m.qk_rope_head_dim + self.k_w + self.v_w)
+        ops = self.ctx.framework.rotary
+        return _k(name, self._fused(ops, n, backward) if ops is not None else self.cm.elementwise(n))
 
     def _dropout_add(self, name: str, backward: bool = False) -> KernelStep:
         # fused bias-dropout-add: read x and residual, write out and a 1-byte mask; backward reads dy and mask
@@ -204,6 +252,8 @@ class LayerBuilder:
     def attention_block_forward(self) -> list[Step]:
         """Norm → QKV → core → projection → dropout-add, with TP/SP communication."""
         t = self.s.tensor
+        if self.ctx.model.mla is not None:
+            return self._mla_block_forward()
         return [
             self._norm("attn_norm"),
             *t.block_input_forward(self.ctx, "attn"),
@@ -217,6 +267,8 @@ class LayerBuilder:
     def attention_block_backward(self) -> list[Step]:
         """Reverse of ``attention_block_forward``."""
         t, c = self.s.tensor, self.ctx
+        if c.model.mla is not None:
+            return self._mla_block_backward()
         proj_d, proj_w = self._linear_backward("attn_proj", self.h, self.q)
         qkv_d, qkv_w = self._linear_backward("qkv", self.q + 2 * self.kv, self.h)
         return [
@@ -232,6 +284,91 @@ class LayerBuilder:
             qkv_w,
             self._norm("attn_norm_bwd", backward=True),
         ]
+
+    # ------------------------------------------------------------------ multi-head latent attention
+    def _mla_widths(self) -> tuple[int, int, int, int, int]:
+        """(q down width, q up width on this rank, kv down width incl. the rope key, kv latent width, kv up
+        width on this rank): the down-projections are replicated on every TP rank, the up-projections split
+        by heads (Megatron-Core MLASelfAttention: linear_q/kv_down_proj duplicated, linear_q/kv_up_proj
+        column-parallel)."""
+        m = self.ctx.model.mla
+        assert m is not None
+        kv_up = self.heads * (m.qk_nope_head_dim + m.v_head_dim)
+        return m.q_lora_rank, self.q_w, m.kv_lora_rank + m.qk_rope_head_dim, m.kv_lora_rank, kv_up
+
+    def _latent_norm(self, name: str, width: int, backward: bool = False) -> KernelStep:
+        """RMSNorm of a compressed q or kv (q_layernorm, kv_layernorm) on every token."""
+        n = self.T * width * self.e
+        return _k(name, self._fused(self.ctx.framework.norm, (3 if backward else 2) * n, backward))
+
+    def _mla_block_forward(self) -> list[Step]:
+        """Multi-head latent attention as DeepSeek-V3 (arXiv 2412.19437 Sec. 2.1.1, eqs. 1-11) and Megatron-Core
+        MLASelfAttention run it: norm → q down-projection → q norm → q up-projection; kv down-projection (with
+        the decoupled rope key) → kv norm → kv up-projection; RoPE on the rope parts; core attention with Q/K
+        heads of nope + rope and V heads of v_head_dim; output projection from heads·v_head_dim.
+        With TP > 1 Megatron-Core runs the replicated down-projections on the sequence shard and gathers their
+        compressed outputs (2,112 wide for DeepSeek-V3) rather than the hidden-wide input; here the block's
+        usual input communication and full-token down-projections stand for that (exact at TP = 1, as in the
+        shipped DeepSeek-V3 scenarios)."""
+        t = self.s.tensor
+        q_down, q_up, kv_down, kv_lat, kv_up = self._mla_widths()
+        return [
+            self._norm("attn_norm"),
+            *t.block_input_forward(self.ctx, "attn"),
+            self._linear("q_down", q_down, self.h),
+            self._latent_norm("q_norm", q_down),
+            self._linear("q_up", q_up, q_down),
+            self._linear("kv_down", kv_down, self.h),
+            self._latent_norm("kv_norm", kv_lat),
+            self._linear("kv_up", kv_up, kv_lat),
+            *self._rotary("rotary"),
+            *self.attention_core_forward(),
+            *self._row_parallel("attn_proj", self.h, self.o_w, "attn"),
+            self._dropout_add("attn_dropout_add"),
+        ]
+
+    def _mla_block_backward(self) -> list[Step]:
+        """Reverse of ``_mla_block_forward``; the two down-projections' input gradients are summed."""
+        t, c = self.s.tensor, self.ctx
+        q_down, q_up, kv_down, kv_lat, kv_up = self._mla_widths()
+        proj = self._linear_backward("attn_proj", self.h, self.o_w)
+        kv_up_d, kv_up_w = self._linear_backward("kv_up", kv_up, kv_lat)
+        q_up_d, q_up_w = self._linear_backward("q_up", q_up, q_down)
+        kv_down_d, kv_down_w = self._linear_backward("kv_down", kv_down, self.h)
+        q_down_d, q_down_w = self._linear_backward("q_down", q_down, self.h)
+        return [
+            self._dropout_add("attn_dropout_add_bwd", backward=True),
+            *t.block_output_backward(c, "attn"),
+            *proj,
+            *self.attention_core_backward(),
+            *self._rotary("rotary_bwd", backward=True),
+            kv_up_d,
+            kv_up_w,
+            self._latent_norm("kv_norm_bwd", kv_lat, backward=True),
+            q_up_d,
+            q_up_w,
+            self._latent_norm("q_norm_bwd", q_down, backward=True),
+            *t.block_input_backward_pre(c, "attn"),
+            kv_down_d,
+            q_down_d,
+            # autograd sums the two branches' gradients of the normalised input: read both, write one
+            _k("attn_input_grad_add", self.cm.elementwise(3 * self.e * self.T * self.h)),
+            *t.block_input_backward_post(c, "attn"),
+            kv_down_w,
+            q_down_w,
+            self._norm("attn_norm_bwd", backward=True),
+        ]
+
+    def mla_up_proj_recompute(self) -> list[Step]:
+        """Megatron-Core's ``mla_up_proj`` selective recomputation: the q and kv up-projections and the RoPE
+        assembly run again in backward (their outputs Q, K, V are freed after the core attention reads them;
+        multi_latent_attention.py ``qkv_up_checkpoint``). Empty unless selected and the model has MLA."""
+        t = self.ctx.training
+        if self.ctx.model.mla is None or t.recompute != "selective" or "mla_up_proj" not in (t.recompute_modules or ()):
+            return []
+        q_down, q_up, _, kv_lat, kv_up = self._mla_widths()
+        steps = [self._linear("q_up", q_up, q_down), self._linear("kv_up", kv_up, kv_lat), *self._rotary("rotary")]
+        return [_uncounted(s) for s in steps]
 
     def _ffn_width(self, ffn: int, tp: int | None = None) -> tuple[int, int]:
         """(FC1 output width, FC2 input width) on this rank, split over ``tp`` ranks (default: the tensor-parallel
@@ -573,4 +710,68 @@ def head_backward(ctx: BuildContext, tensor: TensorStrategy, param_count: float)
         _k("final_norm_bwd", cm.elementwise(3 * ctx.e * norm)),
         grad_accumulation(ctx, param_count),
         GradReady(param_count),
+    ]
+
+
+# ---------------------------------------------------------------------- multi-token prediction
+def _mtp_named(steps: list[Step], k: int) -> list[Step]:
+    """The shared embedding's and output head's steps run again for MTP module ``k``: renamed ``mtp{k}_*`` (their
+    gradient markers and accumulations dropped: ``mtp_backward`` accumulates into those weights' gradients once)."""
+    out: list[Step] = []
+    for s in steps:
+        if isinstance(s, KernelStep) and s.name == "grad_accumulate":
+            continue
+        if isinstance(s, (KernelStep, CommStep)):
+            out.append(replace(s, name=f"mtp{k}_{s.name}"))
+        elif not isinstance(s, GradReady):
+            out.append(s)
+    return out
+
+
+def mtp_forward(ctx: BuildContext, tensor: TensorStrategy, layer: list[Step], k: int) -> list[Step]:
+    """Multi-token-prediction module ``k`` (DeepSeek-V3, arXiv 2412.19437 Sec. 2.2, eqs. 21-25; Megatron-Core
+    MultiTokenPredictionLayer, on the last pipeline stage): embed the tokens shifted by k + 1 with the shared
+    embedding, RMSNorm it (enorm) and the previous depth's hidden state (hnorm), concatenate, project 2h → h
+    (eh_proj, column-parallel), run one transformer layer (``layer``, built like the decoder's last), then the
+    shared output head and its cross-entropy (the module's final norm is its own)."""
+    cm, h, e = ctx.compute, ctx.model.hidden, ctx.e
+    n = tensor.norm_tokens(ctx) * h
+    steps: list[Step] = _mtp_named(embedding_forward(ctx, tensor), k)
+    steps += [
+        _k(f"mtp{k}_enorm", cm.elementwise(2 * e * n)),
+        _k(f"mtp{k}_hnorm", cm.elementwise(2 * e * n)),
+        _k(f"mtp{k}_concat", cm.elementwise(2 * e * 2 * n)),  # torch.cat: read both halves, write 2h
+        *tensor.block_input_forward(ctx, f"mtp{k}"),
+        _k(f"mtp{k}_eh_proj", cm.gemm(ctx.tokens, h // ctx.tp, 2 * h)),
+    ]
+    if ctx.tp > 1:  # the column-parallel output is gathered back to the full hidden width
+        steps.append(CommStep(f"mtp{k}_eh_proj.allgather", CollectiveKind.ALL_GATHER, CommKind.TP, Axis.TP,
+                              float(ctx.tokens * h * e), 0))  # fmt: skip
+    return [*steps, *layer, *_mtp_named(head_forward(ctx, tensor), k)]
+
+
+def mtp_backward(ctx: BuildContext, tensor: TensorStrategy, layer: list[Step], k: int, own_params: float,
+                 shared_params: float) -> list[Step]:  # fmt: skip
+    """Reverse of ``mtp_forward``: the MTP loss's gradient through the shared head (its weight gradient added
+    into the head's), the layer (``layer``: its backward, with its gradient marker), eh_proj, the norms, the
+    shared embedding (added into the embedding's gradient), and the hidden-state gradient added to the main
+    model's. ``own_params``: the module's norms and eh_proj (plus a last-stage embedding copy) on this rank;
+    ``shared_params``: the head's and embedding's weights on this rank whose gradients it accumulates into."""
+    cm, h, e = ctx.compute, ctx.model.hidden, ctx.e
+    n = tensor.norm_tokens(ctx) * h
+    # the output all-gather's backward is a split (Megatron _GatherFromModelParallelRegion): no communication
+    return [
+        *_mtp_named(head_backward(ctx, tensor, 0.0), k),
+        *layer,
+        _k(f"mtp{k}_eh_proj_dgrad", cm.gemm(ctx.tokens, 2 * h, h // ctx.tp)),
+        *tensor.block_input_backward_pre(ctx, f"mtp{k}"),
+        *tensor.block_input_backward_post(ctx, f"mtp{k}"),
+        _k(f"mtp{k}_eh_proj_wgrad", cm.gemm(2 * h, h // ctx.tp, ctx.tokens)),
+        _k(f"mtp{k}_concat_bwd", cm.elementwise(2 * e * 2 * n)),
+        _k(f"mtp{k}_enorm_bwd", cm.elementwise(3 * e * n)),
+        _k(f"mtp{k}_hnorm_bwd", cm.elementwise(3 * e * n)),
+        _k(f"mtp{k}_hidden_grad_add", cm.elementwise(3 * e * n)),  # into the decoder output's gradient
+        *_mtp_named(embedding_backward(ctx, tensor, 0.0), k),
+        grad_accumulation(ctx, own_params + shared_params),
+        GradReady(own_params),
     ]

@@ -122,8 +122,7 @@ def layer_activation_bytes(ctx: BuildContext, moe: bool) -> float:
     # TP-replicated; recomputing the norms drops their outputs, the QKV and FC1 inputs
     norm_outputs = 0.0 if "layernorm" in again else 2 * linear_input_bytes(ctx)
     replicated = (6.0 + norm_outputs) * tokens * m.hidden / (t if sp else 1)
-    q, kv = m.q_hidden, m.kv_hidden
-    attention = e * tokens * (q + kv + kv + q) / t  # Q, K (QKᵀ inputs), V (AV input), projection input
+    attention = _attention_bytes(ctx)
     heads = m.heads / t
     if ctx.training.flash_attention:
         scores = 4.0 * heads * tokens  # fp32 log-sum-exp per query row and head (FlashAttention-2)
@@ -134,19 +133,55 @@ def layer_activation_bytes(ctx: BuildContext, moe: bool) -> float:
     return replicated + attention + _mlp_bytes(ctx, moe) + scores
 
 
+def _attention_bytes(ctx: BuildContext) -> float:
+    """The attention block's TP-split tensors: Q, K (QKᵀ inputs), V (AV input) and the projection input. With
+    multi-head latent attention (DeepSeek-V3, arXiv 2412.19437 Sec. 2.1.1) Q and K have heads·(nope + rope)
+    and V and the projection input heads·v_head_dim, and the compressed q and kv are kept twice, replicated on
+    every TP rank: as their norms' inputs and, normalised, as the up-projections' inputs (TE LayerNormLinear
+    keeps both). ``mla_up_proj`` recomputation frees Q, K and V once the core attention has read them and
+    rebuilds them in backward (Megatron-Core multi_latent_attention.py, ``qkv_up_checkpoint``)."""
+    m, t, e, tokens = ctx.model, ctx.tp, 2.0, ctx.tokens
+    if m.mla is None:
+        q, kv = m.q_hidden, m.kv_hidden
+        return e * tokens * (q + kv + kv + q) / t
+    qk, v = m.heads * m.qk_head_dim, m.heads * m.v_head_dim
+    tr = ctx.training
+    up_recomputed = tr.recompute == "selective" and "mla_up_proj" in (tr.recompute_modules or ())
+    qkv = 0.0 if up_recomputed else 2 * qk + v
+    latent = 2 * (m.mla.q_lora_rank + m.mla.kv_lora_rank)
+    return e * tokens * ((qkv + v) / t + latent)
+
+
+def mtp_activation_bytes(ctx: BuildContext) -> float:
+    """What the multi-token-prediction modules (all on the last pipeline stage) keep per micro-batch: each
+    module's transformer layer (of the decoder's last layer's kind), its embedding output, the inputs of enorm
+    and hnorm and eh_proj's 2h-wide input (DeepSeek-V3 Sec. 2.2). Their logits are counted with the output
+    layer's (``activation_bytes``)."""
+    m = ctx.model
+    if not m.mtp_layers:
+        return 0.0
+    n = ctx.tokens * m.hidden * 2.0
+    norm = n / (ctx.tp if ctx.par.sequence_parallel else 1)
+    per_module = layer_activation_bytes(ctx, m.is_moe_layer(m.layers - 1)) + n + 2 * norm + 2 * n
+    return m.mtp_layers * per_module
+
+
 def activation_bytes(ctx: BuildContext, layers_on_rank: list[bool], in_flight: float,
                      has_head: bool, has_embedding: bool) -> float:  # fmt: skip
     """Activations held at the peak: ``in_flight`` micro-batches of the rank's layers (``True`` = MoE),
     plus one layer's full activations being recomputed under full recompute, plus the output layer's logits,
-    plus the K/V of the whole sequence that all-gather context parallelism gathers for one layer."""
+    plus the K/V of the whole sequence that all-gather context parallelism gathers for one layer. The rank with
+    the output layer also holds the multi-token-prediction modules."""
     per_mb = sum(layer_activation_bytes(ctx, moe) for moe in layers_on_rank)
+    if has_head:
+        per_mb += mtp_activation_bytes(ctx)
     total = per_mb * in_flight
     if ctx.training.recompute == "full" and layers_on_rank:
         full = replace(ctx, training=ctx.training.model_copy(update={"recompute": "none"}))
         total += max(layer_activation_bytes(full, moe) for moe in layers_on_rank)
-    if has_head:
+    if has_head:  # 16-bit logits and their fp32 softmax for the loss, the output layer's and each MTP module's
         vocab_shard = ctx.model.vocab / ctx.tp
-        total += ctx.tokens * vocab_shard * (2 + 4)  # 16-bit logits and their fp32 softmax for the loss
+        total += ctx.tokens * vocab_shard * (2 + 4) * (1 + ctx.model.mtp_layers)
     if has_embedding:
         total += ctx.tokens * ctx.model.hidden * 2.0
     if ctx.dims.cp > 1 and ctx.par.cp_algorithm == "all_gather" and layers_on_rank:

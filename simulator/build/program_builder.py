@@ -19,6 +19,8 @@ from simulator.build.layer import (
     embedding_forward,
     head_backward,
     head_forward,
+    mtp_backward,
+    mtp_forward,
     split_weight_gradients,
 )
 from simulator.errors import InfeasibleConfig
@@ -128,8 +130,43 @@ class WorkloadSpec:
 
     @cached_property
     def layer_builder(self) -> LayerBuilder:
-        """Kernel lists for this scenario's layers."""
+        """Kernel lists for this scenario's full-attention layers."""
         return LayerBuilder(self.ctx, self.layer_strategies)
+
+    def layer_builder_for(self, layer: int) -> LayerBuilder:
+        """Kernel lists for ``layer``: its attention window (``model.attention_window``) picks the builder."""
+        window = self.ctx.model.attention_window(layer)
+        if window is None:
+            return self.layer_builder
+        return self._windowed_builders.setdefault(window, LayerBuilder(self.ctx, self.layer_strategies, window))
+
+    @cached_property
+    def _windowed_builders(self) -> dict[int, LayerBuilder]:
+        return {}
+
+    def is_mtp(self, layer: int) -> bool:
+        """Whether unit index ``layer`` is a multi-token-prediction module (indices past the decoder)."""
+        return layer >= self.ctx.model.layers
+
+    def is_moe_unit(self, layer: int) -> bool:
+        """Whether ``layer``'s transformer layer has a MoE FFN (an MTP module's as the decoder's last)."""
+        return self.params.mtp_moe if self.is_mtp(layer) else self.ctx.model.is_moe_layer(layer)
+
+    def mtp_units(self, vs: int) -> list[int]:
+        """Unit indices of the MTP modules on virtual stage ``vs``: all on the last one (Megatron-Core places
+        the MTP block on the last pipeline stage, after the decoder)."""
+        if vs != self.last_virtual:
+            return []
+        return [self.ctx.model.layers + k for k in range(self.ctx.model.mtp_layers)]
+
+    def mtp_own_params(self, layer: int) -> float:
+        """An MTP module's parameters outside its transformer layer held by one rank (norms, eh_proj), plus for
+        the first module the last stage's copy of the embedding that the modules share, when the embedding
+        lives on another stage (Megatron-Core GPTModel builds an embedding wherever ``mtp_process``)."""
+        p, c = self.params, self.ctx
+        own = (p.mtp_per_module - p.mtp_layer) / c.tp
+        copy = layer == c.model.layers and c.dims.pp > 1
+        return own + (p.embedding / c.tp if copy else 0.0)
 
     @property
     def dense_group(self) -> Axis:
@@ -146,10 +183,11 @@ class WorkloadSpec:
         """(dense, routed-expert) parameters of one layer held by one rank: dense weights split over tensor
         parallelism, routed experts over expert tensor × expert parallelism."""
         p, c = self.params, self.ctx
-        if not c.model.is_moe_layer(layer):
-            return p.dense_layer / c.tp, 0.0
+        own = self.mtp_own_params(layer) if self.is_mtp(layer) else 0.0
+        if not self.is_moe_unit(layer):
+            return own + p.dense_layer / c.tp, 0.0
         experts = p.routed_experts_per_layer
-        return (p.moe_layer - experts) / c.tp, experts / (c.dims.expert_tp * c.dims.ep)
+        return own + (p.moe_layer - experts) / c.tp, experts / (c.dims.expert_tp * c.dims.ep)
 
     def layer_params(self, layer: int) -> float:
         """Parameters of one layer held by one rank."""
@@ -159,7 +197,7 @@ class WorkloadSpec:
         """(dense, routed-expert) parameters of virtual stage ``vs`` held by one rank (layers, plus the
         embedding and output layers)."""
         dense = expert = 0.0
-        for i in self.virtual_layers[vs]:
+        for i in self.virtual_layers[vs] + self.mtp_units(vs):
             d, e = self.layer_param_split(i)
             dense, expert = dense + d, expert + e
         if vs == 0:
@@ -175,7 +213,7 @@ class WorkloadSpec:
     def largest_unit_params(self, vs: int) -> float:
         """Parameters of the largest piece (layer, embedding or output layer) of ``vs`` held by one rank:
         what ZeRO-3 gathers at once."""
-        units = [self.layer_params(i) for i in self.virtual_layers[vs]]
+        units = [self.layer_params(i) for i in self.virtual_layers[vs] + self.mtp_units(vs)]
         if vs == 0:
             units.append(self.params.embedding / self.ctx.tp)
         if vs == self.last_virtual:
@@ -269,6 +307,7 @@ class ProgramFactory:
             tp = s.ctx.tp
             out = [Unit("embedding", -1, s.params.embedding / tp, 0.0)] if vs == 0 else []
             out += [Unit(f"layer{i}", i, *s.layer_param_split(i)) for i in s.virtual_layers[vs]]
+            out += [Unit(f"mtp{i - s.ctx.model.layers}", i, *s.layer_param_split(i)) for i in s.mtp_units(vs)]
             if vs == s.last_virtual:
                 out.append(Unit("head", -2, (s.params.output + s.params.final_norm) / tp, 0.0))
             self._units[vs] = out
@@ -280,7 +319,10 @@ class ProgramFactory:
             return embedding_forward(s.ctx, t)
         if u.layer == -2:
             return head_forward(s.ctx, t)
-        return s.layer_builder.forward(s.ctx.model.is_moe_layer(u.layer))
+        layer = s.layer_builder_for(u.layer).forward(s.is_moe_unit(u.layer))
+        if s.is_mtp(u.layer):
+            return mtp_forward(s.ctx, t, layer, u.layer - s.ctx.model.layers)
+        return layer
 
     def _unit_backward(self, u: Unit) -> tuple[list[Step], list[Step]]:
         """(recomputation, backward) of one unit."""
@@ -289,9 +331,15 @@ class ProgramFactory:
             return [], embedding_backward(s.ctx, t, u.dense_params)
         if u.layer == -2:
             return [], head_backward(s.ctx, t, u.dense_params)
-        moe = s.ctx.model.is_moe_layer(u.layer)
-        lb = s.layer_builder
-        return lb.recompute(s.ctx.training.recompute, moe), lb.backward(u.dense_params, moe, u.expert_params)
+        moe = s.is_moe_unit(u.layer)
+        lb = s.layer_builder_for(u.layer)
+        re = lb.recompute(s.ctx.training.recompute, moe) + lb.mla_up_proj_recompute()
+        if not s.is_mtp(u.layer):
+            return re, lb.backward(u.dense_params, moe, u.expert_params)
+        own = s.mtp_own_params(u.layer)
+        shared = (s.params.embedding + s.params.output) / s.ctx.tp  # gradients added into the shared weights'
+        layer = lb.backward(u.dense_params - own, moe, u.expert_params)
+        return re, mtp_backward(s.ctx, t, layer, u.layer - s.ctx.model.layers, own, shared)
 
     def unit_comm(self, u: Unit, hook: str, backward: bool = False) -> list[CommStep]:
         """The data strategy's communication for a unit's parameters, per reducing group, named after the

@@ -11,6 +11,11 @@ log-sum-exp), worth ``block_overhead`` key tiles of main loop. With ``n`` key ti
 * causal: query tile i visits ``i + 1`` key tiles, the diagonal one half useful, so over ``n`` tiles
   ``rate = peak · κ · n / (n + 1 + 2c)``, with κ the cost of the masking inside the loop.
 
+* sliding window of ``w`` keys (``window``, causal): every query tile visits the ``n = w / block`` key tiles
+  of its band plus the one the band's edge cuts, whatever the sequence length, so
+  ``rate = peak · κ · n / (n + 1 + c)`` (the band's two edge tiles are masked, as the causal diagonal is);
+  FlashAttention-2/3's ``window_size`` skips the tiles outside the band (Dao 2023, FA2 ``local`` attention).
+
 The head dimension sets the work per loaded tile: ``peak(d) = peak(128) · [d / (d + d0)] / [128 / (128 + d0)]``.
 FLOPs are counted as FlashAttention's benchmarks count them (causal halved; backward 2.5× forward).
 """
@@ -38,16 +43,19 @@ class AttentionKernel:
     head_dim_half: float  # d0
     source: str = ""
 
-    def efficiency(self, seq_k: float, head_dim: int, causal: bool) -> float:
-        """Fraction of the dense BF16 peak reached on ``seq_k`` keys per query."""
+    def efficiency(self, seq_k: float, head_dim: int, causal: bool, window: float | None = None) -> float:
+        """Fraction of the dense BF16 peak reached on ``seq_k`` keys per query (``window``: a sliding window of
+        that many keys, when shorter than ``seq_k``)."""
         n = max(seq_k / BLOCK, 1.0)
         d0 = self.head_dim_half
         hd = (head_dim / (head_dim + d0)) / (REFERENCE_HEAD_DIM / (REFERENCE_HEAD_DIM + d0))
-        shape = (
-            self.causal_factor * n / (n + 1 + 2 * self.block_overhead)
-            if causal
-            else n / (n + self.block_overhead)
-        )
+        if window is not None and window < seq_k:
+            n = max(window / BLOCK, 1.0)
+            shape = self.causal_factor * n / (n + 1 + self.block_overhead)
+        elif causal:
+            shape = self.causal_factor * n / (n + 1 + 2 * self.block_overhead)
+        else:
+            shape = n / (n + self.block_overhead)
         return min(self.peak_fraction * hd * shape, 1.0)
 
 

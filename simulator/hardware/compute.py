@@ -209,12 +209,14 @@ class ComputeModel:
         t = nbytes / self.memory_bytes_per_s + kernels * self.calib.kernel_gap_s
         return KernelTime(t, flops, nbytes, kernels * self.calib.kernel_launch_s, class_seconds(kind, t))
 
-    def attention_efficiency(self, backward: bool, seq_k: float, head_dim: int, causal: bool) -> float:
+    def attention_efficiency(
+        self, backward: bool, seq_k: float, head_dim: int, causal: bool, window: float | None = None
+    ) -> float:
         """Fraction of the 16-bit peak a fused attention kernel reaches: the measured kernel model of this
         GPU's architecture and implementation (``attention.py``), else the profile's constant."""
         k = attention_kernel(self.gpu.name, self.attention_impl, "bwd" if backward else "fwd")
         if k is not None:
-            return k.efficiency(seq_k, head_dim, causal)
+            return k.efficiency(seq_k, head_dim, causal, window)
         a = self.calib.attention
         return a.flash_backward_efficiency if backward else a.flash_forward_efficiency
 
@@ -227,10 +229,11 @@ class ComputeModel:
         seq_k: float = 8192.0,
         head_dim: int = 128,
         causal: bool = True,
+        window: float | None = None,
     ) -> KernelTime:
         """A fused attention kernel doing ``flops`` (already halved for causal masking) over ``nbytes``, whose
-        query tiles each see ``seq_k`` keys (the causal prefix counted whole)."""
-        eff = self.attention_efficiency(backward, seq_k, head_dim, causal) * self.calib.clock_scale
+        query tiles each see ``seq_k`` keys (the causal prefix counted whole), or a band of ``window`` keys."""
+        eff = self.attention_efficiency(backward, seq_k, head_dim, causal, window) * self.calib.clock_scale
         t = max(flops / (self.attention_peak_flops_per_s * eff), nbytes / self.memory_bytes_per_s)
         t += self.calib.kernel_gap_s
         classes = class_seconds(KernelClass.ATTENTION, t)

@@ -11,6 +11,16 @@ clustersim's MFU convention (documented in the README), per token of training (f
 * Attention scores and weighted sum: 2 GEMMs of 2·s·d FLOPs per head, query and layer forward, ×3 for
   forward + backward, i.e. 12·L·s·(heads·d) per token non-causal (PaLM appendix B), halved for causal
   masking, since fused kernels skip the masked half (docs/reference.md, "FLOPs").
+* Multi-head latent attention (DeepSeek-V3, arXiv 2412.19437 Sec. 2.1.1): its five projections
+  (``params.mla_matrices``) replace Q, K, V and O; the score GEMM runs at the qk head dim (nope + rope,
+  192) and the weighted sum at the v head dim (128): 6·s·heads·(d_qk + d_v) per token and layer, halved causal.
+* Sliding-window layers (``model.attention_window``): a query at position i sees min(i + 1, w) keys, so a
+  causal layer's keys per query average (w·s − w(w − 1)/2)/s ≈ w instead of ≈ s/2 (Beltagy et al. 2020,
+  Longformer, Sec. 3.1: local attention is O(s·w)). Attention sinks add one logit per head and query row
+  (gpt-oss): against 4·w·d FLOPs of the two GEMMs per row (w = 128, d = 64: 32,768) it is below 1e-4 of
+  the core and not counted.
+* Multi-token prediction (DeepSeek-V3 Sec. 2.2): each module's projection (2·hidden → hidden), its layer
+  (attention and the active FFN, as above) and the shared output layer run once more per token.
 
 MFU = these model FLOPs per step ÷ (step time × GPUs × dense peak at the training precision). Recomputation
 never counts in MFU; HFU counts what the GPUs execute (recomputed forwards, flash attention's extra
@@ -19,13 +29,24 @@ backward GEMM, unmasked attention without flash), read from the simulated kernel
 
 from __future__ import annotations
 
-from simulator.models.params import parameter_count
+from simulator.models.params import mla_matrices, parameter_count
 from simulator.models.spec import ModelSpec
 
 
 def _attention_matrices(spec: ModelSpec) -> int:
+    if spec.mla is not None:
+        return mla_matrices(spec)
     h, q, kv = spec.hidden, spec.q_hidden, spec.kv_hidden
     return h * q + 2 * h * kv + q * h
+
+
+def keys_per_query(spec: ModelSpec, layer: int, seq_len: int, causal: bool = True) -> float:
+    """Mean keys a query of ``layer`` attends to: s (s/2 causal, the masked half skipped), or for a
+    sliding-window layer of w < s keys (w·s − w(w − 1)/2)/s causal, w otherwise."""
+    w = spec.attention_window(layer)
+    if w is None or w >= seq_len:
+        return seq_len / 2 if causal else float(seq_len)
+    return (w * seq_len - w * (w - 1) / 2) / seq_len if causal else float(w)
 
 
 def _mlp_matrices(spec: ModelSpec, ffn: int) -> int:
@@ -44,14 +65,19 @@ def matmul_params_per_token(spec: ModelSpec) -> float:
         active = (spec.moe.top_k + spec.moe.shared_experts) * expert + spec.hidden * spec.moe.experts
         moe = p.moe_layers * (attn + active)
     output = spec.vocab * spec.hidden  # tied or not, the logits GEMM runs
-    return float(dense + moe + output)
+    mtp = 0
+    if spec.mtp_layers:  # eh_proj, the module's layer, the shared output layer again
+        layer = attn + (active if p.mtp_moe else _mlp_matrices(spec, spec.ffn_hidden))
+        mtp = spec.mtp_layers * (2 * spec.hidden * spec.hidden + layer + output)
+    return float(dense + moe + output + mtp)
 
 
 def model_flops_per_token(spec: ModelSpec, seq_len: int, causal: bool = True) -> float:
     """Training FLOPs (forward + backward) per token under clustersim's convention."""
-    attn = 12.0 * spec.layers * seq_len * spec.q_hidden  # 2 GEMMs × 2·s·(heads·d) fwd, ×3 fwd+bwd
-    if causal:
-        attn /= 2
+    # 2 GEMMs × 2·keys·(heads·d) forward, ×3 forward + backward; MTP layers as the last decoder layer
+    per_key = 6.0 * spec.heads * (spec.qk_head_dim + spec.v_head_dim)
+    layers = range(spec.layers + spec.mtp_layers)
+    attn = per_key * sum(keys_per_query(spec, i, seq_len, causal) for i in layers)
     return 6.0 * matmul_params_per_token(spec) + attn
 
 

@@ -14,6 +14,20 @@ Conventions (each checked against published totals in tests/test_catalogs.py):
 * MoE layers: ``experts`` routed experts of width ``expert_ffn``, ``shared_experts`` shared experts of the
   same width, and a router ``hidden x experts`` (no bias). A token uses ``top_k`` routed experts plus all
   shared experts; active parameters count those, attention, norms, embedding and output layer.
+  Published "active" figures leave the embedding lookup out (``active_without_embedding``: gpt-oss-120b's
+  5.1B, OpenAI model card Aug 2025; DeepSeek-V3's 36.6B, its README_WEIGHTS.md, the paper's "37B").
+* Multi-head latent attention (``mla``; DeepSeek-V3, arXiv 2412.19437 Sec. 2.1.1, config_671B.json, and
+  modeling ``MLA``): q down-projection ``hidden x q_lora_rank``, its RMSNorm, q up-projection
+  ``q_lora_rank x heads*(nope+rope)``; the joint kv down-projection with the decoupled rope key
+  ``hidden x (kv_lora_rank + rope)``, its RMSNorm, kv up-projection ``kv_lora_rank x heads*(nope+v)``; output
+  ``heads*v x hidden``; no biases (DeepSeek-V3 has none). 187.1M per layer for DeepSeek-V3.
+* Attention sinks (gpt-oss): one learned logit per head and layer (``sinks``, shape [heads]).
+* Multi-token prediction (DeepSeek-V3 Sec. 2.2; README_WEIGHTS.md "MTP Modules"): per module two RMSNorms
+  (``enorm``, ``hnorm``), the projection ``eh_proj`` (2·hidden → hidden, no bias), one transformer layer of
+  the decoder's last layer's kind and its own final norm (``shared_head.norm``); the embedding and output
+  head are shared with the main model and not counted again. ``total`` is the main model, as published
+  (671B); ``total_with_mtp`` adds the modules; the Hugging Face checkpoint also stores the module's copies
+  of the shared embedding and head (``checkpoint_total``: its "685B").
 """
 
 from __future__ import annotations
@@ -42,6 +56,36 @@ class ParameterCount:
     top_k: int
     dense_layers: int
     moe_layers: int
+    mtp_modules: int = 0  # multi-token-prediction modules
+    mtp_per_module: int = 0  # one module's own parameters (norms, eh_proj, its layer), embedding/head shared
+    mtp_active_per_module: int = 0  # of those, what a token uses (its layer's top-k experts)
+    mtp_moe: bool = False  # whether the module's transformer layer has a mixture-of-experts FFN
+
+    @property
+    def mtp(self) -> int:
+        """Own parameters of all multi-token-prediction modules."""
+        return self.mtp_modules * self.mtp_per_module
+
+    @property
+    def total_with_mtp(self) -> int:
+        """The main model and its multi-token-prediction modules (embedding and head counted once)."""
+        return self.total + self.mtp
+
+    @property
+    def checkpoint_total(self) -> int:
+        """What a checkpoint storing each MTP module's copy of the shared embedding and head holds
+        (DeepSeek-V3's Hugging Face files: model.layers.61.embed_tokens and shared_head.head)."""
+        return self.total_with_mtp + self.mtp_modules * (self.embedding + (self.output or self.embedding))
+
+    @property
+    def active_without_embedding(self) -> int:
+        """Active parameters less the embedding lookup (a gather, not a matrix product), as model cards count."""
+        return self.active - self.embedding
+
+    @property
+    def mtp_layer(self) -> int:
+        """The transformer layer inside one MTP module."""
+        return self.moe_layer if self.mtp_moe else self.dense_layer
 
     @property
     def dense_layer(self) -> int:
@@ -71,11 +115,23 @@ class ParameterCount:
         return self.total - self.embedding - self.output
 
 
+def mla_matrices(spec: ModelSpec) -> int:
+    """Weights of MLA's five projections (no norms): q down/up, kv down (with the rope key)/up, output."""
+    m, h, n = spec.mla, spec.hidden, spec.heads
+    assert m is not None
+    q = h * m.q_lora_rank + m.q_lora_rank * n * (m.qk_nope_head_dim + m.qk_rope_head_dim)
+    kv = h * (m.kv_lora_rank + m.qk_rope_head_dim) + m.kv_lora_rank * n * (m.qk_nope_head_dim + m.v_head_dim)
+    return q + kv + n * m.v_head_dim * h
+
+
 def _attention(spec: ModelSpec) -> int:
+    sinks = spec.heads if spec.attention_sinks else 0
+    if spec.mla is not None:  # + the RMSNorms of the compressed q and kv (weights only)
+        return mla_matrices(spec) + spec.mla.q_lora_rank + spec.mla.kv_lora_rank + sinks
     h, q, kv = spec.hidden, spec.q_hidden, spec.kv_hidden
     weights = h * q + 2 * h * kv + q * h
     biases = (q + 2 * kv + h) if spec.linear_bias else 0
-    return weights + biases
+    return weights + biases + sinks
 
 
 def _mlp(spec: ModelSpec, ffn: int) -> int:
@@ -110,6 +166,11 @@ def parameter_count(spec: ModelSpec, *, learned_positions: int = 0) -> Parameter
     dense_layer = attention + norms + dense_mlp
     moe_total = attention + norms + n_experts * expert + shared + router
     moe_active = attention + norms + top_k * expert + shared + router
+    # an MTP module's layer is built like the decoder's last layer (Megatron-Core get_gpt_mtp_block_spec
+    # takes the block's last layer spec; DeepSeek-V3's model.layers.61 is a MoE layer)
+    mtp_moe = spec.mtp_layers > 0 and spec.is_moe_layer(spec.layers - 1)
+    mtp_own = 3 * _norm(spec) + 2 * spec.hidden * spec.hidden  # enorm, hnorm, final norm; eh_proj 2h → h
+    mtp_layer, mtp_layer_active = (moe_total, moe_active) if mtp_moe else (dense_layer, dense_layer)
     return ParameterCount(
         total=outside + dense_layers * dense_layer + moe_layers * moe_total,
         active=outside + dense_layers * dense_layer + moe_layers * moe_active,
@@ -126,4 +187,8 @@ def parameter_count(spec: ModelSpec, *, learned_positions: int = 0) -> Parameter
         top_k=top_k,
         dense_layers=dense_layers,
         moe_layers=moe_layers,
+        mtp_modules=spec.mtp_layers,
+        mtp_per_module=mtp_own + mtp_layer if spec.mtp_layers else 0,
+        mtp_active_per_module=mtp_own + mtp_layer_active if spec.mtp_layers else 0,
+        mtp_moe=mtp_moe,
     )

@@ -79,6 +79,25 @@ class ModelSpec:
         """Width of the Q projection and of the attention output: heads × head dim."""
         return self.heads * self.d_head
 
+    @property
+    def qk_head_dim(self) -> int:
+        """Per-head width of queries and keys: MLA's no-rope + rope parts (DeepSeek-V3: 128 + 64 = 192)."""
+        return self.mla.qk_nope_head_dim + self.mla.qk_rope_head_dim if self.mla else self.d_head
+
+    @property
+    def v_head_dim(self) -> int:
+        """Per-head width of values and of the attention output (DeepSeek-V3 MLA: 128)."""
+        return self.mla.v_head_dim if self.mla else self.d_head
+
+    def attention_window(self, layer: int) -> int | None:
+        """Keys a query of 0-based ``layer`` attends to at most (sliding-window layers), None for full context.
+        An index past the decoder (a multi-token-prediction layer) takes the last decoder layer's kind."""
+        sw = self.sliding_window
+        layer = min(layer, self.layers - 1)
+        if sw is None or layer < sw.first or (layer - sw.first) % sw.every:
+            return None
+        return sw.size
+
     def is_moe_layer(self, layer: int) -> bool:
         """Whether 0-based ``layer`` has a mixture-of-experts FFN."""
         if self.moe is None or layer < self.moe.first_dense_layers:

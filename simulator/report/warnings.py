@@ -48,8 +48,6 @@ def unmodelled_settings(scenario: Scenario) -> str | None:
     found = []
     if t.selective_recompute == "op_level":
         found.append("training.selective_recompute=op_level (runs as recompute none)")
-    if t.recompute_modules and "mla_up_proj" in t.recompute_modules:
-        found.append("training.recompute_modules: mla_up_proj (not recomputed)")
     if p.moe_a2a_overlap:
         found.append("parallelism.moe_a2a_overlap (the all-to-alls run exposed)")
     if p.moe_dispatcher not in (None, "alltoall"):
