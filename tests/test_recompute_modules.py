@@ -61,3 +61,23 @@ def test_what_is_not_modelled_is_said(make_doc) -> None:  # type: ignore[no-unty
     doc = make_doc(gpus_per_host=8, model=MOE, seq_len=512, parallelism__ep=8, parallelism__moe_a2a_overlap=True)
     warnings = simulate(scenario_from_dict(doc)).report.warnings
     assert any(w.startswith("recorded but not modelled: parallelism.moe_a2a_overlap") for w in warnings)
+
+
+DENSE = {"layers": 2, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn_hidden": 2816, "vocab": 1024,
+         "gated_mlp": True}  # fmt: skip
+
+
+def test_torchtitan_op_level_checkpointing_keeps_every_second_matmul(make_doc) -> None:  # type: ignore[no-untyped-def]
+    """Per-op SAC (torchtitan ``_save_list``): a dense layer keeps its input and the outputs of wq, wv, w1, w2
+    and of the attention kernel (with its fp32 log-sum-exp); wk, wo, w3, the norms, rotary and the activation
+    run again in backward."""
+    doc = make_doc(gpus_per_host=1, model=DENSE, seq_len=512)
+    doc["framework"] = {"name": "torchtitan"}
+    doc["training"].update(recompute="selective", selective_recompute="op_level")
+    sc = scenario_from_dict(doc)
+    setup = Setup(sc, build_cluster(sc.topology, file="<test>"), "symmetric")
+    tokens, h, q, kv, f, heads = setup.ctx.tokens, 1024, 1024, 256, 2816, 16
+    expected = 2 * tokens * (h + q + kv + q + f + h) + 4 * heads * tokens
+    assert layer_activation_bytes(setup.ctx, False) == pytest.approx(expected)
+    names = [s.name for s in setup.workload.layer_builder.recompute("selective")]
+    assert names == ["re.attn_norm", "re.wk", "re.rotary", "re.attn_proj", "re.mlp_norm", "re.w3", "re.activation"]

@@ -587,6 +587,8 @@ class LayerBuilder:
         if mode == "full":
             return [_uncounted(s) for s in self.forward(moe)]
         again = recomputed_modules(self.ctx)
+        if "op_level" in again and not moe:
+            return [_uncounted(s) for s in self._op_level_recompute()]
         steps: list[Step] = []
         if "layernorm" in again:
             steps += [self._norm("attn_norm"), self._norm("mlp_norm")]
@@ -599,6 +601,23 @@ class LayerBuilder:
         elif "mlp" in again:
             steps += self.mlp_block_forward()
         return [_uncounted(s) for s in steps]
+
+    def _op_level_recompute(self) -> list[Step]:
+        """What torchtitan's per-op checkpointing runs again before a dense layer's backward (``op_level_bytes``
+        keeps the rest): both norms, the K projection, rotary, the output projection, the gated MLP's w3 and its
+        activation (SwiGLU's silu and product)."""
+        c = self.ctx
+        fc1, fc2 = self._ffn_width(c.model.ffn_hidden)
+        w3 = fc1 - fc2 if c.model.gated_mlp else 0  # the second FC1 matrix of a gated MLP
+        return [
+            self._norm("attn_norm"),
+            self._linear("wk", self.kv, self.h),
+            *self._rotary("rotary"),
+            self._linear("attn_proj", self.h, self.q),
+            self._norm("mlp_norm"),
+            *([self._linear("w3", w3, self.h)] if w3 else []),
+            self._activation("activation", fc1, fc2, False),
+        ]
 
     def _recomputed_expert_parts(self, again: frozenset[str]) -> list[Step]:
         """The parts of a MoE block recomputed on their own: the experts' activation, the shared experts."""

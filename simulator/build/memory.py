@@ -74,7 +74,20 @@ def recomputed_modules(ctx: BuildContext) -> frozenset[str]:
     t = ctx.training
     if t.recompute != "selective":
         return frozenset()
+    if t.selective_recompute == "op_level":
+        return frozenset({"op_level"})
     return frozenset(t.recompute_modules or ("core_attn",))
+
+
+def op_level_bytes(ctx: BuildContext) -> float:
+    """What torchtitan's per-op selective checkpointing keeps of a dense layer (torchtitan
+    ``activation_checkpoint.mode = selective``, ``selective_ac_option = op``, models/llama3/parallelize_llama.py
+    ``_save_list``): the layer's input, and the outputs of the saved ops, every second matmul of the layer
+    (wq, wv, w1, w2; wk, wo and w3 are recomputed) and the attention kernel (its output and fp32 log-sum-exp).
+    Norms, rotary and activations are recomputed from those."""
+    m, t, e, tokens = ctx.model, ctx.tp, 2.0, ctx.tokens
+    saved = m.hidden + m.q_hidden / t + m.kv_hidden / t + m.q_hidden / t + m.ffn_hidden / t + m.hidden
+    return e * tokens * saved + 4.0 * (m.heads / t) * tokens
 
 
 def linear_input_bytes(ctx: BuildContext) -> float:
@@ -118,6 +131,8 @@ def layer_activation_bytes(ctx: BuildContext, moe: bool) -> float:
     if mode == "full":
         return e * tokens * m.hidden / (t if sp else 1)
     again = recomputed_modules(ctx)
+    if "op_level" in again and not moe:
+        return op_level_bytes(ctx)
     # 2 norm inputs (2 bytes each), QKV and FC1 inputs (2 bytes, or 1 in FP8), 2 dropout masks (1 byte): 10·s·b·h,
     # TP-replicated; recomputing the norms drops their outputs, the QKV and FC1 inputs
     norm_outputs = 0.0 if "layernorm" in again else 2 * linear_input_bytes(ctx)

@@ -46,8 +46,8 @@ def unmodelled_settings(scenario: Scenario) -> str | None:
     when every setting given is modelled."""
     t, p = scenario.training, scenario.parallelism
     found = []
-    if t.selective_recompute == "op_level":
-        found.append("training.selective_recompute=op_level (runs as recompute none)")
+    if t.selective_recompute == "op_level" and scenario.model.moe is not None:
+        found.append("training.selective_recompute=op_level on MoE layers (their activations are kept whole)")
     if p.moe_a2a_overlap:
         found.append("parallelism.moe_a2a_overlap (the all-to-alls run exposed)")
     if p.moe_dispatcher not in (None, "alltoall"):
