@@ -267,6 +267,11 @@ def test_held_out_runs_state_their_layout() -> None:
         if name in SHARED_FILES:
             continue
         doc = yaml.safe_load(_data_dir().joinpath(name).read_text())
+        if "cases" in doc:  # modern-training-runs.yaml's format (heldout-training-runs.yaml): one system per case
+            for case in doc["cases"]:
+                assert {"tp", "pp", "dp", "cp", "ep"} <= set(case["parallelism"]) and case["gpus"], case["id"]
+                assert case["source"] and case["source_row"] and case["measured"]["step_time_s"] > 0, case["id"]
+            continue
         assert doc.get("gpu") in gpu_catalog(), name
         for row in doc["runs"]:
             assert "tp" in row and "gpus" in row, f"{name}: {row.get('name')}"

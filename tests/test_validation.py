@@ -61,22 +61,31 @@ def test_unknown_suite_is_a_user_error(capsys):
 MODERN = "modern-training-runs"
 
 
-def _modern_cases() -> list[dict]:
+HELDOUT = "heldout-training-runs"  # issue #8's held-out check: runs of the same kinds in no other data file
+
+
+def _cases(suite: str = MODERN) -> list[dict]:
     from simulator.validation.suites import _data, suite_specs
 
-    return _data(suite_specs()[MODERN]["data"])["cases"]
+    return _data(suite_specs()[suite]["data"])["cases"]
 
 
-def test_modern_suite_has_one_faithful_scenario_per_published_run():
-    """Every case of modern-training-runs.yaml has a shipped scenario with the published layout, batch, sequence,
-    precision and GPU count, and a header naming its source and the choices for what the source left open."""
+def _modern_cases() -> list[dict]:
+    return _cases(MODERN)
+
+
+@pytest.mark.parametrize(("suite", "count"), [(MODERN, 40), (HELDOUT, 20)])
+def test_suite_has_one_faithful_scenario_per_published_run(suite, count):
+    """Every case of modern-training-runs.yaml (and of the held-out file) has a shipped scenario with the published
+    layout, batch, sequence, precision and GPU count, and a header naming its source and the choices for what the
+    source left open."""
     from simulator.validation.suites import scenario_path, suite_specs
 
-    cases = _modern_cases()
-    rows = list(suite_rows([MODERN]))
-    assert len(rows) == len(cases) == 40
-    entries = suite_specs()[MODERN]["rows"]
-    assert sorted(e["run"] for e in entries) == list(range(40))
+    cases = _cases(suite)
+    rows = list(suite_rows([suite]))
+    assert len(rows) == len(cases) == count
+    entries = suite_specs()[suite]["rows"]
+    assert sorted(e["run"] for e in entries) == list(range(count))
     for (row, sc), entry in zip(rows, entries, strict=True):
         case = cases[entry["run"]]
         assert row.name == case["id"] and row.measured_s == case["measured"]["step_time_s"]
@@ -91,7 +100,7 @@ def test_modern_suite_has_one_faithful_scenario_per_published_run():
         assert tr.precision != "fp8" or tr.fp8_recipe is not None, row.name
         host = sc.topology["host"]
         assert sc.topology["nodes"] * host["gpus"] == case["gpus"], row.name
-        assert row.gpu == {"b200": "b200", "h100": host["gpu"]}[case["hw"]], row.name
+        assert row.gpu == {"b200": "b200", "gb200": "gb200", "h100": host["gpu"]}[case["hw"]], row.name
         m = case["model"]
         assert (sc.model.layers, sc.model.hidden, sc.model.heads) == (m["layers"], m["hidden"], m["heads"]), row.name
         assert sc.model.vocab >= m["vocab"] and sc.model.gated_mlp == m["gated_mlp"], row.name
@@ -109,6 +118,57 @@ def test_modern_rows_are_classified():
     assert kinds == {"moe": 6, "long-context": 3, "dense-fp8": 20, "dense-bf16": 11}
     gpus = Counter(row.gpu for row, _ in suite_rows([MODERN]))
     assert gpus == {"h100-sxm": 27, "h100-96gb-hbm2e": 7, "b200": 6}
+
+
+def test_heldout_rows_are_classified():
+    """The held-out suite spans the modern suite's kinds and adds GB200 (issue #8: H100, B200, GB200)."""
+    from collections import Counter
+
+    rows = list(suite_rows([HELDOUT]))
+    assert {row.role for row, _ in rows} == {"held-out"}
+    assert Counter(row.classes[0] for row, _ in rows) == {"moe": 7, "long-context": 3, "dense-fp8": 7, "dense-bf16": 3}
+    assert Counter(row.gpu for row, _ in rows) == {"h100-sxm": 9, "h100-96gb-hbm2e": 4, "b200": 3, "gb200": 4}
+    frameworks = Counter(row.classes[2] for row, _ in rows)
+    assert frameworks == {"framework:megatron-core": 12, "framework:torchtitan": 4, "framework:llm-foundry": 4}
+
+
+def test_heldout_runs_are_in_no_other_data_file():
+    """Held out means unseen: no case id, printed row or (system, layout, measurement) of the held-out file appears in
+    any other validation data file, and ../shared/ is copied only as modern-training-runs.yaml."""
+    from importlib import resources
+
+    from simulator.validation.suites import suite_specs
+
+    def key(c: dict) -> tuple:
+        p, t = c["parallelism"], c["training"]
+        return (c["hw"], c["gpus"], c["model"]["layers"], c["model"]["hidden"], t["seq_len"], t["global_batch"],
+                t["micro_batch"], p["tp"], p["pp"], p["cp"], p["ep"], p["virtual_stages"],
+                c["measured"]["tokens_per_s_per_gpu"])  # fmt: skip
+
+    held = _cases(HELDOUT)
+    data = resources.files("simulator.validation").joinpath("data")
+    others = {f.name: f.read_text() for f in data.iterdir() if f.name.endswith(".yaml") and f.name != suite_specs()[
+        HELDOUT]["data"]}  # fmt: skip
+    for case in held:
+        for name, text in others.items():
+            assert case["id"] not in text and case["source_row"] not in text, (case["id"], name)
+    assert not {key(c) for c in held} & {key(c) for c in _modern_cases()}
+
+
+def test_every_heldout_row_runs_or_says_why(capsys):
+    """`clustersim validate --suite heldout-training-runs` prints every row, each with a prediction or, when the
+    simulator rejects the layout, the reason; and a line per class. (No error is asserted: the suite's verdict
+    is the command's exit status, 0 or 1.)"""
+    code = main(["validate", "--suite", HELDOUT, "--json", "--workers", "2"])
+    assert code in (0, 1)
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["run"] for r in doc["rows"]] == [c["id"] for c in _cases(HELDOUT)]
+    for r, case in zip(doc["rows"], _cases(HELDOUT), strict=True):
+        assert r["role"] == "held-out" and r["gpus"] == case["gpus"], r["run"]
+        assert (r["predicted_s"] is not None and r["memory_gib"] > 0) if r["runs"] else bool(r["failure"]), r["run"]
+    by = {c["class"]: c["rows"] for c in doc["classes"]}
+    assert [by[k] for k in ("dense-bf16", "dense-fp8", "long-context", "moe")] == [3, 7, 3, 7]
+    assert by["gpu:gb200"] == 4 and "median |error|" in doc["summary"]
 
 
 def test_a_rejected_layout_is_a_row_that_does_not_run_with_its_reason():
