@@ -27,6 +27,7 @@ MAX_SKEW = 16.0
 MAX_CAPACITY_FACTOR = 1024.0  # 1.0-2.0 in practice (GShard, Switch); above experts/top_k nothing drops
 MAX_BUCKET_MB = 1_048_576.0  # 1 TiB gradient bucket; PyTorch DDP's default bucket_cap_mb is 25
 MAX_USD_PER_GPU_HOUR = 10_000.0  # cloud list prices are 1-15 USD per GPU-hour (2025)
+MAX_TRAIN_TOKENS = 1e18  # tokens a run trains; Llama 3 405B trained on 1.56e13 (Dubey 2024, Sec. 3.1)
 MAX_SEED = 2**63 - 1
 
 # ------------------------------------------------------------------------------------------ the cluster

@@ -35,6 +35,7 @@ from simulator.limits import (
     MAX_SEQ_LEN,
     MAX_SKEW,
     MAX_STAGES,
+    MAX_TRAIN_TOKENS,
     MAX_USD_PER_GPU_HOUR,
     MAX_VOCAB,
 )
@@ -311,10 +312,29 @@ class EngineConfig(_Strict):
     fuse_local_comm: bool = True
 
 
+# the suffixes clustersim plan's quantities take (simulator/planning/scaling.py), for cost.train_tokens
+TOKEN_SUFFIXES = {"K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12, "P": 1e15}
+
+
 class CostConfig(_Strict):
     """Prices used for cost estimates (cloud prices move; make them explicit)."""
 
     usd_per_gpu_hour: Annotated[float, Field(ge=0, le=MAX_USD_PER_GPU_HOUR)] = 2.5
+    # Tokens the whole run trains (e.g. 15e12 for Llama 3's 15T): with it the report gives the run's days and
+    # dollars at the simulated step (issue #10, point 1); without it only the $ per million tokens.
+    train_tokens: Annotated[float, Field(gt=0, le=MAX_TRAIN_TOKENS)] | None = None
+
+    @field_validator("train_tokens", mode="before")
+    @classmethod
+    def _token_count(cls, v: object) -> object:
+        """``15T`` as ``clustersim plan --tokens`` takes it (K, M, B or G, T, P); a number as it is."""
+        if isinstance(v, str) and v.strip()[-1:].upper() in TOKEN_SUFFIXES:
+            head = v.strip()[:-1]
+            try:
+                return float(head) * TOKEN_SUFFIXES[v.strip()[-1].upper()]
+            except ValueError:
+                raise ValueError("not a token count (e.g. 15e12 or 15T)") from None
+        return v
 
 
 class ClusterRef(_Strict):

@@ -26,6 +26,7 @@ from simulator.hardware.calibration import ComputeCalibration
 from simulator.models.flops import model_flops_per_token
 from simulator.network.models.base import CollectiveRequest, NetworkModel
 from simulator.registry import NETWORK_MODELS
+from simulator.report.cost import run_cost
 from simulator.report.invariants import check_invariants
 from simulator.report.links import bottleneck_tier, busiest_links, tier_usage
 from simulator.report.metrics import StepMetrics, step_metrics
@@ -155,6 +156,11 @@ def _report(
         if extra is not None:
             warnings.append(extra)
     links, tiers, bottleneck = _links(setup, network, step)
+    price = s.config.cost
+    cost = run_cost(
+        gpus=gpus, tokens_per_step=tokens, step_time_s=step, usd_per_gpu_hour=price.usd_per_gpu_hour,
+        train_tokens=price.train_tokens,
+    )  # fmt: skip
     p = s.parallelism
     layout = Layout(
         tp=p.tp, pp=p.pp, dp=setup.dims.dp, cp=p.cp, ep=p.ep, zero=p.zero, sequence_parallel=p.sequence_parallel,
@@ -195,6 +201,11 @@ def _report(
         links=links,
         tiers=tiers,
         bottleneck_tier=bottleneck,
+        usd_per_gpu_hour=cost.usd_per_gpu_hour,
+        usd_per_million_tokens=cost.usd_per_million_tokens,
+        train_tokens=cost.train_tokens,
+        days=cost.days,
+        usd=cost.usd,
         warnings=warnings,
         version=simulator.__version__,
     )

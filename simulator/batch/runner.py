@@ -306,6 +306,8 @@ METRIC_COLUMNS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("model_tflops_per_gpu", ("model_tflops_per_gpu",)),
     ("mfu", ("mfu",)),
     ("hfu", ("hfu",)),
+    # what the step and the run cost (issue #10); empty cells where unknown or stored before them
+    *((k, (k,)) for k in ("usd_per_million_tokens", "days", "usd")),
     *((f"breakdown.{k}", ("breakdown", k)) for k in ("compute_s", "exposed_comm_s", "overlapped_comm_s")),
     *((f"breakdown.{k}", ("breakdown", k)) for k in ("bubble_s", "other_s")),
     *((f"comm.{k}", ("comm", k)) for k in ("tp_s", "dp_s", "pp_s", "ep_s", "cp_s")),

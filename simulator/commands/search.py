@@ -197,8 +197,7 @@ def write_outputs(result: SearchResult, out_dir: Path) -> list[Path]:
     extras = [
         {"rank": i, "label": e.label, "own": e.own, "network": e.network,
          "sequence_parallel": e.report.layout.sequence_parallel if e.report.layout else "",
-         "recompute": e.report.layout.recompute if e.report.layout else "",
-         "usd_per_million_tokens": usd_per_million_tokens(e.report, result.usd_per_gpu_hour)}
+         "recompute": e.report.layout.recompute if e.report.layout else ""}
         for i, e in enumerate(result.ranked, start=1)
     ]  # fmt: skip
     written = [write_csv(reports_to_rows([e.report for e in result.ranked], extras), out_dir / "results.csv")]

@@ -9,11 +9,11 @@ network inside the IT load, and GPUs drawing less than TDP. CO₂ = energy × gr
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from simulator.planning import SECONDS_PER_DAY, SECONDS_PER_HOUR
 from simulator.planning.reliability import Reliability
+from simulator.report.cost import steps_for_tokens
 from simulator.report.schema import StepReport
 
 PUE = 1.58  # industry average (Uptime Institute Global Data Center Survey 2023; docs/reference.md: 1.56-1.58)
@@ -76,7 +76,7 @@ def training_cost(
 ) -> TrainingCost:
     """The run that trains ``tokens`` tokens with the step of ``report``."""
     tokens_per_step = report.tokens_per_s * report.step_time_s
-    steps = math.ceil(tokens / tokens_per_step)
+    steps = steps_for_tokens(tokens, tokens_per_step)  # the step count the report's days use
     ideal = steps * report.step_time_s
     wall = ideal / (1.0 - reliability.waste_fraction)
     return TrainingCost(

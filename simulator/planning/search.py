@@ -30,9 +30,10 @@ from dataclasses import dataclass
 from simulator.batch.executors.base import ExecutorOptions, make_executor
 from simulator.batch.runner import simulate_report
 from simulator.errors import InfeasibleConfig, ScenarioError
-from simulator.planning import OBJECTIVES, SECONDS_PER_HOUR
+from simulator.planning import OBJECTIVES
 from simulator.planning.fastpath import FastPath
 from simulator.planning.search_space import Layout, Pruned, Space, build_space, with_layout
+from simulator.report.cost import usd_per_million_tokens as report_usd_per_million_tokens
 from simulator.report.progress import stage
 from simulator.report.schema import StepReport
 from simulator.scenario import Scenario
@@ -83,8 +84,9 @@ class Evaluated:
 
 
 def usd_per_million_tokens(report: StepReport, usd_per_gpu_hour: float) -> float:
-    """What one million trained tokens cost on the report's GPUs at ``usd_per_gpu_hour``."""
-    return usd_per_gpu_hour * report.gpus / SECONDS_PER_HOUR / report.tokens_per_s * 1e6
+    """What one million trained tokens cost on the report's GPUs at ``usd_per_gpu_hour`` (the report's own
+    ``usd_per_million_tokens`` at the scenario's price; one formula, ``simulator/report/cost.py``)."""
+    return report_usd_per_million_tokens(report.gpus, report.tokens_per_s, usd_per_gpu_hour)
 
 
 def _sort_key(ev: Evaluated, objective: str, usd_per_gpu_hour: float) -> tuple[float, float, str]:

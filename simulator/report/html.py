@@ -138,14 +138,16 @@ def chart_data_uri(path: str | os.PathLike[str]) -> str:
 
 
 def results_table_html(rows: Sequence[Mapping[str, object]]) -> str:
-    """The results as an HTML table that sorts on a header click: the DECISION_COLUMNS the rows have
-    first, then the others in first-seen order."""
+    """The results as an HTML table that sorts on a header click: the DECISION_COLUMNS that some row knows
+    first (the run's ``usd`` and ``days`` only where a scenario gave ``cost.train_tokens``), then the
+    others in first-seen order."""
     if not rows:
         return ""
     seen: list[str] = []
     for row in rows:
         seen += [k for k in row if k not in seen]
-    columns = [c for c in DECISION_COLUMNS if c in seen] + [c for c in seen if c not in DECISION_COLUMNS]
+    known = [c for c in DECISION_COLUMNS if any(row.get(c) not in ("", None) for row in rows)]
+    columns = known + [c for c in seen if c not in DECISION_COLUMNS]
     head = "".join(f'<th title="click to sort">{escape(c)}</th>' for c in columns)
     body = "\n".join("<tr>" + "".join(_cell(c, row.get(c, "")) for c in columns) + "</tr>" for row in rows)
     return (

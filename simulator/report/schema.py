@@ -141,5 +141,13 @@ class StepReport(_Frozen):
     links: list[LinkUse] = Field(default_factory=list)  # busiest links, most loaded first
     tiers: list[TierUse] = Field(default_factory=list)  # per fabric tier, inner (NVLink) to outer (core)
     bottleneck_tier: str = ""  # the tier whose busiest link is the most utilised ("" without link data)
+    # what the step costs (simulator/report/cost.py; issue #10): at the scenario's cost.usd_per_gpu_hour, and
+    # for a run of its cost.train_tokens (days and usd of an uninterrupted run; None when the scenario does
+    # not say how many tokens it trains, and every cost field None in reports written before they existed)
+    usd_per_gpu_hour: float | None = None
+    usd_per_million_tokens: float | None = None
+    train_tokens: float | None = None
+    days: float | None = None
+    usd: float | None = None
     warnings: list[str] = Field(default_factory=list)
     version: str = ""

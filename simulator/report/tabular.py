@@ -25,6 +25,8 @@ from simulator.report.style import COMM_KINDS, MEMORY_COMPONENTS, atomic_path
 Row = dict[str, object]
 BREAKDOWN_FIELDS = ("compute_s", "exposed_comm_s", "overlapped_comm_s", "bubble_s", "other_s")
 KERNEL_CLASS_FIELDS: tuple[str, ...] = tuple(KernelClasses.model_fields)  # gemm_s, attention_s ...
+# the report's cost fields (simulator/report/cost.py): empty cells where unknown (no cost.train_tokens)
+COST_FIELDS = ("usd_per_million_tokens", "days", "usd")
 
 BASE_COLUMNS: tuple[str, ...] = (
     "gpus",
@@ -46,6 +48,7 @@ BASE_COLUMNS: tuple[str, ...] = (
     "model_tflops_per_gpu",
     "mfu",
     "hfu",
+    *COST_FIELDS,
     *(f"breakdown.{k}" for k in BREAKDOWN_FIELDS),
     *(f"comm.{k}_s" for k in COMM_KINDS),
     *(f"exposed_comm.{k}_s" for k in COMM_KINDS),
@@ -83,6 +86,7 @@ def report_row(report: StepReport) -> Row:
         mfu=report.mfu,
         hfu=report.hfu,
     )
+    row.update({k: getattr(report, k) for k in COST_FIELDS})
     row.update({f"breakdown.{k}": getattr(b, k) for k in BREAKDOWN_FIELDS})
     row.update({f"comm.{k}_s": getattr(report.comm, f"{k}_s") for k in COMM_KINDS})
     row.update({f"exposed_comm.{k}_s": getattr(report.exposed_comm, f"{k}_s") for k in COMM_KINDS})
