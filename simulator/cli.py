@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from simulator import __version__
+from simulator.batch.executors.base import WorkersLost
 from simulator.errors import InternalError, UserInputError, one_line_text, shorten
 
 EXIT_USER_ERROR = 2
@@ -339,6 +340,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USER_ERROR
     except InternalError as e:
         print(f"clustersim: internal error (a bug, please report it with the scenario): {e}", file=sys.stderr)
+        return EXIT_INTERNAL_ERROR
+    # A worker pool lost its workers (killed for memory, a native crash): one line, never a traceback (issue
+    # #10, point 3). search reruns what was lost in this process and batch keeps what is stored; this is the
+    # net for any other command that meets it.
+    except WorkersLost as e:
+        print(
+            f"clustersim: error: {one_line_text(str(e)).rstrip('.')}; try again, or with --workers 1",
+            file=sys.stderr,
+        )
         return EXIT_INTERNAL_ERROR
     except KeyboardInterrupt:
         print("clustersim: interrupted", file=sys.stderr)

@@ -3,10 +3,13 @@ deterministic (the report is a function of the scenario fields only)."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import time
+from typing import Any
 
 from simulator.errors import InfeasibleConfig
+from simulator.planning.search import _attempt, _fast_batch
 from simulator.report.schema import Breakdown, CommTimes, MemoryGiB, StepReport
 from simulator.scenario import Scenario
 
@@ -97,3 +100,22 @@ def fake_simulate_logged(scenario: Scenario) -> StepReport:
     with open(os.environ["CLUSTERSIM_FAKE_LOG"], "a", encoding="utf-8") as log:
         log.write(f"{os.getpid()} {scenario.content_hash()}\n")
     return fake_simulate_slow(scenario)
+
+
+def _die_in_a_worker() -> None:
+    """Kill this process if it is a pool worker, as the kernel does when a loaded machine runs out of memory
+    (issue #10, point 3: ``WorkersLost`` out of ``clustersim search``)."""
+    if multiprocessing.parent_process() is not None:
+        os._exit(9)
+
+
+def attempt_or_die(scenario: Scenario) -> StepReport | str:
+    """The search's ``_attempt`` in the main process; a pool worker dies instead."""
+    _die_in_a_worker()
+    return _attempt(scenario)
+
+
+def fast_batch_or_die(job: Any) -> Any:
+    """The search's ``_fast_batch`` in the main process; a pool worker dies instead."""
+    _die_in_a_worker()
+    return _fast_batch(job)

@@ -15,7 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from batch_fakes import attempt_or_die, fast_batch_or_die
 
+import simulator.commands.search as search_command_module
+import simulator.planning.search as search_module
+from simulator.batch.executors.base import WorkersLost
 from simulator.cli import main
 from simulator.errors import InfeasibleConfig
 from simulator.planning.search import SearchOptions, SearchResult, run_search
@@ -189,6 +193,40 @@ def test_worker_processes_give_the_same_ranking(scenario: Scenario) -> None:
     two = run_search(scenario, SearchOptions(top=2, max_points=6, workers=2))
     assert [e.label for e in one.ranked] == [e.label for e in two.ranked]
     assert [e.report.step_time_s for e in one.ranked] == [e.report.step_time_s for e in two.ranked]
+
+
+def test_a_killed_worker_is_rerun_in_this_process(scenario_file: Path, monkeypatch: Any, capsys: Any) -> None:
+    """Issue #10, point 3: a worker killed mid-search (out of memory on a loaded machine) ended ``clustersim
+    search`` with a ``WorkersLost`` traceback. Every worker here dies on its first layout; the search says so
+    in one line, runs them in this process and ranks every layout exactly as with one process."""
+    argv = ["search", str(scenario_file), "--top", "2", "--max-points", "6", "--json"]
+    assert main([*argv, "--workers", "1"]) == 0
+    one = json.loads(capsys.readouterr().out)
+    monkeypatch.setattr(search_module, "_attempt", attempt_or_die)
+    monkeypatch.setattr(search_module, "_fast_batch", fast_batch_or_die)
+    assert main([*argv, "--workers", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err and "worker process died" in err and "in this process" in err, err
+    two = json.loads(out)
+    assert [(r["label"], r["step_time_s"]) for r in two["results"]] == [
+        (r["label"], r["step_time_s"]) for r in one["results"]
+    ]
+
+
+def test_a_lost_pool_is_one_line_with_exit_3_never_a_traceback(
+    scenario_file: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    """Where a pool's loss does reach the command line, the user reads one line and the status is 3."""
+
+    def lost(*_: Any, **__: Any) -> Any:
+        raise WorkersLost("a worker process died abruptly (out of memory? a crash?)")
+
+    monkeypatch.setattr(search_command_module, "run_search", lost)
+    assert main(["search", str(scenario_file), "--workers", "2"]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    errors = [line for line in err.splitlines() if line.startswith("clustersim: error")]
+    assert len(errors) == 1 and "worker process died" in errors[0] and "--workers 1" in errors[0]
 
 
 # ----------------------------------------------------------------------------------------------- CLI

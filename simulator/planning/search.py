@@ -23,11 +23,11 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 
-from simulator.batch.executors.base import ExecutorOptions, make_executor
+from simulator.batch.executors.base import A, Done, ExecutorOptions, R, WorkersLost, make_executor
 from simulator.batch.runner import simulate_report
 from simulator.errors import InfeasibleConfig, ScenarioError
 from simulator.planning import OBJECTIVES
@@ -179,13 +179,31 @@ def _fast_batch(job: tuple[list[Scenario], str | None, int]) -> list[Outcome]:
     return out
 
 
+def _pooled(fn: Callable[[A], R], items: Sequence[A], workers: int) -> Generator[Done[R], None, None]:
+    """``fn`` over ``items`` on the batch's local executor, in completion order. When the pool loses its
+    workers (``WorkersLost``: the kernel killed one, e.g. for memory on a busy machine; issue #10, point 3,
+    where it ended ``clustersim search`` with a traceback), what had not come back runs again in this
+    process, one item at a time, the least memory: a result does not depend on the process that made it."""
+    seen: set[int] = set()
+    executor = make_executor("local", ExecutorOptions(workers=workers))
+    try:
+        with closing(executor.run(fn, items)) as results:
+            for done in results:
+                seen.add(done.index)
+                yield done
+    except WorkersLost as lost:
+        left = [i for i in range(len(items)) if i not in seen]
+        stage(f"{str(lost).rstrip('.')}; running the {len(left)} unfinished of {len(items)} in this process")
+        for i in left:
+            yield Done(i, fn(items[i]))
+
+
 def simulate_all(scenarios: Sequence[Scenario], workers: int) -> list[StepReport | str]:
     """``_attempt`` on every scenario, in order: in this process, or on the batch's local executor."""
     if workers <= 1 or len(scenarios) <= 1:
         return [_attempt(s) for s in scenarios]
     out: list[StepReport | str] = [""] * len(scenarios)
-    executor = make_executor("local", ExecutorOptions(workers=workers))
-    with closing(executor.run(_attempt, scenarios)) as results:
+    with closing(_pooled(_attempt, scenarios, workers)) as results:
         for done in results:
             if done.error is not None:
                 raise done.error  # a bug (or a user error) in a worker: surface it as it is
@@ -207,8 +225,7 @@ def fast_all(
         return _fast_batch((scenarios, network, keep))
     jobs = [(scenarios[i::shares], network, keep) for i in range(shares)]
     out: list[Outcome] = [""] * len(scenarios)
-    executor = make_executor("local", ExecutorOptions(workers=shares))
-    with closing(executor.run(_fast_batch, jobs)) as results:
+    with closing(_pooled(_fast_batch, jobs, shares)) as results:
         for done in results:
             if done.error is not None:
                 raise done.error
