@@ -422,14 +422,19 @@ class ProgramFactory:
         em = _Emitter()
         grads = _GradBuckets(s, em)
         self._step_prologue(em, stage)
-        for task in s.schedule.tasks(stage, s.ctx.dims.pp, s.micro_batches, s.chunks):
+        tasks = s.schedule.tasks(stage, s.ctx.dims.pp, s.micro_batches, s.chunks)
+        early = -1  # index of a backward whose gradient receive its pair's forward already waited for
+        for i, task in enumerate(tasks):
             vs = s.schedule.virtual_stage(stage, task.chunk, s.ctx.dims.pp)
             if task.kind is Pass.F:
+                if task.paired:  # an F&B pair (DualPipe) starts once both its inputs are in
+                    early = i + 1
+                    self._backward_recv(em, tasks[early], stage)
                 self._forward(em, task, vs, stage)
             elif task.kind is Pass.W:
                 self._weight_gradients(em, task, vs, grads)
             else:
-                self._backward(em, task, vs, stage, grads)
+                self._backward(em, task, vs, stage, grads, recv=i != early)
         grads.flush_all()
         self._optimizer(em, stage)
         return em.pb.build()
@@ -465,6 +470,10 @@ class ProgramFactory:
 
     def _send(self, em: _Emitter, kind: str, task: Task, vs_to: int, stage: int) -> None:
         stream = "pp-send-fwd" if kind == "act" else "pp-send-bwd"
+        if self._two_way(stage) and (self.spec.schedule.stage_of(vs_to, self.spec.ctx.dims.pp) < stage) == (
+            kind == "act"
+        ):
+            stream += "-rev"
         # Sends are asynchronous (torch isend): the compute stream goes on, the send stream waits for the
         # matching receive. Blocking sends would deadlock interleaved schedules, where Megatron batches each
         # send with the next receives instead.
@@ -491,17 +500,46 @@ class ProgramFactory:
                 for cs in self.unit_comm(u, "step"):
                     em.comm(cs, -1, chunk)
 
+    def _two_way(self, stage: int) -> bool:
+        """Whether ``stage`` sends activations both down and up the ranks, as the middle ranks of a V
+        placement (DualPipeV) do. Sends to different peers do not queue behind each other (the reference
+        posts them together in one ``batch_isend_irecv``), so each direction then gets its own send stream:
+        one stream for both would hold a send to the next rank behind one waiting for the previous rank's
+        receive. Every other placement sends each kind one way per rank and keeps its one stream."""
+        s = self.spec
+        pp = s.ctx.dims.pp
+        steps = {
+            s.schedule.stage_of(vs + 1, pp) - stage
+            for vs in (s.schedule.virtual_stage(stage, c, pp) for c in range(s.chunks))
+            if vs < s.last_virtual
+        }
+        return any(d > 0 for d in steps) and any(d < 0 for d in steps)
+
+    def _remote(self, vs_peer: int, stage: int) -> bool:
+        """Whether ``vs_peer`` sits on another stage. In a V placement (DualPipeV) the turn of the V is one
+        rank's two chunks, and the reference hands the activation and its gradient over in memory
+        (deepseek-ai/DualPipe ``dualpipev.py``: ``input_chunks[1].append(...)`` on the last rank)."""
+        return self.spec.schedule.stage_of(vs_peer, self.spec.ctx.dims.pp) != stage
+
     def _forward(self, em: _Emitter, task: Task, vs: int, stage: int) -> None:
-        if vs > 0:
+        if vs > 0 and self._remote(vs - 1, stage):
             self._recv(em, "act", task, vs - 1, stage)
         self._emit(em, self.forward_steps(vs, first=task.mb == 0), Category.FORWARD, task, None)
-        if vs < self.spec.last_virtual:
+        if vs < self.spec.last_virtual and self._remote(vs + 1, stage):
             self._send(em, "act", task, vs + 1, stage)
 
-    def _backward(self, em: _Emitter, task: Task, vs: int, stage: int, grads: _GradBuckets) -> None:
-        if vs < self.spec.last_virtual:
+    def _backward_recv(self, em: _Emitter, task: Task, stage: int) -> None:
+        """The receive of ``task``'s output gradient (none on the last virtual stage or from this stage)."""
+        vs = self.spec.schedule.virtual_stage(stage, task.chunk, self.spec.ctx.dims.pp)
+        if vs < self.spec.last_virtual and self._remote(vs + 1, stage):
             self._recv(em, "grad", task, vs + 1, stage)
-        split = self.spec.schedule.splits_backward
+
+    def _backward(self, em: _Emitter, task: Task, vs: int, stage: int, grads: _GradBuckets,
+                  recv: bool = True) -> None:  # fmt: skip
+        if recv:
+            self._backward_recv(em, task, stage)
+        # Pass.BW: a whole backward in a schedule that splits the others (DualPipeV)
+        split = self.spec.schedule.splits_backward and task.kind is not Pass.BW
         last_mb = task.mb == self.spec.micro_batches - 1 and not split
         kind = Category.BACKWARD_INPUT if split else Category.BACKWARD
         for seg in self.backward_steps(vs, "B" if split else "BW"):
@@ -509,7 +547,7 @@ class ProgramFactory:
             self._emit(em, seg, cat, task, grads if last_mb else None)
         if last_mb:
             grads.chunk_done()
-        if vs > 0:
+        if vs > 0 and self._remote(vs - 1, stage):
             self._send(em, "grad", task, vs - 1, stage)
 
     def _weight_gradients(self, em: _Emitter, task: Task, vs: int, grads: _GradBuckets) -> None:
@@ -524,7 +562,7 @@ class ProgramFactory:
         s = self.spec
         dense = expert = 0.0
         for c in range(s.chunks):
-            d, e = s.chunk_param_split(c * s.ctx.dims.pp + stage)
+            d, e = s.chunk_param_split(s.schedule.virtual_stage(stage, c, s.ctx.dims.pp))
             dense, expert = dense + d, expert + e
         groups = s.by_group(dense, expert)
         sharded = sum(n / s.data.optimizer_shard(s.ctx, s.group_size(g)) for g, n in groups)

@@ -8,8 +8,9 @@ scenario are kept. GPipe is not searched: it has 1F1B's bubble with m instead of
 
 Each pruned point keeps the first rule it breaks, cheapest first:
 
-``divisibility``  tp | heads, tp·pp·cp | gpus, ep | dp·cp, dp·micro_batch | global_batch; interleaved needs
-                  pp > 1, pp·v | layers and micro-batches a multiple of pp (Megatron's constraints)
+``divisibility``  tp | heads, tp·pp·cp | gpus, ep | dp·cp, dp·micro_batch | global_batch; pp·v | layers for
+                  chunked schedules; interleaved needs pp > 1 and micro-batches a multiple of pp (Megatron's
+                  constraints), dualpipev at least 2·pp micro-batches (its reference's assertion)
 ``equivalent``    a setting that changes nothing: sequence parallelism at tp = 1, ZeRO > 0 at dp = 1
 ``invalid``       the strategies' and schedules' own checks (``simulate.Setup``: kv_heads, ffn_hidden ...)
 ``memory``        the report's own memory estimate (``simulator.build.memory``) exceeds the GPU's HBM
@@ -48,6 +49,8 @@ MICRO_BATCHES = (1, 2, 4, 8)
 SCHEDULE_CHOICES: tuple[tuple[str, int], ...] = (
     ("1f1b", 1),
     ("zero-bubble", 1),
+    ("zb-h2", 1),  # ZB-H1's order with 2p − 1 micro-batches in flight (Qi et al. 2024, Table 1)
+    ("dualpipev", 2),  # DeepSeek-V3's DualPipe cut in half: two chunks per rank in a V
     *(("interleaved", v) for v in (2, 3, 4, 6, 8)),
 )
 ZERO_STAGES = (0, 1, 2, 3)  # a stage is searched once its strategy is registered (simulate.DATA_STRATEGY)
@@ -203,13 +206,15 @@ def _divisibility(lay: Layout, ctx: SpaceContext) -> str | None:
         return f"ep={ctx.ep} does not divide dp·cp={lay.dp * ctx.cp}"
     if ctx.global_batch % (lay.dp * lay.micro_batch):
         return f"dp·micro_batch={lay.dp}·{lay.micro_batch} does not divide global_batch={ctx.global_batch}"
+    if lay.virtual_stages > 1 and ctx.layers % (lay.pp * lay.virtual_stages):
+        return f"pp·virtual_stages={lay.pp}·{lay.virtual_stages} does not divide layers={ctx.layers}"
+    micro_batches = ctx.global_batch // (lay.dp * lay.micro_batch)
+    if lay.schedule == "dualpipev" and micro_batches < 2 * lay.pp:
+        return f"dualpipev needs at least 2·pp={2 * lay.pp} micro-batches, got {micro_batches}"
     if lay.schedule != "interleaved":
         return None
-    micro_batches = ctx.global_batch // (lay.dp * lay.micro_batch)
     if lay.pp == 1:
         return "interleaved needs pp > 1"
-    if ctx.layers % (lay.pp * lay.virtual_stages):
-        return f"pp·virtual_stages={lay.pp}·{lay.virtual_stages} does not divide layers={ctx.layers}"
     if micro_batches % lay.pp:
         return f"interleaved needs micro-batches ({micro_batches}) to be a multiple of pp={lay.pp}"
     return None
@@ -221,8 +226,8 @@ def _equivalent(lay: Layout, ctx: SpaceContext) -> str | None:
         return "sequence parallelism with tp=1 is the same as without"
     if lay.zero > 0 and lay.dp == 1:
         return f"zero={lay.zero} with dp=1 shards nothing: the same as zero=0"
-    if lay.schedule == "zero-bubble" and lay.pp == 1:
-        return "zero-bubble with pp=1 has no bubble to fill: the same as 1f1b"
+    if lay.schedule in ("zero-bubble", "zb-h2", "dualpipev") and lay.pp == 1:
+        return f"{lay.schedule} with pp=1 has no bubble to fill: the same as 1f1b"
     return None
 
 

@@ -1,1 +1,1 @@
-"""Pipeline schedules (registered by name): gpipe, 1f1b, interleaved, zero-bubble."""
+"""Pipeline schedules (registered by name): gpipe, 1f1b, interleaved, zero-bubble (ZB-H1), zb-h2, dualpipev."""

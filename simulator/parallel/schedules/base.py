@@ -9,11 +9,15 @@ from typing import ClassVar
 
 
 class Pass(StrEnum):
-    """Kinds of pipeline tasks: forward, backward (input+weight gradients), or split B/W (zero bubble)."""
+    """Kinds of pipeline tasks: forward, backward (input+weight gradients), or split B/W (zero bubble), and
+    a whole backward BW where a splitting schedule does not split."""
 
     F = "F"
     B = "B"  # full backward, or input-gradient only when the schedule also emits W
     W = "W"  # weight-gradient backward (zero-bubble schedules)
+    # a full backward (input and weight gradients together) in a schedule that otherwise splits them:
+    # DualPipe(V) runs most backwards whole and splits only some (deepseek-ai/DualPipe, ``enable_zb``)
+    BW = "BW"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,9 @@ class Task:
     kind: Pass
     mb: int
     chunk: int = 0
+    # the forward of an overlapped F&B pair (DualPipe): the pair starts once the next task, its backward,
+    # has its input gradient too, as the reference waits on both receives before running the pair
+    paired: bool = False
 
 
 class Schedule(ABC):

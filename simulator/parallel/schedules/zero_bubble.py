@@ -38,14 +38,14 @@ def zb_h1_order(stage: int, stages: int, micro_batches: int) -> list[Task]:
 
 
 def peak_in_flight(tasks: list[Task]) -> int:
-    """Most micro-batches held at once: each from its forward until its weight gradient (or its backward,
-    when the backward is not split)."""
+    """Most (micro-batch, chunk) passes held at once: each from its forward until its weight gradient, its
+    whole backward (BW), or its backward when the schedule does not split it."""
     split = any(t.kind is Pass.W for t in tasks)
     held = peak = 0
     for t in tasks:
         if t.kind is Pass.F:
             held += 1
-        elif t.kind is (Pass.W if split else Pass.B):
+        elif t.kind is Pass.BW or t.kind is (Pass.W if split else Pass.B):
             held -= 1
         peak = max(peak, held)
     return peak
