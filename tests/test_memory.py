@@ -13,11 +13,10 @@ from simulator.build.memory import (
     RankParams,
     layer_activation_bytes,
     memory_per_gpu,
-    model_state_bytes,
 )
-from simulator.build.setup import Setup
-from simulator.parallel.strategies.base import BuildContext
-from simulator.registry import SCHEDULES
+from simulator.build.setup import DATA_STRATEGY, Setup
+from simulator.parallel.strategies.base import BuildContext, DataStrategy
+from simulator.registry import SCHEDULES, STRATEGIES
 from simulator.simulate import simulate
 from simulator.topology.loader import build_cluster
 from simulator.units import GiB
@@ -31,6 +30,13 @@ def ctx_of(make_scenario, **kw) -> BuildContext:
     return Setup(scenario, build_cluster(scenario.topology, file="<test>"), "symmetric").ctx
 
 
+def _data(zero: int) -> DataStrategy:
+    """The registered data strategy of ZeRO stage ``zero``."""
+    strategy = STRATEGIES.get(DATA_STRATEGY[zero])()
+    assert isinstance(strategy, DataStrategy)
+    return strategy
+
+
 # ------------------------------------------------------------------------------------------ model state
 @settings(max_examples=25, deadline=None)
 @given(d=st.sampled_from([1, 2, 4, 8]), params=st.floats(1e3, 1e11))
@@ -40,7 +46,7 @@ def test_zero_stages_match_the_zero_paper_in_fp16(make_scenario, d, params):
     expected = {0: 16.0, 1: 4 + 12 / d, 2: 2 + 14 / d, 3: 16 / d}
     for zero, per_param in expected.items():
         ctx = ctx_of(make_scenario, gpus_per_host=d, model=GPT, zero=zero, training__precision="fp16")
-        assert sum(model_state_bytes(ctx, params, d)) == pytest.approx(per_param * params, rel=1e-12)
+        assert sum(_data(zero).state_bytes(ctx, params, d)) == pytest.approx(per_param * params, rel=1e-12)
 
 
 @pytest.mark.parametrize("d", [1, 8, 64])
@@ -48,11 +54,11 @@ def test_megatron_bf16_keeps_fp32_gradients(make_scenario, d):
     """bf16 with Megatron's fp32 main gradients: 18 bytes per parameter, 6 + 12/d with the distributed
     optimizer (ZeRO-1); ZeRO-3 reduces in bf16 (FSDP), back to 16/d."""
     ctx = ctx_of(make_scenario, gpus_per_host=8, model=GPT, zero=0)
-    assert sum(model_state_bytes(ctx, 1e9, d)) == pytest.approx(18e9)
+    assert sum(_data(0).state_bytes(ctx, 1e9, d)) == pytest.approx(18e9)
     ctx = ctx_of(make_scenario, gpus_per_host=8, model=GPT, zero=1)
-    assert sum(model_state_bytes(ctx, 1e9, d)) == pytest.approx((6 + 12 / d) * 1e9)
+    assert sum(_data(1).state_bytes(ctx, 1e9, d)) == pytest.approx((6 + 12 / d) * 1e9)
     ctx = ctx_of(make_scenario, gpus_per_host=8, model=GPT, zero=3)
-    assert sum(model_state_bytes(ctx, 1e9, d)) == pytest.approx(16 / d * 1e9)
+    assert sum(_data(3).state_bytes(ctx, 1e9, d)) == pytest.approx(16 / d * 1e9)
 
 
 def test_zero3_holds_two_gathered_layers(make_scenario):
@@ -63,7 +69,7 @@ def test_zero3_holds_two_gathered_layers(make_scenario):
         ctx = ctx_of(
             make_scenario, gpus_per_host=8, model=GPT, zero=3, parallelism__param_gather_overlap=overlap
         )
-        mem = memory_per_gpu(ctx, rank, [], 0.0, False, False)
+        mem = memory_per_gpu(ctx, _data(3), rank, [], 0.0, False, False)
         assert mem.weights == pytest.approx(8e9 * 2 / 8 + live * 1e9 * 2)
         assert mem.grads == pytest.approx(8e9 * 2 / 8 + live * 1e9 * 2)
         assert mem.optimizer == pytest.approx(8e9 * 12 / 8)
@@ -73,7 +79,7 @@ def test_zero3_holds_two_gathered_layers(make_scenario):
 def test_expert_state_shards_over_its_own_group(make_scenario):
     """Expert parameters are sharded by ZeRO over the expert-data-parallel group, dense ones over dp."""
     ctx = ctx_of(make_scenario, gpus_per_host=8, model=GPT, zero=1, training__precision="fp16")
-    mem = memory_per_gpu(ctx, RankParams(1e9, 8, 4e9, 2), [], 0.0, False, False)
+    mem = memory_per_gpu(ctx, _data(1), RankParams(1e9, 8, 4e9, 2), [], 0.0, False, False)
     assert mem.weights == pytest.approx(2 * 5e9)
     assert mem.optimizer == pytest.approx(12 * (1e9 / 8 + 4e9 / 2))
 

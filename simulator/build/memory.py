@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from simulator.parallel.strategies.base import BuildContext
-from simulator.parallel.strategies.data import grad_element_bytes, param_element_bytes
+from simulator.parallel.strategies.base import BuildContext, DataStrategy
 from simulator.units import GiB
 
 # The framework's own memory, outside tensors: CUDA context and kernels (~0.5 GiB with PyTorch + cuBLAS +
@@ -52,20 +51,6 @@ class MemoryBreakdown:
         terms = {k: getattr(self, k) for k in ("weights", "grads", "optimizer", "activations", "other")}
         name = max(terms, key=lambda k: terms[k])
         return name, terms[name]
-
-
-def model_state_bytes(ctx: BuildContext, local_params: float, shard: int) -> tuple[float, float, float]:
-    """(weights, gradients, optimizer) bytes of ``local_params`` parameters under ``ctx.par.zero``."""
-    zero = ctx.par.zero
-    w = local_params * param_element_bytes(ctx)
-    g = local_params * grad_element_bytes(ctx)
-    opt_per_param = (
-        8.0 if ctx.training.precision == "fp32" else 12.0
-    )  # fp32 master only when weights are 16-bit
-    o = local_params * opt_per_param
-    if ctx.training.optimizer == "sgd":
-        o = local_params * (4.0 if ctx.training.precision != "fp32" else 0.0)
-    return (w / shard if zero >= 3 else w, g / shard if zero >= 2 else g, o / shard if zero >= 1 else o)
 
 
 def recomputed_modules(ctx: BuildContext) -> frozenset[str]:
@@ -216,17 +201,11 @@ class RankParams:
     largest_unit: float = 0.0
 
 
-def memory_per_gpu(ctx: BuildContext, rank: RankParams, layers_on_rank: list[bool], in_flight: float,
-                   has_head: bool, has_embedding: bool) -> MemoryBreakdown:  # fmt: skip
-    """The memory breakdown of one rank."""
-    w, g, o = model_state_bytes(ctx, rank.dense, rank.dense_shard)
-    we, ge, oe = model_state_bytes(ctx, rank.expert, rank.expert_shard)
-    w, g, o = w + we, g + ge, o + oe
-    buffers = ctx.par.grad_bucket_mb * 1e6 * 2  # DDP keeps two buckets in flight
-    if ctx.par.zero >= 3:
-        live = 2 if ctx.par.param_gather_overlap else 1  # the layer in use and the prefetched one
-        w += live * rank.largest_unit * param_element_bytes(ctx)
-        g += live * rank.largest_unit * grad_element_bytes(ctx)
-        buffers = 0.0  # gradients leave through per-layer reduce-scatters, not DDP buckets
+def memory_per_gpu(ctx: BuildContext, data: DataStrategy, rank: RankParams, layers_on_rank: list[bool],
+                   in_flight: float, has_head: bool, has_embedding: bool) -> MemoryBreakdown:  # fmt: skip
+    """The memory breakdown of one rank: the data strategy says what it shards and gathers."""
+    w, g, o = data.state_bytes(ctx, rank.dense, rank.dense_shard)
+    we, ge, oe = data.state_bytes(ctx, rank.expert, rank.expert_shard)
+    gw, gg = data.gathered_state_bytes(ctx, rank.largest_unit)
     act = activation_bytes(ctx, layers_on_rank, in_flight, has_head, has_embedding)
-    return MemoryBreakdown(w, g, o, act, FRAMEWORK_RESERVE_BYTES + buffers)
+    return MemoryBreakdown(w + we + gw, g + ge + gg, o + oe, act, FRAMEWORK_RESERVE_BYTES + data.bucket_bytes(ctx))

@@ -144,6 +144,19 @@ class DataStrategy(Strategy):
         """Communication after the optimizer step (sharded optimizers all-gather the updated parameters)."""
 
     @abstractmethod
+    def state_bytes(self, ctx: BuildContext, local_params: float, shard: int) -> tuple[float, float, float]:
+        """(weights, gradients, optimizer) bytes a rank keeps of ``local_params`` parameters whose reducing
+        group has ``shard`` ranks."""
+
+    @abstractmethod
+    def gathered_state_bytes(self, ctx: BuildContext, largest_unit: float) -> tuple[float, float]:
+        """(weights, gradients) bytes of parameters gathered for use beside the rank's own."""
+
+    @abstractmethod
+    def bucket_bytes(self, ctx: BuildContext) -> float:
+        """Communication buffers the strategy keeps (gradient buckets)."""
+
+    @abstractmethod
     def optimizer_shard(self, ctx: BuildContext, group_size: int) -> int:
         """Into how many shards the optimizer state (and its update work) is split."""
 

@@ -40,6 +40,32 @@ class DataParallel(DataStrategy):
     name = "ddp"
     zero_stage: ClassVar[int] = 0
     reduce_kind: ClassVar[CollectiveKind] = CollectiveKind.ALL_REDUCE
+    # which of (weights, gradients, optimizer state) the data-parallel group shards
+    shards: ClassVar[tuple[bool, bool, bool]] = (False, False, False)
+
+    def state_bytes(self, ctx: BuildContext, local_params: float, shard: int) -> tuple[float, float, float]:
+        """(weights, gradients, optimizer) bytes of ``local_params`` parameters reduced over a group of ``shard``
+        ranks: the 16-bit (or fp32) working weights, the main gradients, and Adam's fp32 master weights, m and v
+        (12 bytes; 8 when the weights are fp32 already) or SGD's momentum; each divided by ``shard`` when this
+        stage shards it (Rajbhandari et al. 2020, Fig. 1)."""
+        w = local_params * param_element_bytes(ctx)
+        g = local_params * grad_element_bytes(ctx)
+        fp32 = ctx.training.precision == "fp32"
+        if ctx.training.optimizer == "sgd":
+            o = local_params * (0.0 if fp32 else 4.0)
+        else:
+            o = local_params * (8.0 if fp32 else 12.0)
+        sw, sg, so = self.shards
+        return (w / shard if sw else w, g / shard if sg else g, o / shard if so else o)
+
+    def gathered_state_bytes(self, ctx: BuildContext, largest_unit: float) -> tuple[float, float]:
+        """(weights, gradients) bytes of the gathered layers a rank holds beside its shard: none unless the
+        stage gathers parameters per use."""
+        return 0.0, 0.0
+
+    def bucket_bytes(self, ctx: BuildContext) -> float:
+        """Gradient buckets in flight: DDP keeps two of ``grad_bucket_mb`` (PyTorch DDP's reducer)."""
+        return ctx.par.grad_bucket_mb * 1e6 * 2
 
     def gradient_steps(self, ctx: BuildContext, grad_count: float, group: Axis, final: bool) -> list[Step]:
         """One bucket's gradient reduction, waited for before the optimizer step."""

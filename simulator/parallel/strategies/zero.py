@@ -42,6 +42,7 @@ class Zero1(DataParallel):
     name = "zero1"
     zero_stage: ClassVar[int] = 1
     reduce_kind: ClassVar[CollectiveKind] = CollectiveKind.REDUCE_SCATTER
+    shards: ClassVar[tuple[bool, bool, bool]] = (False, False, True)
 
     def step_prologue(self, ctx: BuildContext, param_count: float, group: Axis) -> list[Step]:
         """With ``param_gather_overlap``: the layer's share of the updated parameters, gathered under the
@@ -67,6 +68,7 @@ class Zero2(Zero1):
 
     name = "zero2"
     zero_stage: ClassVar[int] = 2
+    shards: ClassVar[tuple[bool, bool, bool]] = (False, True, True)
 
 
 @STRATEGIES.register("zero3")
@@ -75,6 +77,16 @@ class Zero3(Zero1):
 
     name = "zero3"
     zero_stage: ClassVar[int] = 3
+    shards: ClassVar[tuple[bool, bool, bool]] = (True, True, True)
+
+    def gathered_state_bytes(self, ctx: BuildContext, largest_unit: float) -> tuple[float, float]:
+        """The layer in use and, when prefetching, the next one: their 16-bit weights and gradients whole."""
+        live = 2 if ctx.par.param_gather_overlap else 1
+        return live * largest_unit * param_element_bytes(ctx), live * largest_unit * grad_element_bytes(ctx)
+
+    def bucket_bytes(self, ctx: BuildContext) -> float:
+        """Gradients leave through per-layer reduce-scatters, not DDP buckets."""
+        return 0.0
 
     def gradient_steps(self, ctx: BuildContext, grad_count: float, group: Axis, final: bool) -> list[Step]:
         """Nothing left to reduce at the end: each layer reduce-scattered its gradients already."""
