@@ -37,6 +37,9 @@ def _data(zero: int) -> DataStrategy:
     return strategy
 
 
+_RING = STRATEGIES.get("context_ring")()  # no K/V gathered: what the model-state tests need
+
+
 # ------------------------------------------------------------------------------------------ model state
 @settings(max_examples=25, deadline=None)
 @given(d=st.sampled_from([1, 2, 4, 8]), params=st.floats(1e3, 1e11))
@@ -69,7 +72,7 @@ def test_zero3_holds_two_gathered_layers(make_scenario):
         ctx = ctx_of(
             make_scenario, gpus_per_host=8, model=GPT, zero=3, parallelism__param_gather_overlap=overlap
         )
-        mem = memory_per_gpu(ctx, _data(3), rank, [], 0.0, False, False)
+        mem = memory_per_gpu(ctx, _data(3), _RING, rank, [], 0.0, False, False)
         assert mem.weights == pytest.approx(8e9 * 2 / 8 + live * 1e9 * 2)
         assert mem.grads == pytest.approx(8e9 * 2 / 8 + live * 1e9 * 2)
         assert mem.optimizer == pytest.approx(8e9 * 12 / 8)
@@ -79,7 +82,7 @@ def test_zero3_holds_two_gathered_layers(make_scenario):
 def test_expert_state_shards_over_its_own_group(make_scenario):
     """Expert parameters are sharded by ZeRO over the expert-data-parallel group, dense ones over dp."""
     ctx = ctx_of(make_scenario, gpus_per_host=8, model=GPT, zero=1, training__precision="fp16")
-    mem = memory_per_gpu(ctx, _data(1), RankParams(1e9, 8, 4e9, 2), [], 0.0, False, False)
+    mem = memory_per_gpu(ctx, _data(1), _RING, RankParams(1e9, 8, 4e9, 2), [], 0.0, False, False)
     assert mem.weights == pytest.approx(2 * 5e9)
     assert mem.optimizer == pytest.approx(12 * (1e9 / 8 + 4e9 / 2))
 

@@ -169,17 +169,13 @@ class LayerBuilder:
         return self.s.context.attention_backward(c, core, self._kv_bytes())
 
     def _attention_shape(self) -> tuple[float, int, bool]:
-        """What sets a fused kernel's efficiency: (keys per query tile, head dim, causal masking). Ring attention runs
-        one kernel per K/V block of the load-balanced (zig-zag) split: 2·cp chunks of s/(2·cp), each step a
-        chunk pair, mostly unmasked; all-gather CP and no CP run one causal kernel over the whole sequence.
-        MLA's Q/K heads (192) and V heads (128) differ: the kernel's work per loaded tile goes with their mean.
-        A sliding-window layer's band is passed to the kernel model on its own (``window``)."""
-        c = self.ctx
-        s, cp = c.training.seq_len, c.dims.cp
-        d = (self.d_qk + self.d_v) // 2
-        if cp > 1 and c.par.cp_algorithm == "ring":
-            return s / (2 * cp), d, False
-        return float(s), d, True
+        """What sets a fused kernel's efficiency: (keys per query tile, head dim, causal masking) of the kernels
+        the context strategy launches (``kernel_view``: ring attention's zig-zag blocks, or one causal kernel over
+        the whole sequence). MLA's Q/K heads (192) and V heads (128) differ: the kernel's work per loaded tile
+        goes with their mean. A sliding-window layer's band is passed to the kernel model on its own
+        (``window``)."""
+        seq_k, causal = self.s.context.kernel_view(self.ctx)
+        return seq_k, (self.d_qk + self.d_v) // 2, causal
 
     def _kv_bytes(self) -> float:
         """Bytes of this rank's K and V for one micro-batch (what ring attention passes around)."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from simulator.parallel.strategies.base import BuildContext, DataStrategy
+from simulator.parallel.strategies.base import BuildContext, ContextStrategy, DataStrategy
 from simulator.units import GiB
 
 # The framework's own memory, outside tensors: CUDA context and kernels (~0.5 GiB with PyTorch + cuBLAS +
@@ -166,7 +166,7 @@ def mtp_activation_bytes(ctx: BuildContext) -> float:
     return m.mtp_layers * per_module
 
 
-def activation_bytes(ctx: BuildContext, layers_on_rank: list[bool], in_flight: float,
+def activation_bytes(ctx: BuildContext, context: ContextStrategy, layers_on_rank: list[bool], in_flight: float,
                      has_head: bool, has_embedding: bool) -> float:  # fmt: skip
     """Activations held at the peak: ``in_flight`` micro-batches of the rank's layers (``True`` = MoE),
     plus one layer's full activations being recomputed under full recompute, plus the output layer's logits,
@@ -184,8 +184,8 @@ def activation_bytes(ctx: BuildContext, layers_on_rank: list[bool], in_flight: f
         total += ctx.tokens * vocab_shard * (2 + 4) * (1 + ctx.model.mtp_layers)
     if has_embedding:
         total += ctx.tokens * ctx.model.hidden * 2.0
-    if ctx.dims.cp > 1 and ctx.par.cp_algorithm == "all_gather" and layers_on_rank:
-        total += 2.0 * 2 * ctx.tokens * ctx.dims.cp * max(ctx.model.kv_hidden // ctx.tp, ctx.model.d_head)
+    if layers_on_rank:
+        total += context.gathered_kv_bytes(ctx, max(ctx.model.kv_hidden // ctx.tp, ctx.model.d_head))
     return total
 
 
@@ -201,11 +201,13 @@ class RankParams:
     largest_unit: float = 0.0
 
 
-def memory_per_gpu(ctx: BuildContext, data: DataStrategy, rank: RankParams, layers_on_rank: list[bool],
-                   in_flight: float, has_head: bool, has_embedding: bool) -> MemoryBreakdown:  # fmt: skip
-    """The memory breakdown of one rank: the data strategy says what it shards and gathers."""
+def memory_per_gpu(ctx: BuildContext, data: DataStrategy, context: ContextStrategy, rank: RankParams,
+                   layers_on_rank: list[bool], in_flight: float, has_head: bool,
+                   has_embedding: bool) -> MemoryBreakdown:  # fmt: skip
+    """The memory breakdown of one rank: the data strategy says what it shards and gathers, the context
+    strategy what it gathers for attention."""
     w, g, o = data.state_bytes(ctx, rank.dense, rank.dense_shard)
     we, ge, oe = data.state_bytes(ctx, rank.expert, rank.expert_shard)
     gw, gg = data.gathered_state_bytes(ctx, rank.largest_unit)
-    act = activation_bytes(ctx, layers_on_rank, in_flight, has_head, has_embedding)
+    act = activation_bytes(ctx, context, layers_on_rank, in_flight, has_head, has_embedding)
     return MemoryBreakdown(w + we + gw, g + ge + gg, o + oe, act, FRAMEWORK_RESERVE_BYTES + data.bucket_bytes(ctx))

@@ -115,6 +115,15 @@ class ContextStrategy(Strategy):
     def attention_backward(self, ctx: BuildContext, core: list[Step], kv_bytes: float) -> list[Step]:
         """The attention core of the backward pass, with K/V and their gradients communicated."""
 
+    def kernel_view(self, ctx: BuildContext) -> tuple[float, bool]:
+        """(keys per query tile, causal) of the fused attention kernels this strategy launches: one causal
+        kernel over the whole sequence unless the strategy splits it."""
+        return float(ctx.training.seq_len), True
+
+    def gathered_kv_bytes(self, ctx: BuildContext, kv_width: int) -> float:
+        """Bytes of other ranks' keys and values one layer holds while it attends (``kv_width`` per token)."""
+        return 0.0
+
 
 class DataStrategy(Strategy):
     """Data parallelism and ZeRO: gradient reduction and parameter gathering."""

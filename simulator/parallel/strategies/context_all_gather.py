@@ -24,6 +24,11 @@ class AllGatherAttention(ContextStrategy):
         """Needs flash attention and a sequence that splits into 2·cp chunks."""
         require_flash(ctx)
 
+    def gathered_kv_bytes(self, ctx: BuildContext, kv_width: int) -> float:
+        """The whole sequence's 16-bit K and V, gathered for the layer being computed."""
+        cp = ctx.dims.cp
+        return 0.0 if cp == 1 else 2.0 * 2 * ctx.tokens * cp * kv_width
+
     def attention_forward(self, ctx: BuildContext, core: list[Step], kv_bytes: float) -> list[Step]:
         """All-gather the sequence's K/V (output size cp × local K/V), then attend."""
         cp = ctx.dims.cp

@@ -67,6 +67,14 @@ class RingAttention(ContextStrategy):
             out.extend(block)
         return out
 
+    def kernel_view(self, ctx: BuildContext) -> tuple[float, bool]:
+        """One kernel per K/V block of the load-balanced (zig-zag) split: 2·cp chunks of s/(2·cp), each step a
+        chunk pair, mostly unmasked."""
+        cp = ctx.dims.cp
+        if cp == 1:
+            return super().kernel_view(ctx)
+        return ctx.training.seq_len / (2 * cp), False
+
     def attention_forward(self, ctx: BuildContext, core: list[Step], kv_bytes: float) -> list[Step]:
         """cp blocks, each overlapped with the shift of the next K/V block."""
         return self._ring(ctx, core, kv_bytes, "fwd")
