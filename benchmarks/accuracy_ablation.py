@@ -10,7 +10,11 @@ go in docs/accuracy.md. Effects:
 * ``attention-shape``: fused attention at the profile's one constant efficiency instead of the kernel model;
 * ``framework``: every run launches Megatron-Core's fused kernels (no eager norms / SwiGLU / rotary, cuDNN
   attention) whatever its framework;
-* ``rotary``: no rotary-embedding kernels.
+* ``rotary``: no rotary-embedding kernels;
+* ``moe-launches``: the experts' GEMMs launched once as one grouped kernel, one kernel each for the router,
+  the permutation and the sort (not TE 2.9's per-expert GEMMs and Megatron-Core's dispatcher kernels);
+* ``fp8-recipe``: every FP8 run quantised as delayed scaling (one fused cast, no amax pass);
+* ``h100-refit``: the H100 SXM profile as fitted before this refit (launch 14.87 us, efficiency 0.5785).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from contextlib import contextmanager
 from dataclasses import replace
 from unittest import mock
 
+from simulator.build import setup as setup_module
 from simulator.frameworks import profile as fw
-from simulator.hardware import compute
+from simulator.hardware import calibration, compute
 from simulator.validation import suites
 
 
@@ -35,7 +40,7 @@ def _no_fp8_physics() -> Iterator[None]:
     zero = compute.KernelTime(0.0, 0.0, 0.0, 0.0)
     with (
         mock.patch.object(compute, "fp8_gemm_ratio", lambda gpu: 1.0),
-        mock.patch.object(compute.ComputeModel, "fp8_cast", lambda self, n, transpose: zero),
+        mock.patch.object(compute.ComputeModel, "fp8_cast", lambda self, n, transpose, tensors=1: zero),
         mock.patch.object(
             compute.ComputeModel, "attention_peak_flops_per_s", property(lambda self: self.peak_flops_per_s)
         ),
@@ -64,6 +69,39 @@ def _no_rotary() -> Iterator[None]:
 
 
 @contextmanager
+def _no_moe_launches() -> Iterator[None]:
+    real = fw.profile_for
+    with mock.patch.object(fw, "profile_for", lambda name, compile: replace(real(name, compile), moe=fw.MoEKernels())):
+        yield
+
+
+@contextmanager
+def _delayed_recipe() -> Iterator[None]:
+    real = setup_module.ComputeModel
+
+    def delayed(*args: object, **kwargs: object) -> compute.ComputeModel:
+        return replace(real(*args, **kwargs), fp8_recipe="delayed", fp8_cast_kernels=1)  # type: ignore[arg-type]
+
+    with mock.patch.object(setup_module, "ComputeModel", delayed):
+        yield
+
+
+@contextmanager
+def _before_refit() -> Iterator[None]:
+    real = calibration.compute_calibration
+
+    def old(gpu: str) -> calibration.ComputeCalibration:
+        cal = real(gpu)
+        if gpu != "h100-sxm":
+            return cal
+        gemm = replace(cal.gemm, max_efficiency=0.5785, k_overhead_tiles=8.0, fp8_max_efficiency=0.6435)
+        return replace(cal, gemm=gemm, kernel_launch_s=14.873e-6)
+
+    with mock.patch.object(setup_module, "compute_calibration", old):
+        yield
+
+
+@contextmanager
 def _nothing() -> Iterator[None]:
     yield
 
@@ -74,6 +112,9 @@ ABLATIONS: dict[str, Callable[[], object]] = {
     "without attention-shape": _no_attention_shape,
     "without framework": _one_framework,
     "without rotary": _no_rotary,
+    "without MoE launches": _no_moe_launches,
+    "without FP8 recipes": _delayed_recipe,
+    "before H100 refit": _before_refit,
 }
 
 
@@ -88,12 +129,9 @@ def run(suite: str) -> dict[str, dict[str, tuple[float, float]]]:
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for name, ctx in ABLATIONS.items():
         getattr(suites.evaluate, "cache_clear", lambda: None)()  # evaluate may memoise rows
-        with ctx():  # type: ignore[attr-defined]
-            # the simulate module imported profile_for by name: patch it there too
-            import simulator.simulate as sim
-
-            with mock.patch.object(sim, "profile_for", fw.profile_for):
-                results = suites.run_rows(rows)
+        # the setup module imported profile_for by name: patch it there too
+        with ctx(), mock.patch.object(setup_module, "profile_for", fw.profile_for):  # type: ignore[attr-defined]
+            results = suites.run_rows(rows)
         by_class: dict[str, list[float]] = {"all": [r.error for r in results]}
         for r in results:
             for c in r.row.classes:
