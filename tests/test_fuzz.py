@@ -78,6 +78,7 @@ FIELDS: list[tuple[str, ...]] = [
     ("parallelism", "virtual_stages"), ("parallelism", "pp_layers"), ("parallelism", "sequence_parallel"),
     ("parallelism", "tp_comm_overlap"), ("parallelism", "grad_bucket_mb"), ("network", "model"),
     ("network", "algorithm"), ("engine", "mode"), ("engine", "seed"), ("cost", "usd_per_gpu_hour"),
+    ("cost", "train_tokens"),
     ("name",), ("colour",), ("training", "colour"),
 ]  # fmt: skip
 
