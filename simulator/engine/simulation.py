@@ -50,6 +50,15 @@ class HeapEnvironment(simpy.Environment):
         heapq.heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), timer))  # type: ignore[arg-type,misc]
         return timer
 
+    def timer_at(self, when: float) -> _Timer:
+        """A timer firing at absolute time ``when`` (not before now): a chain of ops computes its end as
+        the same float sums as op-by-op timers would, ``((now + d1) + d2) + …``, and must fire exactly then."""
+        if when < self._now:
+            raise ValueError(f"time {when} is in the past (now {self._now})")
+        timer = _Timer()
+        heapq.heappush(self._queue, (when, NORMAL, next(self._eid), timer))  # type: ignore[arg-type,misc]
+        return timer
+
     def run(self, until: Any = None) -> None:
         """Run until no timer is left (``until`` is not supported)."""
         assert until is None, "HeapEnvironment runs to completion"
@@ -71,6 +80,7 @@ class _RankState:
     succ: list[list[int]]
     waits: list[int]
     kinds: list[int]  # _COMPUTE, _COLLECTIVE or _P2P per op (one list lookup instead of isinstance tests)
+    chain: list[int]  # the compute op that only this compute op starts, and that nothing else waits for; -1
     seq: dict[tuple[object, ...], int] = field(default_factory=lambda: defaultdict(int))
     finished: int = 0
 
@@ -104,11 +114,25 @@ class Engine:
         self._ranks: dict[int, _RankState] = {}
         self._peer: dict[tuple[int, int], int] = {}  # (rank, offset) → the peer's representative
         self._send: dict[tuple[int, int, float], CollectiveRequest] = {}  # (rank, offset, bytes) → request
+        # Ops that only ever wait on timeouts can run a chain of compute ops on one timer (issue #11: two
+        # thirds of a Megatron program's ops are compute ops whose only successor is the next one): only on
+        # an environment that can fire a timer at an absolute time
+        chains = isinstance(env, HeapEnvironment)
+        shared: dict[int, tuple[list[list[int]], list[int], list[int], list[int]]] = {}  # id(program) → tables
         for rank, prog in programs.items():
-            succ, waits = prog.successors()
-            kinds = [_COMPUTE if isinstance(op, Compute) else _COLLECTIVE if isinstance(op, Collective) else _P2P
-                     for op in prog.ops]  # fmt: skip
-            self._ranks[rank] = _RankState(rank, prog, succ, list(waits), kinds)
+            tables = shared.get(id(prog))
+            if tables is None:  # ranks running one program (all ranks of a stage under --full) share them
+                succ, waits = prog.successors()
+                kinds = [_COMPUTE if isinstance(op, Compute) else _COLLECTIVE if isinstance(op, Collective)
+                         else _P2P for op in prog.ops]  # fmt: skip
+                chain = [-1] * len(kinds)
+                if chains:
+                    for i, nxt in enumerate(succ):
+                        if kinds[i] == _COMPUTE and len(nxt) == 1 and kinds[nxt[0]] == _COMPUTE and waits[nxt[0]] == 1:
+                            chain[i] = nxt[0]
+                tables = shared[id(prog)] = (succ, waits, kinds, chain)
+            succ, waits, kinds, chain = tables
+            self._ranks[rank] = _RankState(rank, prog, succ, list(waits), kinds, chain)
 
     def run(self) -> None:
         """Run until every op of every rank has finished."""
@@ -127,13 +151,49 @@ class Engine:
         if kind == _COMPUTE:
             start = self.env.now
             self.events += 1
-            self.env.timeout(op.duration_s).callbacks.append(  # type: ignore[union-attr]
-                lambda _ev: self._finish_compute(st, i, start)
-            )
+            if st.chain[i] < 0:
+                self.env.timeout(op.duration_s).callbacks.append(  # type: ignore[union-attr]
+                    lambda _ev: self._finish_compute(st, i, start)
+                )
+            else:
+                self._start_chain(st, i, start)
         elif kind == _COLLECTIVE:
             self._arrive_collective(st, i, op)  # type: ignore[arg-type]
         else:
             self._arrive_p2p(st, i, op)  # type: ignore[arg-type]
+
+    def _start_chain(self, st: _RankState, i: int, start: float) -> None:
+        """Compute op ``i`` and the chain it alone starts, back to back on one timer: each op starts when the
+        one before ends, as op-by-op timers would have it, and nothing else can see the ops before the last
+        end (no other op waits for them), so only the last one's end is an event."""
+        ops, chain = st.program.ops, st.chain
+        run, ends = [i], [start + ops[i].duration_s]  # type: ignore[union-attr]
+        j = chain[i]
+        while j >= 0:
+            run.append(j)
+            ends.append(ends[-1] + ops[j].duration_s)  # type: ignore[union-attr]
+            j = chain[j]
+        self.events += len(run) - 1
+        self.env.timer_at(ends[-1]).callbacks.append(  # type: ignore[attr-defined]
+            lambda _ev: self._finish_chain(st, run, start, ends)
+        )
+
+    def _finish_chain(self, st: _RankState, run: list[int], start: float, ends: list[float]) -> None:
+        waits = st.waits
+        for k in range(len(run) - 1):
+            self._record_compute(st, run[k], start, ends[k])
+            start = ends[k]
+            st.finished += 1
+            waits[run[k + 1]] -= 1
+        self._finish_compute(st, run[-1], start)
+
+    def _record_compute(self, st: _RankState, i: int, start: float, end: float) -> None:
+        op: Compute = st.program.ops[i]  # type: ignore[assignment]
+        self._row((
+            st.rank, st.program.streams[i], op.name, op.category.value, "", start, end,
+            op.bytes, op.model_flops, op.hw_flops, op.micro_batch,
+            op.inline_comm_s, op.inline_hidden_s, op.segments, op.class_s,
+        ))  # fmt: skip
 
     def _finish_compute(self, st: _RankState, i: int, start: float) -> None:
         op: Compute = st.program.ops[i]  # type: ignore[assignment]

@@ -70,13 +70,23 @@ class FlowNetwork(NetworkModel):
         self._active: dict[int, _Transfer] = {}
         self._contended: dict[int, _Transfer] = {}
         self._link_users = np.zeros(cache.capacity.size, dtype=np.int32)
+        # the isolated transfer last entered on each link: while it is active its links are its own, so a
+        # newcomer finds the isolated transfers it now shares links with here, without scanning every active
+        # transfer (issue #11: ``--full`` has hundreds in flight)
+        self._iso_owner = np.full(cache.capacity.size, -1, dtype=np.int64)
         self._rates: dict[tuple[int, ...], np.ndarray] = {}
         self._phase_keys: dict[int, int] = {}
         self._phase_refs: list[RoutedPhase] = []
+        self._by_request: dict[int, tuple[CollectiveRequest, tuple[RoutedPhase, ...]]] = {}
 
     def run(self, req: CollectiveRequest, on_done: Callable[[], None]) -> None:
         """Start ``req``: pay the first phase's latency, then join the fluid."""
-        phases = self.cache.routed(req)
+        hit = self._by_request.get(id(req))
+        if hit is None or hit[0] is not req:
+            # the engine reuses one request per (rank, send) and per group: look its phases up by identity,
+            # not by rebuilding the cache key (issue #11: ``--full`` launches ~570,000 sends on 1,024 GPUs)
+            hit = self._by_request[id(req)] = (req, self.cache.routed(req))
+        phases = hit[1]
         self._account(phases)
         self._start_phase(_Transfer(phases, on_done, next(self._ids)))
 
@@ -97,14 +107,18 @@ class FlowNetwork(NetworkModel):
         tr.remaining, tr.since, tr.key = p.max_flow_bytes, now, self._key_of(p)
         self._active[tr.ident] = tr
         self._link_users[p.link_ids] += 1
-        if self._link_users[p.link_ids].max() == 1:
+        users = self._link_users[p.link_ids]
+        if users.max() == 1:
             tr.rate = p.alone_rate
+            self._iso_owner[p.link_ids] = tr.ident
             self._schedule(tr)
             return
         self._contended[tr.ident] = tr
         tr.contended = True
-        for other in self._active.values():  # isolated phases whose links the newcomer now shares
-            if not other.contended and self._link_users[other.current.link_ids].max() > 1:
+        tr.rate = 0.0  # no timer for this phase yet: no max-min rate is 0, so it gets one below
+        for ident in np.unique(self._iso_owner[p.link_ids[users > 1]]).tolist():
+            other = self._active.get(ident)  # an isolated phase whose links the newcomer now shares
+            if other is not None and not other.contended and self._link_users[other.current.link_ids].max() > 1:
                 other.catch_up(now)
                 other.contended = True
                 self._contended[other.ident] = other
@@ -149,8 +163,11 @@ class FlowNetwork(NetworkModel):
                 rates = maxmin_rates(self.cache.capacity, [(t.current.link_ids, t.current.load) for t in trs])
             self._rates[memo] = rates
         for t, r in zip(trs, rates, strict=True):
+            rate = float(r)
+            if rate == t.rate:  # its timer already fires when it ends at this rate
+                continue
             t.catch_up(now)
-            t.rate = float(r)
+            t.rate = rate
             self._schedule(t)
 
     def _alone_if_feasible(self, trs: list[_Transfer]) -> np.ndarray | None:
