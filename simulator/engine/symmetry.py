@@ -20,8 +20,8 @@ data-parallel reduce-scatter beside a pipeline send). On GPT-3 175B over 1,024 A
 ``tests/test_symmetry.py``) that changes some ranks' timelines under ``--full`` (118 of the cut's 512) but
 not the step, its breakdown or the communication per kind; colouring every kind's links together split the
 1,024 ranks into 512 classes (a reduced run as slow as ``--full``). And where exact classes would be more
-than ``MAX_CLASS_FRACTION`` of the ranks, the forward sends' load alone is fingerprinted (as before the
-wrap was) and the run warns.
+than ``MAX_CLASS_FRACTION`` of the ranks (and more than ``MIN_CLASS_BUDGET``), the forward sends' load
+alone is fingerprinted (as before the wrap was) and the run warns.
 
 Cost: each kind's probes are routed once over all its instances (as the symmetric run routes them) and split
 by instance with numpy, so the check adds a few routed collectives per kind, whatever the cluster size.
@@ -55,6 +55,9 @@ _FILL_RTOL = 1e-9
 # Measured: GPT-3 175B on 1,024 A100 needs 160 classes (16%) to equal --full; the 530B layout of
 # scenarios/search on 5,040 A100 would take 2,205 (44%), 181 s instead of 3.4 s.
 MAX_CLASS_FRACTION = 0.25
+# ... unless there are no more classes than this, whatever the share: small clusters afford exact classes
+# (the 160 of GPT-3 175B on 1,024 A100 simulate in 8 s CPU on a loaded 2-core machine, BENCHMARKS.md).
+MIN_CLASS_BUDGET = 256
 # Fingerprints equal to this relative precision are the same (float noise of routing sums).
 _ROUND_DIGITS = 9
 
@@ -239,7 +242,7 @@ def refine(
         col[groups] = ids[:, None]
         columns.append(col)
     fine = _close(plan, _classes_of(np.stack(columns + _send_columns(prober, plan, p2p_offsets), axis=1)), p2p_offsets)
-    if fine.max() + 1 <= world * MAX_CLASS_FRACTION:
+    if fine.max() + 1 <= max(world * MAX_CLASS_FRACTION, MIN_CLASS_BUDGET):
         return Refinement(_renumber(fine, stage), ())
     # too many classes for the reduction to pay: fingerprint the forward (+1) sends alone, by their load (no
     # wrap, no company: the 35 classes of the 530B search scenario, as before issue #10), and say so
