@@ -298,6 +298,7 @@ class ProgramFactory:
         self._fwd: dict[tuple[int, bool], tuple[CompiledStep, ...]] = {}
         self._bwd: dict[tuple[int, str], tuple[tuple[CompiledStep, ...], ...]] = {}
         self._units: dict[int, list[Unit]] = {}
+        self._gathers: dict[str, tuple[CompiledStep, ...]] = {}  # the scatter-gather's all-gather, per direction
         self._programs: dict[int, Program] = {}  # stage → its program (immutable, shared by its ranks)
 
     # ------------------------------------------------------------------ units of a chunk
@@ -472,11 +473,14 @@ class ProgramFactory:
         c = self.spec.ctx
         if c.tp > 1 and c.par.pp_scatter_gather and not c.par.sequence_parallel:
             # Megatron's scatter-gather: each TP rank received 1/tp of the activation; gather it over NVLink
-            gather = CommStep(
-                f"{kind}_allgather", CollectiveKind.ALL_GATHER, CommKind.TP, Axis.TP, self._p2p_bytes() * c.tp
-            )
+            # (the same compiled step for every receive of one direction: compiled once)
+            if kind not in self._gathers:
+                gather = CommStep(
+                    f"{kind}_allgather", CollectiveKind.ALL_GATHER, CommKind.TP, Axis.TP, self._p2p_bytes() * c.tp
+                )
+                self._gathers[kind] = compile_steps([gather], False, self.inline)
             cat = Category.FORWARD if kind == "act" else Category.BACKWARD
-            self._emit(em, compile_steps([gather], False, self.inline), cat, task, None)
+            self._emit(em, self._gathers[kind], cat, task, None)
 
     def _send(self, em: _Emitter, kind: str, task: Task, vs_to: int, stage: int) -> None:
         stream = "pp-send-fwd" if kind == "act" else "pp-send-bwd"
