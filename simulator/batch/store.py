@@ -37,6 +37,7 @@ from simulator.scenario import Scenario
 
 STORE_FILE = "results.sqlite"
 SCHEMA_VERSION = 1
+_OPEN_ATTEMPTS = 40  # retries of a store creation that raced another batch (about 40 s at most)
 Status = Literal["ok", "infeasible", "error"]
 CACHED_STATUSES: tuple[Status, ...] = ("ok", "infeasible")  # "error" rows are retried by the next run
 
@@ -157,21 +158,31 @@ class ResultStore:
         except OSError as e:
             reason = os.strerror(e.errno) if e.errno else e.__class__.__name__
             raise UserInputError(f"cannot create the output folder: {reason}", file=str(out_dir)) from None
-        try:
-            conn = sqlite3.connect(path, timeout=30.0)
-        except sqlite3.Error as e:
-            raise _store_error(e, path) from None
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            _migrate(conn, path)
-        except sqlite3.Error as e:
-            conn.close()
-            raise _store_error(e, path) from None
-        except BaseException:
-            conn.close()
-            raise
-        return cls(conn, path)
+        # Two batches that create the store at the same moment race for the switch to WAL, which SQLite may
+        # refuse at once ("database is locked") instead of waiting out the busy timeout: retry that for a while.
+        for attempt in range(_OPEN_ATTEMPTS):
+            try:
+                conn = sqlite3.connect(path, timeout=30.0)
+            except sqlite3.Error as e:
+                raise _store_error(e, path) from None
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+                _migrate(conn, path)
+            except sqlite3.OperationalError as e:
+                conn.close()
+                if "locked" not in str(e) or attempt == _OPEN_ATTEMPTS - 1:
+                    raise _store_error(e, path) from None
+                time.sleep(0.05 * (attempt + 1))
+                continue
+            except sqlite3.Error as e:
+                conn.close()
+                raise _store_error(e, path) from None
+            except BaseException:
+                conn.close()
+                raise
+            return cls(conn, path)
+        raise AssertionError("unreachable")
 
     def _guard(self, fn: Any, *args: Any) -> Any:
         """``fn(*args)`` with sqlite errors (disk full, the file replaced) as one-line user errors."""
