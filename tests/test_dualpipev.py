@@ -246,7 +246,7 @@ def test_zb_h2_trades_memory_for_bubble(make_scenario, p, m):
 
 def test_zb_h2_rejects_virtual_stages():
     with pytest.raises(InfeasibleConfig, match="virtual_stages"):
-        ZB_H2.validate(4, 8, 2)
+        ZB_H2.check(4, 8, 2)
 
 
 # ------------------------------------------------------------------------------------- DeepSeek-V3 scenario

@@ -124,4 +124,4 @@ def test_zero_bubble_orders(p, m):
 def test_zero_bubble_rejects_virtual_stages(make_scenario):
     """ZB-H1 runs one chunk per stage."""
     with pytest.raises(InfeasibleConfig, match="virtual_stages"):
-        SCHEDULES.get("zero-bubble")().validate(4, 8, 2)
+        SCHEDULES.get("zero-bubble")().check(4, 8, 2)

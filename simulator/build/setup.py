@@ -176,16 +176,9 @@ class Setup:
         assert isinstance(expert, ExpertStrategy)
         schedule = SCHEDULES.get(p.schedule, field="parallelism.schedule")()
         chunks = p.virtual_stages
-        if chunks > 1 and not schedule.chunked:
-            chunked = [n for n in SCHEDULES.names() if SCHEDULES.get(n).chunked]
-            raise InfeasibleConfig(
-                f"virtual_stages={chunks} needs a schedule that holds several chunks per stage: "
-                f"{', '.join(chunked)} (got {p.schedule})",
-                field="parallelism.virtual_stages",
-            )
         for strat in (tensor, context, expert, self.data):
             strat.validate(self.ctx)
-        schedule.validate(self.dims.pp, self.micro_batches, chunks)
+        schedule.check(self.dims.pp, self.micro_batches, chunks)
         spec = WorkloadSpec(
             self.ctx, self.plan, LayerStrategies(tensor, context, expert), self.data, schedule,  # type: ignore[arg-type]
             parameter_count(self.scenario.model), self.micro_batches, chunks,

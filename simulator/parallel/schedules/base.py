@@ -7,6 +7,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import ClassVar
 
+from simulator.errors import InfeasibleConfig
+from simulator.registry import SCHEDULES
+
 
 class Pass(StrEnum):
     """Kinds of pipeline tasks: forward, backward (input+weight gradients), or split B/W (zero bubble), and
@@ -39,8 +42,20 @@ class Schedule(ABC):
     splits_backward: ClassVar[bool] = False  # whether it emits separate W tasks
     chunked: ClassVar[bool] = False  # whether a stage may hold more than one model chunk (virtual_stages > 1)
 
+    def check(self, stages: int, micro_batches: int, chunks: int) -> None:
+        """Every rule of this shape: a stage holds one model chunk unless the schedule is ``chunked``, then the
+        schedule's own rules (``validate``)."""
+        if chunks > 1 and not self.chunked:
+            chunked = [n for n in SCHEDULES.names() if SCHEDULES.get(n).chunked]
+            raise InfeasibleConfig(
+                f"virtual_stages={chunks} needs a schedule that holds several chunks per stage: "
+                f"{', '.join(chunked)} (got {self.name})",
+                field="parallelism.virtual_stages",
+            )
+        self.validate(stages, micro_batches, chunks)
+
     def validate(self, stages: int, micro_batches: int, chunks: int) -> None:  # noqa: B027 - optional hook
-        """Raise ``InfeasibleConfig`` if the schedule cannot run this shape."""
+        """Raise ``InfeasibleConfig`` if the schedule cannot run this shape (its own rules; ``check`` runs them)."""
 
     def virtual_stage(self, stage: int, chunk: int, stages: int) -> int:
         """Where model chunk ``chunk`` of pipeline stage ``stage`` sits in model order (its virtual stage).

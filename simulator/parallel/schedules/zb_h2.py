@@ -21,7 +21,6 @@ from __future__ import annotations
 from functools import cache
 from typing import ClassVar
 
-from simulator.errors import InfeasibleConfig
 from simulator.parallel.schedules.base import Pass, Schedule, Task
 from simulator.parallel.schedules.zero_bubble import peak_in_flight
 from simulator.registry import SCHEDULES
@@ -55,14 +54,6 @@ class ZeroBubbleH2(Schedule):
 
     name = "zb-h2"
     splits_backward: ClassVar[bool] = True
-
-    def validate(self, stages: int, micro_batches: int, chunks: int) -> None:
-        """One model chunk per stage."""
-        if chunks != 1:
-            raise InfeasibleConfig(
-                f"zb-h2 runs one chunk per stage, got virtual_stages={chunks}",
-                field="parallelism.virtual_stages",
-            )
 
     def tasks(self, stage: int, stages: int, micro_batches: int, chunks: int) -> list[Task]:
         """F, B and W tasks of ``stage``."""

@@ -14,7 +14,6 @@ from __future__ import annotations
 from functools import cache
 from typing import ClassVar
 
-from simulator.errors import InfeasibleConfig
 from simulator.parallel.schedules.base import Pass, Schedule, Task
 from simulator.registry import SCHEDULES
 
@@ -57,14 +56,6 @@ class ZeroBubbleH1(Schedule):
 
     name = "zero-bubble"
     splits_backward: ClassVar[bool] = True
-
-    def validate(self, stages: int, micro_batches: int, chunks: int) -> None:
-        """One model chunk per stage."""
-        if chunks != 1:
-            raise InfeasibleConfig(
-                f"zero-bubble (ZB-H1) runs one chunk per stage, got virtual_stages={chunks}",
-                field="parallelism.virtual_stages",
-            )
 
     def tasks(self, stage: int, stages: int, micro_batches: int, chunks: int) -> list[Task]:
         """F, B and W tasks of ``stage``."""
