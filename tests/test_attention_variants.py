@@ -132,9 +132,9 @@ def test_mla_model_flops_and_activations(make_doc) -> None:  # type: ignore[no-u
     t = base.ctx.tokens
     freed = 2.0 * t * 128 * (192 + 192 + 128)  # Q, K, V in 16-bit
     assert layer_activation_bytes(base.ctx, True) - layer_activation_bytes(again.ctx, True) == pytest.approx(freed)
-    re = again.workload.layer_builder.mla_up_proj_recompute()
+    re = again.workload.layer_builder.recompute("selective", moe=True)
     assert [s.name for s in re] == ["re.q_up", "re.kv_up", "re.rotary"]
-    assert base.workload.layer_builder.mla_up_proj_recompute() == []
+    assert base.workload.layer_builder.recompute(base.ctx.training.recompute, moe=True) == []
 
 
 # ------------------------------------------------------------------------------------------- sliding window

@@ -117,20 +117,27 @@ class LayerBuilder:
         pairs = (w * s - w * (w - 1) / 2) / c.dims.cp
         return 2.0 * c.training.micro_batch * self.heads * pairs * (self.d_qk + self.d_v)
 
+    def _flash_kernel(self, name: str, backward: bool) -> KernelStep:
+        """This rank's fused attention kernel. Forward: a causal kernel skips the masked half of the blocks (Dao
+        2023, FlashAttention-2), a windowed one the tiles outside the band; it reads Q, K, V and writes O.
+        Backward: 5 GEMMs against the forward's 2 (it recomputes QKᵀ), 2.5× the forward FLOPs where the model
+        needs 2× (Dao 2023, Sec. 3.2); it reads Q, K, V, O, dO and writes dQ, dK, dV."""
+        fwd = self._flash_forward_flops()
+        flops, model_flops, passes = (2.5 * fwd, 2.0 * fwd, 2) if backward else (fwd, fwd, 1)
+        io = passes * self.e * self.T * (self.q_w + self.k_w + self.v_w + self.o_w)
+        seq_k, head_dim, causal = self._attention_shape()
+        t = self.cm.flash_attention(
+            flops, io, backward, seq_k=seq_k, head_dim=head_dim, causal=causal, window=self.window
+        )
+        return KernelStep(name, t, model_flops)
+
     def attention_core_forward(self) -> list[Step]:
         """Attention scores, softmax and weighted sum, fused or not."""
         c, cm = self.ctx, self.cm
         b, s, a = c.training.micro_batch, c.training.seq_len, self.heads
         dq, dv = self.d_qk, self.d_v
         if c.training.flash_attention:
-            # causal flash attention skips the masked half of the blocks (Dao 2023, FlashAttention-2), a
-            # windowed one the tiles outside the band; reads Q, K, V, writes O
-            flops = self._flash_forward_flops()
-            io = self.e * self.T * (self.q_w + self.k_w + self.v_w + self.o_w)
-            seq_k, head_dim, causal = self._attention_shape()
-            t = cm.flash_attention(flops, io, False, seq_k=seq_k, head_dim=head_dim, causal=causal,
-                                   window=self.window)  # fmt: skip
-            core: list[Step] = [KernelStep("flash_attn", t, t.flops)]
+            core: list[Step] = [self._flash_kernel("flash_attn", backward=False)]
         else:
             # unfused attention materialises the whole s×s score matrix whatever the mask (causal or window)
             scores = b * a * s * s
@@ -148,14 +155,7 @@ class LayerBuilder:
         b, s, a = c.training.micro_batch, c.training.seq_len, self.heads
         dq, dv = self.d_qk, self.d_v
         if c.training.flash_attention:
-            # FlashAttention-2 backward: 5 GEMMs vs 2 forward (recomputes QKᵀ): 2.5× forward FLOPs;
-            # the model needs 2× forward (Dao 2023, Sec. 3.2). Reads Q, K, V, O, dO; writes dQ, dK, dV.
-            fwd = self._flash_forward_flops()
-            io = 2 * self.e * self.T * (self.q_w + self.k_w + self.v_w + self.o_w)
-            seq_k, head_dim, causal = self._attention_shape()
-            t = cm.flash_attention(2.5 * fwd, io, True, seq_k=seq_k, head_dim=head_dim, causal=causal,
-                                   window=self.window)  # fmt: skip
-            core: list[Step] = [KernelStep("flash_attn_bwd", t, 2.0 * fwd)]
+            core: list[Step] = [self._flash_kernel("flash_attn_bwd", backward=True)]
         else:
             scores = b * a * s * s
             core = [
@@ -355,16 +355,14 @@ class LayerBuilder:
             self._norm("attn_norm_bwd", backward=True),
         ]
 
-    def mla_up_proj_recompute(self) -> list[Step]:
+    def _mla_up_proj_steps(self) -> list[Step]:
         """Megatron-Core's ``mla_up_proj`` selective recomputation: the q and kv up-projections and the RoPE
         assembly run again in backward (their outputs Q, K, V are freed after the core attention reads them;
-        multi_latent_attention.py ``qkv_up_checkpoint``). Empty unless selected and the model has MLA."""
-        t = self.ctx.training
-        if self.ctx.model.mla is None or t.recompute != "selective" or "mla_up_proj" not in (t.recompute_modules or ()):
+        multi_latent_attention.py ``qkv_up_checkpoint``). Empty for a model without MLA."""
+        if self.ctx.model.mla is None:
             return []
         q_down, q_up, _, kv_lat, kv_up = self._mla_widths()
-        steps = [self._linear("q_up", q_up, q_down), self._linear("kv_up", kv_up, kv_lat), *self._rotary("rotary")]
-        return [_uncounted(s) for s in steps]
+        return [self._linear("q_up", q_up, q_down), self._linear("kv_up", kv_up, kv_lat), *self._rotary("rotary")]
 
     def _ffn_width(self, ffn: int, tp: int | None = None) -> tuple[int, int]:
         """(FC1 output width, FC2 input width) on this rank, split over ``tp`` ranks (default: the tensor-parallel
@@ -596,6 +594,8 @@ class LayerBuilder:
             steps += self._recomputed_expert_parts(again)
         elif "mlp" in again:
             steps += self.mlp_block_forward()
+        if "mla_up_proj" in again:
+            steps += self._mla_up_proj_steps()
         return [_uncounted(s) for s in steps]
 
     def _op_level_recompute(self) -> list[Step]:

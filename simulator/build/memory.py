@@ -145,9 +145,7 @@ def _attention_bytes(ctx: BuildContext) -> float:
         q, kv = m.q_hidden, m.kv_hidden
         return e * tokens * (q + kv + kv + q) / t
     qk, v = m.heads * m.qk_head_dim, m.heads * m.v_head_dim
-    tr = ctx.training
-    up_recomputed = tr.recompute == "selective" and "mla_up_proj" in (tr.recompute_modules or ())
-    qkv = 0.0 if up_recomputed else 2 * qk + v
+    qkv = 0.0 if "mla_up_proj" in recomputed_modules(ctx) else 2 * qk + v
     latent = 2 * (m.mla.q_lora_rank + m.mla.kv_lora_rank)
     return e * tokens * ((qkv + v) / t + latent)
 

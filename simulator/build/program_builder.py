@@ -335,7 +335,7 @@ class ProgramFactory:
             return [], head_backward(s.ctx, t, u.dense_params)
         moe = s.is_moe_unit(u.layer)
         lb = s.layer_builder_for(u.layer)
-        re = lb.recompute(s.ctx.training.recompute, moe) + lb.mla_up_proj_recompute()
+        re = lb.recompute(s.ctx.training.recompute, moe)
         if not s.is_mtp(u.layer):
             return re, lb.backward(u.dense_params, moe, u.expert_params)
         own = s.mtp_own_params(u.layer)
