@@ -76,7 +76,7 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:  # type: ignore[type
     p.add_argument("--suite", action="append", default=[], metavar="NAME",
                    help="only this suite (repeatable): megatron-2021-a100, korthikanti-2022-layer, "
                    "korthikanti-2022-e2e-a100, mtnlg-530b-a100, bloom-176b-a100, megatron-readme-h100, "
-                   "llama3-405b-h100, modern-training-runs, nccl-busbw; default: every suite")  # fmt: skip
+                   "llama3-405b-h100, modern-training-runs, heldout-training-runs, nccl-busbw; default: every suite")  # fmt: skip
     p.add_argument("--class", dest="cls", action="append", default=[], metavar="CLASS",
                    help="only step-time rows of this class (repeatable): dense-bf16, dense-fp8, long-context, moe, "
                    "gpu:<type> (e.g. gpu:b200) or framework:<name> (e.g. framework:torchtitan)")  # fmt: skip

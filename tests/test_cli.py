@@ -387,3 +387,14 @@ def test_a_step_past_the_engine_limit_is_refused_before_it_starts(scenario_file,
     """10^7 micro-batches would build programs for hours; it is refused in the estimate."""
     line = _refused(capsys, ["run", str(scenario_file), "--set", "training.global_batch=16777216", "--json"])
     assert "training.global_batch" in line and "layer passes" in line and "--dry-run" in line
+
+
+def test_validate_help_names_every_suite(capsys):
+    """``validate --help`` is written by hand (it must not read the suites file for speed); it must still name
+    every suite the command accepts, so a new suite cannot be left out of it."""
+    from simulator.validation.command import SPECIAL_SUITES
+    from simulator.validation.suites import suite_specs
+
+    text = _help(capsys, ["validate", "--help"]).replace(" ", "")  # argparse wraps at hyphens
+    for name in [*suite_specs(), *SPECIAL_SUITES]:
+        assert name in text
