@@ -217,6 +217,25 @@ def test_three_tier_paths_cross_cores_between_pods() -> None:
     assert tiers == [1, 2, 3, 2, 1]
 
 
+def test_three_tier_switch_hops_and_one_bfs_per_pod() -> None:
+    """GPU to GPU across the 3-tier fat-tree: the same leaf is 1 switch, the same pod 3 (leaf, spine,
+    leaf), another pod 5 (up to a core and down), whatever the pair; the twin classes of the core graph
+    (leaves of a pod share their spines) need one BFS per pod, not one per destination leaf."""
+    c = load_topology("dgx-h100", nodes=320)  # 4 hosts per leaf, 32 leaves per pod: 3 pods
+    rng = np.random.default_rng(3)
+    src, dst = rng.integers(0, c.num_gpus, 3000), rng.integers(0, c.num_gpus, 3000)
+    leaf_s, leaf_d = c.host_of_gpu[src] // 4, c.host_of_gpu[dst] // 4
+    other = c.host_of_gpu[src] != c.host_of_gpu[dst]
+    indptr, links = c.router.gpu_paths(src[other], dst[other])
+    switches = np.array([sum(c.link_tier[k] in ("nic-leaf", "leaf-spine", "spine-core") for k in
+                                 links[indptr[i] : indptr[i + 1]]) for i in range(indptr.size - 1)])  # fmt: skip
+    same_leaf, same_pod = leaf_s[other] == leaf_d[other], leaf_s[other] // 32 == leaf_d[other] // 32
+    expect = np.where(same_leaf, 2, np.where(same_pod, 4, 6))  # links between switches and NICs
+    assert np.array_equal(switches, expect)
+    assert set(expect) == {2, 4, 6}
+    assert c.router._dist.shape[0] == 3
+
+
 def test_paths_are_deterministic_across_routers() -> None:
     from simulator.topology.routing import Router
 

@@ -508,11 +508,12 @@ class Router:
         return lookup[np.searchsorted(uniq, cls)]
 
     def _hops(self, row: np.ndarray, goal: np.ndarray, nodes: np.ndarray) -> np.ndarray:
-        """Hops from core ``nodes`` to core ``goal`` (``row``: the goal's ``_distances`` row): the twin
-        class's distance, except to the goal itself (0) and to its twins (2: through a shared neighbour)."""
+        """Hops from core ``nodes`` to core ``goal`` (``row``: the goal's ``_distances`` row, a BFS from the
+        first member of the goal's twin class): that BFS's distance, except to the goal itself (0) and, when
+        the goal is another member, to the BFS's source (2: twins meet through a shared neighbour)."""
         d = self._dist[row, nodes]
-        twin = self.twin[nodes] == self.twin[goal]
-        return np.where(twin, np.where(nodes == goal, 0, 2), d)
+        source = self._twin_first[self.twin[goal]]
+        return np.where(nodes == goal, 0, np.where(nodes == source, 2, d))
 
     def _walk(self, start: np.ndarray, goal: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ECMP shortest-path walks on the core graph; (global nodes padded, lengths)."""
@@ -546,22 +547,37 @@ class Router:
         act: np.ndarray,
     ) -> np.ndarray:
         """One hop for each active flow: among the neighbours ``left`` hops from the goal, the
-        ``(key // radix) % count``-th; advances ``radix`` (and re-hashes keys whose digits ran out)."""
-        indptr, indices = self.core_csr.indptr, self.core_csr.indices
-        deg = indptr[cur + 1] - indptr[cur]
-        first = np.concatenate([[0], np.cumsum(deg)[:-1]])
-        owner = np.repeat(np.arange(cur.size), deg)
-        nb = indices[np.repeat(indptr[cur] - first, deg) + np.arange(deg.sum())]
-        ok = self._hops(row[owner], goal[owner], nb) == left[owner]
-        cnt = np.bincount(owner[ok], minlength=cur.size)
-        pick = (key[act] // radix[act]) % cnt.astype(np.uint64)
-        radix[act] *= cnt.astype(np.uint64)
+        ``(key // radix) % count``-th; advances ``radix`` (and re-hashes keys whose digits ran out).
+
+        A flow one hop from its goal steps onto it (the only neighbour 0 hops away). Any other flow is at
+        least two hops from every member of the goal's twin class (a neighbour of one twin is a neighbour
+        of all), so no member is among its candidates and the candidates depend only on (current node, twin
+        class of the goal), which thousands of flows share (the flows of one leaf to one pod): they are
+        listed once per distinct pair (the class's BFS row stands for the class), then each flow picks."""
+        out = goal.copy()  # left == 0: onto the goal (one candidate: the digit is 0, the radix stays)
+        far = np.flatnonzero(left > 0)
+        if far.size:
+            cur_f, row_f = cur[far], row[far]
+            n_rows = max(int(self._dist.shape[0]), 1)
+            _, first_flow, pair_of = np.unique(cur_f * n_rows + row_f, return_index=True, return_inverse=True)
+            pair_of = pair_of.ravel()
+            p_cur, p_row, p_left = cur_f[first_flow], row_f[first_flow], left[far][first_flow]
+            indptr, indices = self.core_csr.indptr, self.core_csr.indices
+            deg = indptr[p_cur + 1] - indptr[p_cur]
+            first = np.concatenate([[0], np.cumsum(deg)[:-1]])
+            owner = np.repeat(np.arange(first_flow.size), deg)
+            nb = indices[np.repeat(indptr[p_cur] - first, deg) + np.arange(deg.sum())]
+            ok = self._dist[p_row[owner], nb] == p_left[owner]
+            cnt = np.bincount(owner[ok], minlength=first_flow.size)
+            good = nb[ok]  # qualifying neighbours, pair by pair in CSR order
+            start = np.concatenate([[0], np.cumsum(cnt)[:-1]])
+            n = cnt[pair_of].astype(np.uint64)
+            flows = act[far]
+            pick = (key[flows] // radix[flows]) % n
+            radix[flows] *= n
+            out[far] = good[start[pair_of] + pick.astype(np.int64)]
         over = radix > _U64(1 << 32)  # digits used up: draw fresh ones
         key[over], radix[over] = _mix(key[over]), _U64(1)
-        rank = np.cumsum(ok) - 1 - np.repeat(np.concatenate([[0], np.cumsum(cnt)[:-1]]), deg)
-        chosen = ok & (rank == pick.astype(np.int64)[owner])
-        out = cur.copy()
-        out[owner[chosen]] = nb[chosen]
         return out
 
     # ------------------------------------------------------------------------------------ links
