@@ -31,6 +31,10 @@ _FEASIBLE_RTOL = 1e-12
 # (a few ulps of ``now``; issue #12: a 1 ns absolute bound hung once ulp(now) passed it), 1 ns near zero.
 _TIME_EPS_S = 1e-9
 _CLOCK_ULPS = 8 * float(np.finfo(np.float64).eps)
+# Below this many (phase, link) entries the max-min rates are computed on whole links: splitting shared from
+# private links costs a few numpy calls per phase, more than it saves on ``--full``'s hundreds of one-send
+# phases (both give the same rates bit for bit).
+_SPLIT_MIN_ENTRIES = 4096
 
 
 @dataclass(eq=False)
@@ -75,6 +79,7 @@ class FlowNetwork(NetworkModel):
         # transfer (issue #11: ``--full`` has hundreds in flight)
         self._iso_owner = np.full(cache.capacity.size, -1, dtype=np.int64)
         self._rates: dict[tuple[int, ...], np.ndarray] = {}
+        self._fits: dict[int, bool] = {}  # id(phase) → _private_fits (phases kept alive by _phase_refs)
         self._phase_keys: dict[int, int] = {}
         self._phase_refs: list[RoutedPhase] = []
         self._by_request: dict[int, tuple[CollectiveRequest, tuple[RoutedPhase, ...]]] = {}
@@ -118,7 +123,11 @@ class FlowNetwork(NetworkModel):
         tr.rate = 0.0  # no timer for this phase yet: no max-min rate is 0, so it gets one below
         for ident in np.unique(self._iso_owner[p.link_ids[users > 1]]).tolist():
             other = self._active.get(ident)  # an isolated phase whose links the newcomer now shares
-            if other is not None and not other.contended and self._link_users[other.current.link_ids].max() > 1:
+            if (
+                other is not None
+                and not other.contended
+                and self._link_users[other.current.link_ids].max() > 1
+            ):
                 other.catch_up(now)
                 other.contended = True
                 self._contended[other.ident] = other
@@ -158,9 +167,7 @@ class FlowNetwork(NetworkModel):
         memo = tuple(t.key for t in trs)
         rates = self._rates.get(memo)
         if rates is None:
-            rates = self._alone_if_feasible(trs)
-            if rates is None:
-                rates = maxmin_rates(self.cache.capacity, [(t.current.link_ids, t.current.load) for t in trs])
+            rates = self._rates_on_shared_links(trs)
             self._rates[memo] = rates
         for t, r in zip(trs, rates, strict=True):
             rate = float(r)
@@ -170,15 +177,65 @@ class FlowNetwork(NetworkModel):
             t.rate = rate
             self._schedule(t)
 
-    def _alone_if_feasible(self, trs: list[_Transfer]) -> np.ndarray | None:
-        """Every phase's uncontended rate, when together they fit every shared link, else None.
+    def _rates_on_shared_links(self, trs: list[_Transfer]) -> np.ndarray:
+        """Max-min rates of the contending phases ``trs``, computed on the links they share.
+
+        A link only one active phase crosses (``_link_users`` 1; every phase on a link two cross is
+        contended) constrains that phase alone: progressive filling saturates it at the level
+        capacity / load, so a phase's private links act as one private link at their smallest such level
+        (``maxmin_rates``' rate cap), and at the phase's uncontended rate they are never over-filled (it is
+        their minimum level). Both steps give the rates of the whole-link computation bit for bit (the same
+        levels, summed in the same order on each shared link) at the cost of the shared links, which are
+        few: at 65,536 GPUs a data-parallel phase crosses ~30,000 links and shares a few hundred with a
+        pipeline send (issue #11: wall time flat in GPU count). Phases whose ``_private_fits`` fails (built
+        outside ``RouteMemo``) and small sets take the whole-link computation."""
+        cap = self.cache.capacity
+        if sum(t.current.link_ids.size for t in trs) < _SPLIT_MIN_ENTRIES or not all(
+            self._private_fits(t.current) for t in trs
+        ):
+            return self._whole_link_rates(trs)
+        shared = [self._link_users[t.current.link_ids] > 1 for t in trs]
+        links = [t.current.link_ids[m] for t, m in zip(trs, shared, strict=True)]
+        loads = [t.current.load[m] for t, m in zip(trs, shared, strict=True)]
+        alone = self._alone_if_feasible(trs, links, loads)
+        if alone is not None:
+            return alone
+        private = np.array(
+            [
+                np.min(cap[t.current.link_ids[~m]] / t.current.load[~m], initial=np.inf)
+                for t, m in zip(trs, shared, strict=True)
+            ]
+        )
+        return maxmin_rates(cap, list(zip(links, loads, strict=True)), private)
+
+    def _private_fits(self, p: RoutedPhase) -> bool:
+        """Whether ``p`` at its uncontended rate fits each of its links (true of ``RouteMemo``'s phases)."""
+        fits = self._fits.get(id(p))
+        if fits is None:
+            cap = self.cache.capacity[p.link_ids]
+            fits = self._fits[id(p)] = bool(np.all(p.alone_rate * p.load <= cap * (1.0 + _FEASIBLE_RTOL)))
+        return fits
+
+    def _whole_link_rates(self, trs: list[_Transfer]) -> np.ndarray:
+        links = [t.current.link_ids for t in trs]
+        loads = [t.current.load for t in trs]
+        alone = self._alone_if_feasible(trs, links, loads)
+        if alone is not None:
+            return alone
+        return maxmin_rates(self.cache.capacity, list(zip(links, loads, strict=True)))
+
+    def _alone_if_feasible(
+        self, trs: list[_Transfer], links: list[np.ndarray], loads: list[np.ndarray]
+    ) -> np.ndarray | None:
+        """Every phase's uncontended rate, when together they fit every link given (``links``/``loads``:
+        each phase's), else None.
 
         Then that allocation is the max-min fair one: each phase is held by its own bottleneck, which no
         other phase uses at capacity, so progressive filling would freeze every phase there. Phases that
         share a link without filling it (a small DP bucket beside a pipeline send) skip the filling."""
-        links = np.concatenate([t.current.link_ids for t in trs])
-        use = np.concatenate([t.current.alone_rate * t.current.load for t in trs])
-        ids, inv = np.unique(links, return_inverse=True)
+        at = np.concatenate(links)
+        use = np.concatenate([t.current.alone_rate * k for t, k in zip(trs, loads, strict=True)])
+        ids, inv = np.unique(at, return_inverse=True)
         total = np.bincount(inv, weights=use, minlength=ids.size)
         if np.any(total > self.cache.capacity[ids] * (1.0 + _FEASIBLE_RTOL)):
             return None
