@@ -185,10 +185,11 @@ class FlowNetwork(NetworkModel):
         capacity / load, so a phase's private links act as one private link at their smallest such level
         (``maxmin_rates``' rate cap), and at the phase's uncontended rate they are never over-filled (it is
         their minimum level). Both steps give the rates of the whole-link computation bit for bit (the same
-        levels, summed in the same order on each shared link) at the cost of the shared links, which are
-        few: at 65,536 GPUs a data-parallel phase crosses ~30,000 links and shares a few hundred with a
-        pipeline send (issue #11: wall time flat in GPU count). Phases whose ``_private_fits`` fails (built
-        outside ``RouteMemo``) and small sets take the whole-link computation."""
+        levels, summed in the same order on each shared link) at the cost of the shared links: on the
+        Llama 3 405B step of ``benchmarks/bench_scaling.py`` about half of the (phase, link) entries at
+        16,384 and 65,536 GPUs (the data-parallel rings of all stages meet on the upper tiers, issue #11).
+        Phases whose ``_private_fits`` fails (built outside ``RouteMemo``) and small sets take the
+        whole-link computation."""
         cap = self.cache.capacity
         if sum(t.current.link_ids.size for t in trs) < _SPLIT_MIN_ENTRIES or not all(
             self._private_fits(t.current) for t in trs
