@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import networkx as nx
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 from simulator.hardware.gpu import GpuSpec
 
@@ -35,6 +37,13 @@ if TYPE_CHECKING:
 # PCIe/CPU links, NIC to its leaf switch, leaf to spine, spine to core (the 3-tier fat-tree's top).
 LINK_TIERS = ("nvlink", "ici", "pcie", "nic-leaf", "leaf-spine", "spine-core")
 _SWITCH_TIER_NAMES = {1: "leaf", 2: "spine", 3: "core"}
+
+
+def _codes(values: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
+    """The distinct strings of ``values`` (first-seen order) and each value's index among them."""
+    seen: dict[str, int] = {}
+    code = np.fromiter((seen.setdefault(v, len(seen)) for v in values), dtype=np.int64, count=len(values))
+    return list(seen), code
 
 
 def _tier(kind_a: str, tier_a: int, kind_b: str, tier_b: int, link_type: str) -> str:
@@ -53,6 +62,30 @@ def _tier(kind_a: str, tier_a: int, kind_b: str, tier_b: int, link_type: str) ->
 
 
 @dataclass(frozen=True, eq=False)
+class LinkArrays:
+    """The directed links of a graph as arrays, in ``Cluster``'s numbering: each edge of
+    ``graph.edges(data=True)``, in that order, as its two directions (u → v, then v → u)."""
+
+    src: np.ndarray
+    dst: np.ndarray
+    capacity_bytes_per_s: np.ndarray
+    latency_s: np.ndarray
+    link_type: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NodeTable:
+    """Node attributes as arrays, by node index (-1 where a node lacks one; ``kind`` as in the graph)."""
+
+    kind: tuple[str, ...]
+    gpu_id: np.ndarray
+    host: np.ndarray
+    local: np.ndarray
+    rail: np.ndarray
+    tier: np.ndarray  # switch tier, 0 for every other node
+
+
+@dataclass(frozen=True, eq=False)
 class Cluster:
     """GPUs, their hosts and the interconnect graph. Immutable once built."""
 
@@ -62,6 +95,9 @@ class Cluster:
     source: str = ""
     description: str = ""
     meta: dict[str, object] = field(default_factory=dict)  # builder facts (fabric kind, oversubscription ...)
+    # the graph's directed links, when whoever built the graph has them as arrays already (the topology
+    # loader: reading 650,000 links back out of networkx took 2 s at 65,536 GPUs); None: read from the graph
+    link_arrays: LinkArrays | None = None
 
     # ---- derived indexes (computed once, lazily) ----
     @cached_property
@@ -75,12 +111,28 @@ class Cluster:
         return {n: i for i, n in enumerate(self.node_names)}
 
     @cached_property
+    def nodes(self) -> NodeTable:
+        """Every node's kind, GPU id, host, local index, NIC rail and switch tier (one pass over the graph)."""
+        n = len(self.node_names)
+        kind: list[str] = []
+        gpu_id, host, local, rail, tier = (np.full(n, -1, dtype=np.int64) for _ in range(5))
+        for i, (_, d) in enumerate(self.graph.nodes(data=True)):
+            k = str(d.get("kind", ""))
+            kind.append(k)
+            host[i] = d.get("host", -1)
+            tier[i] = int(d.get("tier", 0) or 0)
+            if k == "gpu":
+                gpu_id[i], local[i] = d["gpu_id"], d["local"]
+            elif k == "nic":
+                rail[i] = d.get("rail", 0)
+        return NodeTable(tuple(kind), gpu_id, host, local, rail, tier)
+
+    @cached_property
     def gpu_node_index(self) -> np.ndarray:
         """Integer node index of each GPU, by global GPU id."""
+        gpu = np.flatnonzero(self.nodes.gpu_id >= 0)
         idx = np.empty(self.num_gpus, dtype=np.int64)
-        for name, data in self.graph.nodes(data=True):
-            if data.get("kind") == "gpu":
-                idx[data["gpu_id"]] = self.node_index[name]
+        idx[self.nodes.gpu_id[gpu]] = gpu
         return idx
 
     @property
@@ -91,20 +143,12 @@ class Cluster:
     @cached_property
     def host_of_gpu(self) -> np.ndarray:
         """Host (server) index of each GPU."""
-        out = np.empty(self.num_gpus, dtype=np.int64)
-        for _, data in self.graph.nodes(data=True):
-            if data.get("kind") == "gpu":
-                out[data["gpu_id"]] = data["host"]
-        return out
+        return self.nodes.host[self.gpu_node_index]
 
     @cached_property
     def local_of_gpu(self) -> np.ndarray:
         """Index of each GPU inside its host."""
-        out = np.empty(self.num_gpus, dtype=np.int64)
-        for _, data in self.graph.nodes(data=True):
-            if data.get("kind") == "gpu":
-                out[data["gpu_id"]] = data["local"]
-        return out
+        return self.nodes.local[self.gpu_node_index]
 
     @property
     def num_hosts(self) -> int:
@@ -113,25 +157,33 @@ class Cluster:
 
     @cached_property
     def nvlink_domain_of_gpu(self) -> np.ndarray:
-        """Id of the NVLink (scale-up) domain of each GPU: GPUs joined by NVLink/NVSwitch links alone."""
-        scale_up = nx.Graph()
-        for u, v, d in self.graph.edges(data=True):
-            if str(d.get("link_type", "")).startswith(("nvlink", "ici")):
-                scale_up.add_edge(u, v)
-        out = np.arange(self.num_gpus, dtype=np.int64) + self.num_gpus  # alone unless linked
-        gpu_name = {d["gpu_id"]: n for n, d in self.graph.nodes(data=True) if d.get("kind") == "gpu"}
-        comp_of: dict[str, int] = {}
-        for i, comp in enumerate(nx.connected_components(scale_up)):
-            for n in comp:
-                comp_of[n] = i
-        for g in range(self.num_gpus):
-            if gpu_name[g] in comp_of:
-                out[g] = comp_of[gpu_name[g]]
+        """Id of the NVLink (scale-up) domain of each GPU: GPUs joined by NVLink/NVSwitch links alone.
+
+        Ids are dense: domains numbered in the order their first node appears along the graph's NVLink
+        edges (``graph.edges`` order, each edge's nodes in turn), then GPUs on no NVLink, by GPU id."""
+        # both directions of an edge are consecutive links of one type: every other one is the edge u → v
+        types, typ = self._link_type_codes
+        up = np.array([t.startswith(("nvlink", "ici")) for t in types], dtype=bool)
+        scale_up = np.flatnonzero(up[typ])[::2]
+        u, v = self.link_src[scale_up], self.link_dst[scale_up]
+        n = len(self.node_names)
+        labels = connected_components(coo_matrix((np.ones(u.size), (u, v)), shape=(n, n)), directed=False)[1]
+        seen = np.stack([u, v], axis=1).ravel()  # nodes in order of appearance along the edges
+        first = np.full(n, seen.size, dtype=np.int64)
+        np.minimum.at(first, seen, np.arange(seen.size))
+        first_of_label = np.full(labels.max() + 1, seen.size, dtype=np.int64)
+        np.minimum.at(first_of_label, labels, first)
+        gpus = self.gpu_node_index
+        linked = first[gpus] < seen.size
+        out = np.where(linked, first_of_label[labels[gpus]], seen.size + np.arange(self.num_gpus))
         _, dense = np.unique(out, return_inverse=True)
-        return dense.astype(np.int64)
+        return dense.ravel().astype(np.int64)
 
     @cached_property
     def _links(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[str, ...]]:
+        if self.link_arrays is not None:
+            a = self.link_arrays
+            return a.src, a.dst, a.capacity_bytes_per_s, a.latency_s, a.link_type
         src, dst, cap, lat, typ = [], [], [], [], []
         for u, v, d in self.graph.edges(data=True):
             for a, b in ((u, v), (v, u)):
@@ -174,19 +226,28 @@ class Cluster:
         return self._links[4]
 
     @cached_property
+    def _link_type_codes(self) -> tuple[list[str], np.ndarray]:
+        return _codes(self.link_type)
+
+    @cached_property
     def link_tier(self) -> tuple[str, ...]:
         """Fabric tier of each directed link (one of ``LINK_TIERS`` on the shipped builders)."""
-        nodes = [self.graph.nodes[n] for n in self.node_names]
-        kind = [str(d.get("kind", "")) for d in nodes]
-        tier = [int(d.get("tier", 0) or 0) for d in nodes]
-        memo: dict[tuple[str, int, str, int, str], str] = {}
-        out = []
-        for a, b, t in zip(self.link_src.tolist(), self.link_dst.tolist(), self.link_type, strict=True):
-            key = (kind[a], tier[a], kind[b], tier[b], t)
-            if key not in memo:
-                memo[key] = _tier(*key)
-            out.append(memo[key])
-        return tuple(out)
+        kinds, kind = _codes(self.nodes.kind)
+        types, typ = self._link_type_codes
+        tier = self.nodes.tier
+        a, b = self.link_src, self.link_dst
+        if not a.size:
+            return ()
+        # one code per (kind, tier, kind, tier, type) combination: a fabric has a handful
+        cols = np.stack([kind[a], tier[a], kind[b], tier[b], typ], axis=1)
+        radix = cols.max(axis=0) + 2  # tier is -1 on no node, 0 off switches
+        code = np.ravel_multi_index((cols + 1).T, tuple(radix.tolist()))
+        _, first, which = np.unique(code, return_index=True, return_inverse=True)
+        combos = cols[first]
+        names = [
+            _tier(kinds[ka], int(ta), kinds[kb], int(tb), types[t]) for ka, ta, kb, tb, t in combos.tolist()
+        ]
+        return tuple(names[i] for i in which.ravel().tolist())
 
     @cached_property
     def link_id(self) -> dict[tuple[int, int], int]:

@@ -36,7 +36,7 @@ from simulator.topology.builders.base import (
     _FieldError,
     validate,
 )
-from simulator.topology.cluster import Cluster
+from simulator.topology.cluster import Cluster, LinkArrays
 
 
 def shipped_topology(name: str) -> Path | None:
@@ -138,6 +138,31 @@ def _to_graph(g: GraphBuilder) -> nx.Graph:
     graph.add_nodes_from(g.nodes.items())
     graph.add_edges_from((a, b, d) for (a, b), d in g.edges.items())
     return graph
+
+
+def _link_arrays(g: GraphBuilder) -> LinkArrays:
+    """The directed links of ``_to_graph(g)`` as ``Cluster`` numbers them, straight from the builder.
+
+    networkx lists an edge once, from whichever end comes first in node order, and a node's edges in the
+    order they were added; ``Cluster`` then numbers its two directions, that end's first."""
+    index = {n: i for i, n in enumerate(g.nodes)}
+    m = len(g.edges)
+    a = np.fromiter((index[u] for u, _ in g.edges), dtype=np.int64, count=m)
+    b = np.fromiter((index[v] for _, v in g.edges), dtype=np.int64, count=m)
+    first, second = np.minimum(a, b), np.maximum(a, b)
+    order = np.argsort(first, kind="stable")  # by the first end, then in insertion order
+    data = list(g.edges.values())
+    cap = np.fromiter((d["bandwidth_bytes_per_s"] for d in data), dtype=np.float64, count=m)[order]
+    lat = np.fromiter((d["latency_s"] for d in data), dtype=np.float64, count=m)[order]
+    types = [data[i]["link_type"] for i in order.tolist()]
+    u, v = first[order], second[order]
+    return LinkArrays(
+        src=np.stack([u, v], axis=1).ravel(),
+        dst=np.stack([v, u], axis=1).ravel(),
+        capacity_bytes_per_s=np.repeat(cap, 2),
+        latency_s=np.repeat(lat, 2),
+        link_type=tuple(t for t in types for _ in range(2)),
+    )
 
 
 def _check_connected(g: GraphBuilder, *, file: str) -> None:
@@ -273,6 +298,7 @@ def build_cluster(doc: dict[str, Any], *, file: str) -> Cluster:
         source=source,
         description=top.description,
         meta=_meta(fabric_name, fabric_spec, facts, groups),
+        link_arrays=_link_arrays(g),
     )
 
 

@@ -88,18 +88,15 @@ class Router:
     # ------------------------------------------------------------------------------------ set-up
     def _read_nodes(self) -> None:
         """Kind, host, GPU local index and NIC rail of every node, as arrays."""
-        n = self.n_nodes
-        self.kind = np.full(n, -1, dtype=np.int64)
-        self.host = np.full(n, -1, dtype=np.int64)
-        self.gpu_local = np.full(n, -1, dtype=np.int64)
-        self.rail = np.full(n, -1, dtype=np.int64)
-        for i, (_, d) in enumerate(self.cluster.graph.nodes(data=True)):
-            self.kind[i] = _KIND.get(d.get("kind", ""), -1)
-            self.host[i] = d.get("host", -1)
-            if d.get("kind") == "gpu":
-                self.gpu_local[i] = d["local"]
-            elif d.get("kind") == "nic":
-                self.rail[i] = d.get("rail", 0)
+        table = self.cluster.nodes
+        seen: dict[str, int] = {}  # the few distinct kind names, coded once each
+        code = np.fromiter(
+            (seen.setdefault(k, len(seen)) for k in table.kind), dtype=np.int64, count=len(table.kind)
+        )
+        self.kind = np.array([_KIND.get(k, -1) for k in seen] + [-1], dtype=np.int64)[code]
+        self.host = table.host.copy()
+        self.gpu_local = table.local.copy()
+        self.rail = table.rail.copy()
 
     def _host_only_links(self) -> np.ndarray:
         """Links a flow between hosts must never transit: PCIe/CPU links inside a host, and scale-up
