@@ -260,6 +260,17 @@ def test_sixteen_thousand_gpus_in_three_tiers() -> None:
     assert c.meta["switches"] == {"leaf": 512, "spine": 512, "core": 256}
 
 
+def test_xdr_fabric_cables_128_ports_and_grows_to_three_tiers() -> None:
+    # 128 of the Q3400's 144 ports: 64 NIC ports down per leaf (8 hosts), 64 XDR links up; past 128 leaves
+    # (1,024 hosts) a core tier: 1,025 hosts = 129 leaves in 3 pods of 64 x 64 spines, 64 groups of 2 cores
+    raw = doc("dgx-h100-xdr")
+    c = build(raw, nodes=1025)
+    assert c.meta["tiers"] == 3 and c.meta["leaf_down_ports"] == 64
+    assert c.meta["switches"] == {"leaf": 129, "spine": 192, "core": 128}
+    assert edge_bw(c, "h0/nic0", "leaf0") == 50e9  # the NIC's NDR 400 Gb/s, not the port's 800
+    assert edge_bw(c, "leaf0", "spine0") == 100e9  # XDR 800 Gb/s
+
+
 def test_rail_optimized_leaves_hold_one_rail_of_one_scalable_unit() -> None:
     c = load_topology("dgx-h100-superpod", nodes=64)
     for name, d in c.graph.nodes(data=True):
