@@ -113,8 +113,7 @@ class _Prober:
     def __init__(self, cluster: Cluster, cache: PhaseCache) -> None:
         self.cluster = cluster
         self.cache = cache
-        types, self._type_of_link = np.unique(np.array(cluster.link_type), return_inverse=True)
-        self._types = [str(t) for t in types]
+        self._types, self._type_of_link = cluster.link_type_codes
         self._alpha = np.array([cache.calib.step_latency(t) for t in self._types])[self._type_of_link]
         self._eff: dict[str, np.ndarray] = {}
 

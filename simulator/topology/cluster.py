@@ -162,7 +162,7 @@ class Cluster:
         Ids are dense: domains numbered in the order their first node appears along the graph's NVLink
         edges (``graph.edges`` order, each edge's nodes in turn), then GPUs on no NVLink, by GPU id."""
         # both directions of an edge are consecutive links of one type: every other one is the edge u → v
-        types, typ = self._link_type_codes
+        types, typ = self.link_type_codes
         up = np.array([t.startswith(("nvlink", "ici")) for t in types], dtype=bool)
         scale_up = np.flatnonzero(up[typ])[::2]
         u, v = self.link_src[scale_up], self.link_dst[scale_up]
@@ -226,14 +226,16 @@ class Cluster:
         return self._links[4]
 
     @cached_property
-    def _link_type_codes(self) -> tuple[list[str], np.ndarray]:
-        return _codes(self.link_type)
+    def link_type_codes(self) -> tuple[tuple[str, ...], np.ndarray]:
+        """The distinct link types (in order of first appearance) and each directed link's index among them."""
+        names, code = _codes(self.link_type)
+        return tuple(names), code
 
     @cached_property
     def link_tier(self) -> tuple[str, ...]:
         """Fabric tier of each directed link (one of ``LINK_TIERS`` on the shipped builders)."""
         kinds, kind = _codes(self.nodes.kind)
-        types, typ = self._link_type_codes
+        types, typ = self.link_type_codes
         tier = self.nodes.tier
         a, b = self.link_src, self.link_dst
         if not a.size:

@@ -77,13 +77,7 @@ class RouteMemo:
         self.cluster = cluster
         self.calib = calib
         self.capacity = cluster.link_capacity_bytes_per_s
-        codes: dict[str, int] = {}
-        self._type_code = np.fromiter(
-            (codes.setdefault(t, len(codes)) for t in cluster.link_type),
-            dtype=np.int64,
-            count=len(cluster.link_type),
-        )
-        self._types = tuple(codes)
+        self._types, self._type_code = cluster.link_type_codes
         self._eff: dict[str, np.ndarray] = {}  # efficiency_key → efficiency per link-type code
         self._alpha = np.array([calib.step_latency(t) for t in self._types])
         self.phases: dict[tuple[object, ...], tuple[Phase, ...]] = {}
