@@ -91,7 +91,7 @@ def maxmin_rates_csr(
         k = np.concatenate([k, np.ones(capped.size)])
         cap = np.concatenate([cap, np.asarray(rate_cap_bytes_per_s, dtype=np.float64)[capped]])
     keep = k > 0
-    used, col = np.unique(links[keep], return_inverse=True)
+    used, col = _compact(links[keep], cap.size)
     if num == 1:  # one coflow: its bottleneck link
         per_link = np.bincount(col, weights=k[keep], minlength=used.size)
         return np.array([np.min(cap[used] / per_link, initial=np.inf)])
@@ -124,11 +124,14 @@ def _progressive_filling(
         frozen[newly] = True
         remaining -= newly.size
         pos = _ranges(load.indptr, newly)
-        touched, inv = np.unique(load.indices[pos], return_inverse=True)
-        dk = np.bincount(inv, weights=load.data[pos], minlength=touched.size)
+        # per link, the load of the newly frozen coflows, summed in entry order (as a sort-based grouping
+        # would: bincount adds each bin's weights in input order), without sorting the entries
+        hit = np.bincount(load.indices[pos], minlength=nlinks)
+        touched = np.flatnonzero(hit)
+        dk = np.bincount(load.indices[pos], weights=load.data[pos], minlength=nlinks)[touched]
         unit[touched] -= dk
         fixed[touched] += top * dk
-        crossing[touched] -= np.bincount(inv, minlength=touched.size)
+        crossing[touched] -= hit[touched]
         _update_levels(level, touched, cap, fixed, unit, crossing)
     return rates
 
@@ -150,7 +153,7 @@ class _Csr:
         if transpose:
             order = np.argsort(key, kind="stable")
             key, data = key[order], data[order]
-        else:
+        elif key.size and not np.all(key[1:] > key[:-1]):  # already sorted and unique: nothing to sum
             key, inv = np.unique(key, return_inverse=True)
             data = np.bincount(inv, weights=data, minlength=key.size)
         indptr = np.concatenate([[0], np.cumsum(np.bincount(key // ncols, minlength=nrows))])
@@ -175,6 +178,19 @@ def _update_levels(
     on = links[active]
     level[links[~active]] = np.inf
     level[on] = np.maximum(cap[on] - fixed[on], 0.0) / unit[on]
+
+
+def _compact(links: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(links, return_inverse=True)`` for ids below ``n_links``, by marking instead of sorting
+    (a network's links number in the millions, a max-min problem's entries in the hundreds of thousands)."""
+    if links.size * 8 < n_links:  # few entries: sorting them is cheaper than a pass over every link
+        used, col = np.unique(links, return_inverse=True)
+        return used, col.ravel()
+    present = np.zeros(n_links, dtype=bool)
+    present[links] = True
+    used = np.flatnonzero(present)
+    index = np.cumsum(present) - 1
+    return used, index[links]
 
 
 def _ranges(indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
