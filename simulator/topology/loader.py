@@ -140,15 +140,22 @@ def _to_graph(g: GraphBuilder) -> nx.Graph:
     return graph
 
 
-def _link_arrays(g: GraphBuilder) -> LinkArrays:
-    """The directed links of ``_to_graph(g)`` as ``Cluster`` numbers them, straight from the builder.
-
-    networkx lists an edge once, from whichever end comes first in node order, and a node's edges in the
-    order they were added; ``Cluster`` then numbers its two directions, that end's first."""
+def _endpoints(g: GraphBuilder) -> tuple[np.ndarray, np.ndarray]:
+    """Node indices (in ``g.nodes`` order, networkx's) of both ends of every edge, in ``g.edges`` order."""
     index = {n: i for i, n in enumerate(g.nodes)}
     m = len(g.edges)
     a = np.fromiter((index[u] for u, _ in g.edges), dtype=np.int64, count=m)
     b = np.fromiter((index[v] for _, v in g.edges), dtype=np.int64, count=m)
+    return a, b
+
+
+def _link_arrays(g: GraphBuilder, a: np.ndarray, b: np.ndarray) -> LinkArrays:
+    """The directed links of ``_to_graph(g)`` as ``Cluster`` numbers them, straight from the builder (``a``,
+    ``b``: ``_endpoints(g)``).
+
+    networkx lists an edge once, from whichever end comes first in node order, and a node's edges in the
+    order they were added; ``Cluster`` then numbers its two directions, that end's first."""
+    m = len(g.edges)
     first, second = np.minimum(a, b), np.maximum(a, b)
     order = np.argsort(first, kind="stable")  # by the first end, then in insertion order
     data = list(g.edges.values())
@@ -165,14 +172,13 @@ def _link_arrays(g: GraphBuilder) -> LinkArrays:
     )
 
 
-def _check_connected(g: GraphBuilder, *, file: str) -> None:
-    """Every node must reach every other (an unconnected NIC or host is a topology mistake)."""
-    index = {n: i for i, n in enumerate(g.nodes)}
-    if len(index) < 2:
+def _check_connected(g: GraphBuilder, a: np.ndarray, b: np.ndarray, *, file: str) -> None:
+    """Every node must reach every other (an unconnected NIC or host is a topology mistake; ``a``, ``b``:
+    ``_endpoints(g)``)."""
+    n = len(g.nodes)
+    if n < 2:
         return
-    a = np.fromiter((index[u] for u, _ in g.edges), dtype=np.int64, count=len(g.edges))
-    b = np.fromiter((index[v] for _, v in g.edges), dtype=np.int64, count=len(g.edges))
-    adj = coo_matrix((np.ones(len(a)), (a, b)), shape=(len(index), len(index)))
+    adj = coo_matrix((np.ones(len(a)), (a, b)), shape=(n, n))
     count, labels = connected_components(adj, directed=False)
     if count > 1:
         names = list(g.nodes)
@@ -289,7 +295,8 @@ def build_cluster(doc: dict[str, Any], *, file: str) -> Cluster:
             gpu_specs.extend([grp.gpu] * grp.spec.gpus)
     fabric: FabricBuilder = fabric_cls()
     facts = fabric.build(fabric_spec, g, hosts, BuildContext(file, total_gpus))
-    _check_connected(g, file=file)
+    ends = _endpoints(g)
+    _check_connected(g, *ends, file=file)
     source = top.source if isinstance(top.source, str) else "; ".join(top.source)
     return Cluster(
         name=top.name or Path(file).stem,
@@ -298,7 +305,7 @@ def build_cluster(doc: dict[str, Any], *, file: str) -> Cluster:
         source=source,
         description=top.description,
         meta=_meta(fabric_name, fabric_spec, facts, groups),
-        link_arrays=_link_arrays(g),
+        link_arrays=_link_arrays(g, *ends),
     )
 
 
