@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.network.maxmin import coflow_link_loads, maxmin_rates, maxmin_rates_csr
+from simulator.network.maxmin import coflow_link_loads, distinct_constraints, maxmin_rates, maxmin_rates_csr
 
 C = 100e9
 
@@ -141,3 +141,38 @@ def test_20000_single_flow_coflows_get_finite_rates():
     links = rng.integers(0, cap.size, size=indptr[-1])
     rates = maxmin_rates_csr(cap, indptr, links, np.ones(links.size))
     assert rates.shape == (20000,) and np.isfinite(rates).all() and (rates > 0).all()
+
+
+def test_duplicate_links_are_dropped_and_the_rates_do_not_move():
+    """Copies of a link (same capacity, same coflows at the same loads) are one constraint: links 0-3 carry
+    coflows 0 and 1 at load 1 (capacity C: C/2 each), link 4 only coflow 1 (a copy of nothing), link 5 the
+    two coflows at another load; only the first copy of each column stays, and the rates are bit-identical."""
+    cap = np.array([C, C, C, C, C, 2 * C])
+    rows = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    links = np.array([0, 1, 2, 3, 5, 0, 1, 2, 3, 4, 5])
+    k = np.array([1.0, 1.0, 1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0, 1.0, 2.0])
+    keep = distinct_constraints(rows, links, k, cap)
+    assert sorted(set(links[keep].tolist())) == [0, 4, 5]
+    indptr = np.array([0, 5, 11])
+    full = maxmin_rates_csr(cap, indptr, links, k)
+    kept = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=2))])
+    assert np.array_equal(maxmin_rates_csr(cap, kept, links[keep], k[keep]), full)
+    assert full == pytest.approx([C / 2, C / 2], rel=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31))
+def test_dropping_duplicate_links_keeps_random_rates_bit_for_bit(seed):
+    rng = np.random.default_rng(seed)
+    base = rng.integers(1, 6, size=(4, 6)) * (rng.random((4, 6)) < 0.6)  # 4 coflows x 6 link columns
+    copies = rng.integers(1, 4, size=6)
+    a = np.repeat(base, copies, axis=1)  # each column copied 1-3 times
+    cap = np.repeat(rng.choice([C, 2 * C], size=6), copies)
+    rows, links = np.nonzero(a)
+    k = a[rows, links].astype(float)
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=4))])
+    keep = distinct_constraints(rows, links, k, cap)
+    assert keep.sum() <= np.count_nonzero(base)
+    kept = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=4))])
+    full = maxmin_rates_csr(cap, indptr, links, k)
+    assert np.array_equal(maxmin_rates_csr(cap, kept, links[keep], k[keep]), full)

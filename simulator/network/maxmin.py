@@ -180,6 +180,39 @@ def _update_levels(
     level[on] = np.maximum(cap[on] - fixed[on], 0.0) / unit[on]
 
 
+def distinct_constraints(
+    rows: np.ndarray, links: np.ndarray, k: np.ndarray, capacity: np.ndarray
+) -> np.ndarray:
+    """Which entries (coflow ``rows[i]`` loads link ``links[i]`` by ``k[i]``, no link twice in a coflow) to
+    keep so that every link left is the first of its kind: two links with the same capacity and the same
+    (coflow, k) pairs are the same constraint, saturate at the same level in every round of progressive
+    filling and freeze the same coflows, so dropping all but one leaves the rates unchanged bit for bit
+    (each link's sums are over the same values in the same coflow order). On a fat-tree the links the
+    data-parallel rings of several stages share are thousands of copies of a few such columns (issue #11).
+
+    Columns are told apart by a multiset hash (a wrapping sum of SplitMix64 values of (coflow, k) plus the
+    capacity's): equal columns always hash equal; different ones collide with probability ~2**-64, as the
+    symmetry fingerprints (``engine/symmetry.py``)."""
+    used, col = _compact(links, capacity.size)
+    tag = _mix64(
+        rows.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ k.astype(np.float64).view(np.uint64)
+    )
+    column = _mix64(capacity[used].astype(np.float64).view(np.uint64))
+    np.add.at(column, col, tag)  # wraps modulo 2**64 by design
+    _, first = np.unique(column, return_index=True)
+    is_first = np.zeros(used.size, dtype=bool)
+    is_first[first] = True
+    return is_first[col]
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """SplitMix64 finaliser (Steele, Lea & Flood 2014) on uint64, wrapping by design."""
+    x = x + np.uint64(0x9E3779B97F4A7C15)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 def _compact(links: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(links, return_inverse=True)`` for ids below ``n_links``, by marking instead of sorting
     (a network's links number in the millions, a max-min problem's entries in the hundreds of thousands)."""

@@ -18,7 +18,7 @@ from itertools import count
 import numpy as np
 import simpy
 
-from simulator.network.maxmin import maxmin_rates
+from simulator.network.maxmin import distinct_constraints, maxmin_rates, maxmin_rates_csr
 from simulator.network.models.base import CollectiveRequest, NetworkModel, PhaseCache, RoutedPhase
 from simulator.registry import NETWORK_MODELS
 
@@ -207,7 +207,12 @@ class FlowNetwork(NetworkModel):
                 for t, m in zip(trs, shared, strict=True)
             ]
         )
-        return maxmin_rates(cap, list(zip(links, loads, strict=True)), private)
+        sizes = np.array([x.size for x in links], dtype=np.int64)
+        rows = np.repeat(np.arange(len(trs)), sizes)
+        at, k = np.concatenate(links), np.concatenate(loads)
+        keep = distinct_constraints(rows, at, k, cap)  # the shared links' distinct columns
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=len(trs)))])
+        return maxmin_rates_csr(cap, indptr, at[keep], k[keep], private)
 
     def _private_fits(self, p: RoutedPhase) -> bool:
         """Whether ``p`` at its uncontended rate fits each of its links (true of ``RouteMemo``'s phases)."""
