@@ -27,7 +27,7 @@ from simulator.errors import InfeasibleConfig
 from simulator.hardware.compute import KernelClass
 from simulator.models.params import ParameterCount
 from simulator.parallel.plan import ParallelPlan
-from simulator.parallel.schedules.base import Pass, Schedule, Task
+from simulator.parallel.schedules.base import Pass, Schedule, Task, pair_steady_state
 from simulator.parallel.strategies.base import BuildContext, DataStrategy
 from simulator.parallel.strategies.data import grad_element_bytes
 from simulator.workload.ops import Axis, Category, Collective, CollectiveKind, CommKind, Compute, SendRecv
@@ -127,6 +127,24 @@ class WorkloadSpec:
     def last_virtual(self) -> int:
         """Index of the last virtual stage (it holds the output layer)."""
         return self.ctx.dims.pp * self.chunks - 1
+
+    @cached_property
+    def merged_pairs(self) -> bool:
+        """Whether paired forwards and backwards run merged, each one's expert all-to-alls under the other's
+        compute (``parallelism.moe_a2a_overlap`` on a mixture-of-experts model): the schedule's own pairs
+        (DualPipeV), or Megatron-Core's combined 1F1B where it exists (``combined_1f1b``)."""
+        c = self.ctx
+        own_pairs = not self.schedule.merges_steady_state  # a schedule that pairs its tasks itself, or none
+        return c.par.moe_a2a_overlap and c.model.moe is not None and c.dims.ep > 1 and (own_pairs or self.combined_1f1b)
+
+    @cached_property
+    def combined_1f1b(self) -> bool:
+        """Whether the schedule runs as Megatron-Core's combined 1F1B (``pair_steady_state``): an interleaved
+        schedule, or 1F1B without pipelining, with the expert-parallel overlap on (Megatron-Core has none for a
+        pipelined 1F1B without virtual stages)."""
+        c, sch = self.ctx, self.schedule
+        return (c.par.moe_a2a_overlap and c.model.moe is not None and c.dims.ep > 1 and sch.merges_steady_state
+                and (sch.chunked or c.dims.pp == 1))  # fmt: skip
 
     @cached_property
     def layer_builder(self) -> LayerBuilder:
@@ -434,13 +452,22 @@ class ProgramFactory:
         grads = _GradBuckets(s, em)
         self._step_prologue(em, stage)
         tasks = s.schedule.tasks(stage, s.ctx.dims.pp, s.micro_batches, s.chunks)
+        if s.combined_1f1b:
+            tasks = pair_steady_state(tasks)
         early = -1  # index of a backward whose gradient receive its pair's forward already waited for
         for i, task in enumerate(tasks):
             vs = s.schedule.virtual_stage(stage, task.chunk, s.ctx.dims.pp)
+            if i == early and s.merged_pairs:
+                continue  # run merged with its forward
             if task.kind is Pass.F:
                 if task.paired:  # an F&B pair (DualPipe) starts once both its inputs are in
                     early = i + 1
                     self._backward_recv(em, tasks[early], stage)
+                    if s.merged_pairs:
+                        b = tasks[early]
+                        self._pair(em, task, vs, b, s.schedule.virtual_stage(stage, b.chunk, s.ctx.dims.pp), stage,
+                                   grads)  # fmt: skip
+                        continue
                 self._forward(em, task, vs, stage)
             elif task.kind is Pass.W:
                 self._weight_gradients(em, task, vs, grads)
@@ -552,17 +579,68 @@ class ProgramFactory:
                   recv: bool = True) -> None:  # fmt: skip
         if recv:
             self._backward_recv(em, task, stage)
-        # Pass.BW: a whole backward in a schedule that splits the others (DualPipeV)
+        last_mb = self._last_backward(task)
+        for st, cat in self._backward_ops(task, vs):
+            self._emit(em, (st,), cat, task, grads if last_mb else None)
+        self._backward_end(em, task, vs, stage, grads)
+
+    def _last_backward(self, task: Task) -> bool:
+        """Whether ``task`` is the last micro-batch's whole backward, which reduces the gradients."""
         split = self.spec.schedule.splits_backward and task.kind is not Pass.BW
-        last_mb = task.mb == self.spec.micro_batches - 1 and not split
+        return task.mb == self.spec.micro_batches - 1 and not split
+
+    def _backward_ops(self, task: Task, vs: int) -> list[tuple[CompiledStep, Category]]:
+        """The compiled steps of ``task``'s backward with their categories (Pass.BW: a whole backward in a
+        schedule that splits the others, DualPipeV)."""
+        split = self.spec.schedule.splits_backward and task.kind is not Pass.BW
         kind = Category.BACKWARD_INPUT if split else Category.BACKWARD
+        out: list[tuple[CompiledStep, Category]] = []
         for seg in self.backward_steps(vs, "B" if split else "BW"):
             cat = Category.RECOMPUTE if seg and _is_recompute(seg) else kind
-            self._emit(em, seg, cat, task, grads if last_mb else None)
-        if last_mb:
+            out += [(st, cat) for st in seg]
+        return out
+
+    def _backward_end(self, em: _Emitter, task: Task, vs: int, stage: int, grads: _GradBuckets) -> None:
+        if self._last_backward(task):
             grads.chunk_done()
         if vs > 0 and self._remote(vs - 1, stage):
             self._send(em, "grad", task, vs - 1, stage)
+
+    def _pair(self, em: _Emitter, f: Task, vs_f: int, b: Task, vs_b: int, stage: int,
+              grads: _GradBuckets) -> None:  # fmt: skip
+        """A forward and a backward merged (Megatron-Core's combined 1F1B, DualPipe's overlapped chunk pair):
+        their compute alternates at each expert-parallel communication, which runs on the EP stream under the
+        other pass's next compute and is waited for just before its own pass goes on (Megatron-LM
+        ``combined_1f1b.py`` schedules the forward's dispatch under the backward's MLP and so on; DeepSeek-AI
+        2024, arXiv 2412.19437 Sec. 3.2.1, Fig. 4). Both inputs are in (``_build_stage``)."""
+        if vs_f > 0 and self._remote(vs_f - 1, stage):
+            self._recv(em, "act", f, vs_f - 1, stage)
+        last_mb = self._last_backward(b)
+        sides = {
+            "F": (f, _ep_blocks([(st, Category.FORWARD) for st in self.forward_steps(vs_f, first=f.mb == 0)]), None),
+            "B": (b, _ep_blocks(self._backward_ops(b, vs_b)), grads if last_mb else None),
+        }  # fmt: skip
+        waiting: dict[str, list[str]] = {"F": [], "B": []}
+        for n in range(max(len(sides["F"][1]), len(sides["B"][1]))):
+            for side, (task, blocks, g) in sides.items():
+                if n >= len(blocks):
+                    continue
+                for name in waiting[side]:  # its own previous communication, before it goes on
+                    em.join(name)
+                waiting[side] = []
+                compute, comms = blocks[n]
+                for st, cat in compute:
+                    self._emit(em, (st,), cat, task, g)
+                for k, cs in enumerate(comms):
+                    name = f"{cs.name}@{side}{task.mb}.{task.chunk}.{n}.{k}"
+                    em.comm(replace(cs, name=name, join_after=PREFETCH), task.mb, task.chunk)
+                    waiting[side].append(name)
+        for names in waiting.values():
+            for name in names:
+                em.join(name)
+        if vs_f < self.spec.last_virtual and self._remote(vs_f + 1, stage):
+            self._send(em, "act", f, vs_f + 1, stage)
+        self._backward_end(em, b, vs_b, stage, grads)
 
     def _weight_gradients(self, em: _Emitter, task: Task, vs: int, grads: _GradBuckets) -> None:
         """A zero-bubble W pass: the chunk's weight-gradient GEMMs for one micro-batch."""
@@ -589,6 +667,25 @@ class ProgramFactory:
             for cs in s.data.after_optimizer(s.ctx, count, group):
                 assert isinstance(cs, CommStep)
                 em.comm(replace(cs, name=f"expert_{cs.name}") if group == Axis.EDP else cs, -1, 0)
+
+
+def _ep_blocks(
+    ops: list[tuple[CompiledStep, Category]],
+) -> list[tuple[list[tuple[CompiledStep, Category]], list[CommStep]]]:
+    """``ops`` cut after each run of blocking expert-parallel communication: (steps before it, the run)."""
+    blocks: list[tuple[list[tuple[CompiledStep, Category]], list[CommStep]]] = []
+    compute: list[tuple[CompiledStep, Category]] = []
+    comms: list[CommStep] = []
+    for st, cat in ops:
+        if isinstance(st, CommStep) and st.comm is CommKind.EP and st.join_after == 0:
+            comms.append(st)
+            continue
+        if comms:
+            blocks.append((compute, comms))
+            compute, comms = [], []
+        compute.append((st, cat))
+    blocks.append((compute, comms))
+    return blocks
 
 
 def _is_recompute(seg: tuple[CompiledStep, ...]) -> bool:

@@ -244,6 +244,8 @@ def peak_memory(setup: Setup) -> MemoryBreakdown:
         largest = max(w.largest_unit_params(v) for v in vss)
         rank = RankParams(dense, shards[w.dense_group], expert, shards[w.expert_group], largest)
         in_flight = w.schedule.in_flight(stage, setup.dims.pp, w.micro_batches, w.chunks)
+        if w.combined_1f1b:  # one more warm-up forward (parallel/schedules/base.py pair_steady_state)
+            in_flight = min(in_flight + 1 / w.chunks, w.micro_batches)
         context = w.layer_strategies.context
         mem = memory_per_gpu(ctx, w.data, context, rank, layers, in_flight, w.last_virtual in vss, 0 in vss)
         if best is None or mem.total > best.total:

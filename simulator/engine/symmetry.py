@@ -303,9 +303,17 @@ def _pipeline_pairs(plan: ParallelPlan, p2p_offsets: tuple[int, ...]) -> tuple[n
 
 
 def _classes_of(rows: np.ndarray) -> np.ndarray:
-    """One id per distinct row."""
-    _, inverse = np.unique(rows, axis=0, return_inverse=True)
-    return inverse.ravel().astype(np.int64)
+    """One id per distinct row: its rank among the distinct rows in lexicographic order, as
+    ``np.unique(rows, axis=0, return_inverse=True)`` gives it, built a column at a time (the rank of a row's
+    prefix times the column's distinct count plus the rank of its value orders rows exactly as the prefix
+    then the value), which sorts integers instead of 131,072 structured rows (issue #11)."""
+    rows = rows.reshape(len(rows), -1)
+    ids = np.zeros(len(rows), dtype=np.int64)
+    for j in range(rows.shape[1]):
+        values, col = np.unique(rows[:, j], return_inverse=True)
+        _, ids = np.unique(ids * values.size + col.ravel(), return_inverse=True)
+        ids = ids.ravel()
+    return ids.astype(np.int64)
 
 
 def _close(plan: ParallelPlan, class_of: np.ndarray, p2p_offsets: tuple[int, ...]) -> np.ndarray:

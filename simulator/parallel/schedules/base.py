@@ -41,6 +41,10 @@ class Schedule(ABC):
     name: ClassVar[str]
     splits_backward: ClassVar[bool] = False  # whether it emits separate W tasks
     chunked: ClassVar[bool] = False  # whether a stage may hold more than one model chunk (virtual_stages > 1)
+    # whether Megatron-Core's combined 1F1B (expert-parallel overlap) can merge its steady state: interleaved
+    # schedules, and 1F1B without pipelining (Megatron-LM pipeline_parallel/schedules.py calls
+    # combined_1f1b_schedule_for_no_pipelining or ..._for_interleaved_pipelining, nothing else)
+    merges_steady_state: ClassVar[bool] = False
 
     def check(self, stages: int, micro_batches: int, chunks: int) -> None:
         """Every rule of this shape: a stage holds one model chunk unless the schedule is ``chunked``, then the
@@ -74,3 +78,20 @@ class Schedule(ABC):
     @abstractmethod
     def in_flight(self, stage: int, stages: int, micro_batches: int, chunks: int) -> float:
         """Peak number of micro-batches (in units of a whole stage's layers) whose activations are held."""
+
+
+def pair_steady_state(tasks: list[Task]) -> list[Task]:
+    """A 1F1B order (warm-up forwards, alternating forwards and backwards, cool-down backwards) as Megatron-Core's
+    combined 1F1B runs it (``--overlap-moe-expert-parallel-comm``; Megatron-Bridge ``moe_a2a_overlap``): one more
+    warm-up forward (Megatron-LM adds 1 to the interleaved warm-up, and without pipelining runs F0, then F1 with
+    B0, …), then each steady-state forward ``paired`` with the backward after it: the two run merged, each
+    one's all-to-alls under the other's compute. The warm-up forwards and the cool-down backwards stay alone."""
+    forwards = [t for t in tasks if t.kind is Pass.F]
+    backwards = [t for t in tasks if t.kind is not Pass.F]
+    # the forwards before the first backward: the warm-up and the first steady one, now all warm-up
+    warm = next((i for i, t in enumerate(tasks) if t.kind is not Pass.F), len(tasks))
+    out = forwards[:warm]
+    steady = forwards[warm:]
+    for f, b in zip(steady, backwards, strict=False):
+        out += [Task(f.kind, f.mb, f.chunk, (f.mb, f.chunk) != (b.mb, b.chunk)), b]
+    return out + backwards[len(steady):]

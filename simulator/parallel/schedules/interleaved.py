@@ -37,6 +37,7 @@ class Interleaved(Schedule):
 
     name = "interleaved"
     chunked = True
+    merges_steady_state = True
 
     def validate(self, stages: int, micro_batches: int, chunks: int) -> None:
         """Megatron's constraints: more than one stage, and micro-batches a multiple of the stages."""

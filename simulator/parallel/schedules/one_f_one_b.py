@@ -25,6 +25,7 @@ class OneFOneB(Schedule):
     """Non-interleaved 1F1B."""
 
     name = "1f1b"
+    merges_steady_state = True  # without pipelining only (ProgramFactory._overlap_pairs)
 
     def tasks(self, stage: int, stages: int, micro_batches: int, chunks: int) -> list[Task]:
         """Warm-up, steady 1F1B, cool-down."""
