@@ -14,7 +14,12 @@ go in docs/accuracy.md. Effects:
 * ``moe-launches``: the experts' GEMMs launched once as one grouped kernel, one kernel each for the router,
   the permutation and the sort (not TE 2.9's per-expert GEMMs and Megatron-Core's dispatcher kernels);
 * ``fp8-recipe``: every FP8 run quantised as delayed scaling (one fused cast, no amax pass);
-* ``h100-refit``: the H100 SXM profile as fitted before this refit (launch 14.87 us, efficiency 0.5785).
+* ``host-sync``: Megatron-Core's dropless dispatcher does not wait for the token counts on the host;
+* ``host-launch``: every framework launches a kernel in 11.86 us of host time (the H100 profile's fitted value
+  before launch costs moved to the frameworks, ``frameworks/host.yaml``), on every host CPU;
+* ``ep-overlap``: ``moe_a2a_overlap`` ignored (no merged forward/backward pairs, all-to-alls exposed);
+* ``b200-transfer``: B200 and GB200 with the H100's GEMM constants (as inherited before the kernel-table
+  transfer, ``python -m simulator.calibrate transfer``).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from unittest import mock
 
+from simulator.build import program_builder
 from simulator.build import setup as setup_module
 from simulator.frameworks import profile as fw
 from simulator.hardware import calibration, compute
@@ -87,17 +93,48 @@ def _delayed_recipe() -> Iterator[None]:
 
 
 @contextmanager
-def _before_refit() -> Iterator[None]:
+def _no_host_sync() -> Iterator[None]:
+    real = fw.profile_for
+
+    def unsynced(name: str, compile: bool) -> fw.FrameworkProfile:
+        p = real(name, compile)
+        return replace(p, moe=replace(p.moe, dropless_host_sync=False))
+
+    with mock.patch.object(fw, "profile_for", unsynced):
+        yield
+
+
+@contextmanager
+def _old_launch() -> Iterator[None]:
+    real = fw.profile_for
+    with (
+        mock.patch.object(fw, "profile_for", lambda name, compile: replace(real(name, compile), kernel_launch_s=11.86e-6)),
+        mock.patch.object(setup_module.Setup, "gpu", property(lambda self: replace(
+            self.cluster.gpu_specs[0], host_launch_scale=1.0))),
+    ):
+        yield
+
+
+@contextmanager
+def _no_ep_overlap() -> Iterator[None]:
+    off = property(lambda self: False)
+    with (
+        mock.patch.object(program_builder.WorkloadSpec, "merged_pairs", off),
+        mock.patch.object(program_builder.WorkloadSpec, "combined_1f1b", off),
+    ):
+        yield
+
+
+@contextmanager
+def _no_b200_transfer() -> Iterator[None]:
     real = calibration.compute_calibration
 
-    def old(gpu: str) -> calibration.ComputeCalibration:
-        cal = real(gpu)
-        if gpu != "h100-sxm":
-            return cal
-        gemm = replace(cal.gemm, max_efficiency=0.5785, k_overhead_tiles=8.0, fp8_max_efficiency=0.6435)
-        return replace(cal, gemm=gemm, kernel_launch_s=14.873e-6)
+    def inherited(gpu: str) -> calibration.ComputeCalibration:
+        if gpu in ("b200", "gb200"):
+            return replace(real("h100-sxm"), gpu=gpu, inherited_from="h100-sxm")
+        return real(gpu)
 
-    with mock.patch.object(setup_module, "compute_calibration", old):
+    with mock.patch.object(setup_module, "compute_calibration", inherited):
         yield
 
 
@@ -114,7 +151,10 @@ ABLATIONS: dict[str, Callable[[], object]] = {
     "without rotary": _no_rotary,
     "without MoE launches": _no_moe_launches,
     "without FP8 recipes": _delayed_recipe,
-    "before H100 refit": _before_refit,
+    "without host sync": _no_host_sync,
+    "launch 11.86 us everywhere": _old_launch,
+    "without EP overlap": _no_ep_overlap,
+    "without B200 transfer": _no_b200_transfer,
 }
 
 

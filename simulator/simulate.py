@@ -219,18 +219,25 @@ def _report(
 
 
 def simulate(
-    scenario: Scenario, *, mode: str | None = None, calibration: ComputeCalibration | None = None
+    scenario: Scenario,
+    *,
+    mode: str | None = None,
+    calibration: ComputeCalibration | None = None,
+    host_launch_s: float | None = None,
 ) -> SimulationResult:
     """Simulate one optimizer step of ``scenario`` (``mode``: ``symmetric`` or ``full``, default from the
-    scenario's ``engine.mode``; ``calibration`` replaces the GPU's shipped compute profile)."""
+    scenario's ``engine.mode``; ``calibration`` replaces the GPU's shipped compute profile, ``host_launch_s``
+    the framework's host seconds per kernel launch: both for the fitting scripts)."""
     with _cyclic_gc_paused():  # the cluster graph and the symmetry classes allocate as heavily as the engine
-        return _simulate(scenario, mode, calibration)
+        return _simulate(scenario, mode, calibration, host_launch_s)
 
 
-def _simulate(scenario: Scenario, mode: str | None, calibration: ComputeCalibration | None) -> SimulationResult:
+def _simulate(
+    scenario: Scenario, mode: str | None, calibration: ComputeCalibration | None, host_launch_s: float | None
+) -> SimulationResult:
     t0 = time.perf_counter()
     cluster = build_cluster(scenario.topology, file=scenario.topology_file)
-    setup = Setup(scenario, cluster, mode or scenario.config.engine.mode, calibration)
+    setup = Setup(scenario, cluster, mode or scenario.config.engine.mode, calibration, host_launch_s)
     factory = ProgramFactory(setup.workload, setup.inline_comm)
     classes = rank_classes(setup)
     work = step_estimate(scenario, cluster, len(classes.representatives), setup.micro_batches, setup.dims.pp)

@@ -112,8 +112,12 @@ def test_current_gpu_datasheet_figures() -> None:
 def test_new_gpus_have_a_calibration_profile_that_says_it_is_inherited() -> None:
     from simulator.hardware.calibration import compute_calibration
 
-    for gpu in ("h800-sxm", "h100-96gb-hbm2e", "gb200", "b200", "h200-sxm"):
+    for gpu in ("h800-sxm", "h100-96gb-hbm2e", "h200-sxm"):
         assert compute_calibration(gpu).inherited_from == "h100-sxm", gpu
+    # B200: GEMM constants transferred from the H100's fit through kernel tables (calibrate transfer); GB200 its
+    b200 = compute_calibration("b200")
+    assert b200.inherited_from is None and b200.transferred_from == "h100-sxm"
+    assert compute_calibration("gb200").inherited_from == "b200"
 
 
 @pytest.mark.parametrize(

@@ -544,7 +544,7 @@ class LayerBuilder:
         (cudaGraphLaunch; CUDA C++ Programming Guide, "CUDA Graphs"). Communication inside keeps its time."""
         if scope not in self.ctx.cuda_graphs:
             return steps
-        out, launch = [], self.cm.calib.kernel_launch_s
+        out, launch = [], self.cm.kernel_launch_s
         for s in steps:
             if isinstance(s, KernelStep) and (names is None or s.name in names):
                 s, launch = replace(s, time=replace(s.time, launch_s=launch)), 0.0

@@ -4,7 +4,6 @@ most loaded pipeline stage."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from functools import cached_property
 
 import numpy as np
@@ -99,12 +98,18 @@ class Setup:
     """Everything derived from a scenario before simulation (no I/O in the constructor)."""
 
     def __init__(
-        self, scenario: Scenario, cluster: Cluster, mode: str, calibration: ComputeCalibration | None = None
+        self,
+        scenario: Scenario,
+        cluster: Cluster,
+        mode: str,
+        calibration: ComputeCalibration | None = None,
+        host_launch_s: float | None = None,
     ) -> None:
         self.scenario = scenario
         self.cluster = cluster
         self.mode = mode
         self.calibration = calibration  # overrides the GPU's shipped profile (used by the fitting script)
+        self.host_launch_s = host_launch_s  # overrides the framework's launch cost (used by the fitting script)
         self.warnings: list[str] = []
 
     @cached_property
@@ -135,13 +140,22 @@ class Setup:
             self.warnings.append(
                 f"{self.gpu.name} has no calibration of its own; uses {calib.inherited_from}'s"
             )
+        elif calib.transferred_from:
+            self.warnings.append(
+                f"{self.gpu.name} has no end-to-end calibration of its own; its GEMM constants are "
+                f"{calib.transferred_from}'s scaled by published kernel measurements (calibrate transfer)"
+            )
         impl = self.framework.attention_impl
+        launch = self.framework.kernel_launch_s if self.host_launch_s is None else self.host_launch_s
+        launch *= self.gpu.host_launch_scale  # the host CPU of this system (gpus.yaml)
         if "full_iteration" in self.scenario.config.framework.cuda_graph_scope:
             # the whole step replays as CUDA graphs: no host launch per kernel (layer.py _graphed for scopes)
-            calib = replace(calib, kernel_launch_s=0.0)
+            launch = 0.0
         t = self.scenario.training
         recipe = t.fp8_recipe or "delayed"  # not stated: Transformer Engine's default recipe (DelayedScaling)
-        return ComputeModel(self.gpu, calib, t.precision, impl, recipe, self.framework.cast_kernels(recipe))
+        return ComputeModel(
+            self.gpu, calib, t.precision, impl, recipe, self.framework.cast_kernels(recipe), launch
+        )
 
     @cached_property
     def framework(self) -> FrameworkProfile:

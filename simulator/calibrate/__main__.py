@@ -16,6 +16,8 @@ PARTS: dict[str, str] = {
     "attention": "simulator.calibrate.attention",  # kernel measurements; the compute fit builds on it
     "compute": "simulator.calibrate.compute",
     "fp8": "simulator.calibrate.fp8",  # per-(GPU, FP8) GEMM efficiency, on top of the compute fit
+    "transfer": "simulator.calibrate.gemm_transfer",  # B200's GEMM constants from the H100's, via kernel tables
+    "host": "simulator.calibrate.host",  # per-framework host launch cost, on the rows whose host waits for the GPU
 }
 
 

@@ -39,6 +39,9 @@ class MoEKernels:
     sort: tuple[int, int] = (1, 1)
     grouped_gemm: str = "single"
     probs_in_activation: bool = False  # routing weights applied in the activation, not after the combine
+    # dropless dispatch copies the tokens-per-expert counts to the host and waits for them (the all-to-all's
+    # split sizes and the per-expert GEMMs' row counts are host-side arguments)
+    dropless_host_sync: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class FrameworkProfile:
     fp8_cast_kernels: dict[str, int] = field(default_factory=dict)
 
     fp8_saves_inputs: bool = False  # linear layers keep their FP8-quantised inputs for backward (1 B/element)
+    kernel_launch_s: float = 0.0  # host seconds per kernel launch in this execution mode (host.yaml)
 
     def cast_kernels(self, recipe: str) -> int:
         """Kernels per tensor quantised under ``recipe``."""
@@ -97,7 +101,15 @@ def framework_profile(name: str) -> FrameworkProfile:
         moe=MoEKernels() if moe is None else _moe(moe),
         fp8_cast_kernels={str(k): int(v) for k, v in raw.get("fp8_cast_kernels", {}).items()},
         fp8_saves_inputs=bool(raw.get("fp8_saves_inputs", False)),
+        kernel_launch_s=host_costs()[name]["kernel_launch_us"] * 1e-6,
     )
+
+
+@cache
+def host_costs() -> dict[str, dict[str, Any]]:
+    """``host.yaml``: per profile, the host microseconds per kernel launch and their source."""
+    raw = yaml.safe_load(resources.files("simulator.frameworks").joinpath("host.yaml").read_text())
+    return {str(k): {**v, "kernel_launch_us": float(v["kernel_launch_us"])} for k, v in raw.items()}
 
 
 def _moe(raw: dict[str, Any]) -> MoEKernels:
@@ -108,7 +120,10 @@ def _moe(raw: dict[str, Any]) -> MoEKernels:
     def pair(key: str) -> tuple[int, int]:
         return int(raw[key]["kernels"]), int(raw[key]["backward_kernels"])
 
-    return MoEKernels(pair("router"), pair("permute"), pair("sort"), grouped, bool(raw.get("probs_in_activation", False)))
+    return MoEKernels(
+        pair("router"), pair("permute"), pair("sort"), grouped, bool(raw.get("probs_in_activation", False)),
+        bool(raw.get("dropless_host_sync", False)),
+    )  # fmt: skip
 
 
 def profile_for(framework: str, compile: bool) -> FrameworkProfile:

@@ -48,8 +48,10 @@ class ComputeCalibration:
     attention: AttentionCalibration
     memory_efficiency: float  # fraction of HBM bandwidth reached by streaming element-wise kernels
     kernel_gap_s: float  # GPU idle gap between back-to-back dependent kernels on one stream
-    kernel_launch_s: float  # host (CPU) time to launch one kernel from the framework: bounds short kernels
     inherited_from: str | None = None
+    # the GPU whose end-to-end fit this profile's GEMM constants were transferred from through kernel tables
+    # (``python -m simulator.calibrate transfer``): no end-to-end fit of its own
+    transferred_from: str | None = None
     # sustained tensor-core clock relative to the profile the efficiencies were measured on (a power limit below
     # the reference GPU's: compute-bound kernels slow by this factor, memory-bound ones do not)
     clock_scale: float = 1.0
@@ -64,9 +66,9 @@ def _from_doc(gpu: str, doc: dict[str, Any]) -> ComputeCalibration:
         attention=AttentionCalibration(**doc["attention"]),
         memory_efficiency=float(doc["memory_efficiency"]),
         kernel_gap_s=float(doc["kernel_gap_us"]) * 1e-6,
-        kernel_launch_s=float(doc["kernel_launch_us"]) * 1e-6,
         fitted_on=tuple(doc.get("fitted_on", ())),
         sources=dict(doc.get("sources", {})),
+        transferred_from=doc.get("transferred_from", {}).get("reference"),
     )
 
 

@@ -124,6 +124,9 @@ class ComputeModel:
     attention_impl: str = "cudnn"  # the fused attention kernels the framework launches (attention.yaml)
     fp8_recipe: str = "delayed"  # FP8 scaling recipe (TrainingConfig.fp8_recipe; TE's default DelayedScaling)
     fp8_cast_kernels: int = 1  # kernels the framework launches to quantise one tensor under that recipe
+    # host (CPU) seconds the framework spends to launch one kernel in its execution mode (frameworks/host.yaml);
+    # 0 when the step replays as CUDA graphs
+    kernel_launch_s: float = 0.0
 
     @property
     def peak_flops_per_s(self) -> float:
@@ -170,7 +173,7 @@ class ComputeModel:
         operand = 1 if fp8 else self.element_bytes  # FP8 operands, 16-bit output
         nbytes = float(batch * (operand * (m * k + k * n) + self.element_bytes * m * n))
         t = max(waves * tile_s, nbytes / self.memory_bytes_per_s) + self.calib.kernel_gap_s
-        return KernelTime(t, flops, nbytes, self.calib.kernel_launch_s, class_seconds(KernelClass.GEMM, t))
+        return KernelTime(t, flops, nbytes, self.kernel_launch_s, class_seconds(KernelClass.GEMM, t))
 
     @property
     def fp8_ratio(self) -> float:
@@ -207,7 +210,7 @@ class ComputeModel:
         """``kernels`` memory-bound kernels moving ``nbytes`` to and from HBM in all (``kind``: their class, e.g.
         ``OPTIMIZER`` for the optimizer update, which is memory bound too)."""
         t = nbytes / self.memory_bytes_per_s + kernels * self.calib.kernel_gap_s
-        return KernelTime(t, flops, nbytes, kernels * self.calib.kernel_launch_s, class_seconds(kind, t))
+        return KernelTime(t, flops, nbytes, kernels * self.kernel_launch_s, class_seconds(kind, t))
 
     def attention_efficiency(
         self, backward: bool, seq_k: float, head_dim: int, causal: bool, window: float | None = None
@@ -237,4 +240,4 @@ class ComputeModel:
         t = max(flops / (self.attention_peak_flops_per_s * eff), nbytes / self.memory_bytes_per_s)
         t += self.calib.kernel_gap_s
         classes = class_seconds(KernelClass.ATTENTION, t)
-        return KernelTime(t, flops, nbytes, self.calib.kernel_launch_s, classes)
+        return KernelTime(t, flops, nbytes, self.kernel_launch_s, classes)

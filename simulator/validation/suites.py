@@ -179,10 +179,12 @@ def select_rows(rows: list[tuple[Row, Scenario]], classes: list[str]) -> list[tu
     return [(r, s) for r, s in rows if set(classes) & set(r.classes)]
 
 
-def evaluate(row: Row, scenario: Scenario, calibration: ComputeCalibration | None = None) -> Result:
+def evaluate(
+    row: Row, scenario: Scenario, calibration: ComputeCalibration | None = None, host_launch_s: float | None = None
+) -> Result:
     """Simulate one row; a scenario the simulator rejects is a row that does not run, with the reason."""
     try:
-        report = simulate(scenario, calibration=calibration).report
+        report = simulate(scenario, calibration=calibration, host_launch_s=host_launch_s).report
     except UserInputError as e:  # ScenarioError or InfeasibleConfig: a layout the simulator cannot build (yet)
         return Result(row, float("nan"), row.gpus, float("nan"), failure=str(e))
     gpu = gpu_catalog().get(row.gpu)
@@ -190,7 +192,7 @@ def evaluate(row: Row, scenario: Scenario, calibration: ComputeCalibration | Non
     return Result(row, report.step_time_s, report.gpus, report.mfu, report.memory_gib_per_gpu.total, capacity)
 
 
-def _evaluate_packed(args: tuple[Row, Scenario, ComputeCalibration | None]) -> Result:
+def _evaluate_packed(args: tuple[Row, Scenario, ComputeCalibration | None, float | None]) -> Result:
     return evaluate(*args)
 
 
@@ -199,9 +201,11 @@ def run_rows(
     calibration: ComputeCalibration | None = None,
     workers: int = 1,
     on_result: Callable[[Result], None] | None = None,
+    host_launch_s: float | None = None,
 ) -> list[Result]:
-    """Evaluate rows (in ``workers`` processes), in order."""
-    jobs = [(r, s, calibration) for r, s in rows]
+    """Evaluate rows (in ``workers`` processes), in order (``calibration`` and ``host_launch_s``: see
+    ``simulate``)."""
+    jobs = [(r, s, calibration, host_launch_s) for r, s in rows]
     if workers <= 1:
         results = []
         for job in jobs:

@@ -10,10 +10,21 @@ op as a segment, since the network model would give them exactly that duration.
 A fused op keeps its seconds per kernel class (``FusedCompute.class_s``, ``hardware/compute.py``
 ``KernelClass``): its kernels' own seconds, plus ``HOST_BOUND`` for the time a launch-bound run is stretched
 by, so that its classes sum to its duration less the inlined communication it waited for.
+
+Host and GPU: the host launches kernels asynchronously and runs ahead of the GPU; a run of kernels is
+stretched only where the host falls behind. ``compile_steps`` carries the host's lead (GPU seconds queued
+ahead of the host) from run to run through a pass: a run of GPU time ``d`` whose launches take ``l`` host
+seconds, entered with lead ``L``, lasts ``max(d, l - L)`` and leaves lead ``max(0, L + d - l)``. A
+``HostSync`` empties the queue (lead 0). A pass (one micro-batch's forward or backward of a stage) that has no
+synchronisation and whose kernels outlast their launches starts with the host ahead (it is run micro-batch
+after micro-batch, so the lead only grows); any other pass starts with lead 0. Communication waits would only
+add to the lead and are not counted, so the stretch is an upper bound: exact for a pass that starts after a
+synchronisation and waits for no communication.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,7 +79,17 @@ class GradReady:
     expert_param_count: float = 0.0
 
 
-Step = KernelStep | CommStep | GradReady | Join
+@dataclass(frozen=True, slots=True)
+class HostSync:
+    """The host waits here until the GPU has run everything launched before (a device-to-host copy the
+    framework needs to go on, e.g. the token counts of Megatron-Core's dropless dispatcher): the launches
+    that follow cannot run ahead of the GPU, so the kernels after it run at the host's launch rate until
+    the host is ahead again. ``name`` names the framework mechanism, for traces and tests."""
+
+    name: str
+
+
+Step = KernelStep | CommStep | GradReady | Join | HostSync
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,26 +199,30 @@ class _Run:
             self.exposed += self.overlap_s
             self.overlap_s = 0.0
 
-    def _launch_bound(self) -> None:
-        """The GPU cannot run kernels faster than the host launches them: stretch a CPU-bound run (its
-        segments scale with it)."""
-        if self.launch_s <= self.duration or self.duration <= 0:
-            return
-        f = self.launch_s / self.duration
+    def _launch_bound(self, lead_s: float) -> float:
+        """The GPU cannot run kernels faster than the host launches them: stretch a run whose launches take
+        longer than its GPU time plus the host's lead ``lead_s`` (its segments scale with it); return the
+        lead the host has after the run."""
+        need = self.launch_s - lead_s
+        if need <= self.duration or self.duration <= 0:
+            return lead_s + self.duration - self.launch_s if self.duration > 0 else max(0.0, lead_s - self.launch_s)
+        f = need / self.duration
         self.segments = [
             Segment(g.name, g.comm, g.offset_s * f, g.duration_s * f, g.step) for g in self.segments
         ]
-        self.host_bound_s = self.launch_s - self.duration  # the GPU waits for the host
-        self.duration = self.launch_s
+        self.host_bound_s = need - self.duration  # the GPU waits for the host
+        self.duration = need
+        return 0.0
 
-    def build(self) -> FusedCompute:
+    def build(self, lead_s: float = 0.0) -> tuple[FusedCompute, float]:
+        """The fused op, and the host's lead after it (entered with ``lead_s``)."""
         self._settle()
-        self._launch_bound()
+        lead_s = self._launch_bound(lead_s)
         return FusedCompute(
             tuple(self.names), self.duration, self.model_flops, self.hw_flops, self.bytes, self.kernels,
             self.exposed, self.hidden, tuple(self.segments) if self.exposed or self.hidden else (),
             self._class_s(),
-        )  # fmt: skip
+        ), lead_s  # fmt: skip
 
     def _class_s(self) -> ClassSeconds:
         """Seconds per class: the kernels' own, plus the launch-bound stretch as ``HOST_BOUND``."""
@@ -222,11 +247,17 @@ def compile_steps(
     run = _Run()
     deferred: list[GradReady] = []
     pending = 0  # kernels left before the open overlapped comm is joined
+    # GPU seconds the host has launched ahead of the GPU (module docstring): a pass repeated micro-batch after
+    # micro-batch whose kernels outlast their launches, and that never waits for the GPU, finds the host ahead
+    kernels = [s for s in steps if isinstance(s, KernelStep)]
+    ahead = sum(k.time.launch_s for k in kernels) <= sum(k.time.duration_s for k in kernels)
+    lead = math.inf if ahead and not any(isinstance(s, HostSync) for s in steps) else 0.0
 
     def flush() -> None:
-        nonlocal run
+        nonlocal run, lead
         if run.kernels or run.exposed:
-            out.append(run.build())
+            op, lead = run.build(lead)
+            out.append(op)
             run = _Run()
         if not pending:
             out.extend(deferred)
@@ -254,6 +285,10 @@ def compile_steps(
             assert not pending, f"a join may not fall inside an overlapped communication ({step.name})"
             flush()
             out.append(step)
+        elif isinstance(step, HostSync):
+            assert not pending, f"a host synchronisation may not fall inside an overlapped communication ({step.name})"
+            flush()
+            lead = 0.0
         elif keep_grad_markers:
             if pending:
                 deferred.append(step)

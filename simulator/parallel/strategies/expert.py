@@ -7,7 +7,8 @@ all-to-all), the experts run, and the outputs come back (combine all-to-all); th
 same two all-to-alls on the gradients. Under uniform routing a rank sends T·k·h elements, (ep−1)/ep of them
 to other ranks (docs/reference.md, "MoE dispatch and combine"). As Megatron-Core's dropless all-to-all dispatcher
 runs it (Megatron-LM @0d8e0714, ``token_dispatcher.py`` ``MoEAlltoAllTokenDispatcher``): the tokens-per-expert
-counts are all-gathered over the group first (the split sizes of the all-to-all), and the routing
+counts are all-gathered over the group first (the split sizes of the all-to-all) and, when dropless, copied to
+the host, which waits for them (``HostSync``: ``frameworks/profiles/megatron-core.yaml``), and the routing
 probabilities travel in an all-to-all of their own beside the tokens (fp32, one per token copy), forward and
 backward.
 
@@ -27,7 +28,7 @@ from simulator.parallel.strategies.base import BuildContext, ExpertStrategy
 from simulator.registry import STRATEGIES
 from simulator.scenario import ExpertLoadConfig
 from simulator.workload.ops import Axis, CollectiveKind, CommKind
-from simulator.workload.steps import CommStep, Step
+from simulator.workload.steps import CommStep, HostSync, Step
 
 
 def expert_loads(experts: int, top_k: int, load: ExpertLoadConfig) -> np.ndarray:
@@ -98,10 +99,14 @@ class ExpertParallel(ExpertStrategy):
     def dispatch(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
         """Tokens to their experts (forward, after the counts that size the all-to-all); gradients of the
         expert inputs back (backward); each with the routing probabilities' all-to-all."""
-        if ctx.dims.ep == 1:
-            return []
         moe = ctx.model.moe
         assert moe is not None
+        # the host needs the counts before it can size the all-to-all and the per-expert GEMMs
+        sync: list[Step] = [HostSync("moe_dropless_counts")] if (
+            not backward and moe.capacity_factor is None and ctx.framework.moe.dropless_host_sync
+        ) else []  # fmt: skip
+        if ctx.dims.ep == 1:
+            return sync
         suffix = "_bwd" if backward else ""
         probs = CommStep(
             f"moe_dispatch_probs{suffix}", CollectiveKind.ALL_TO_ALL, CommKind.EP, Axis.EP, 4.0 * routed_tokens
@@ -111,6 +116,7 @@ class ExpertParallel(ExpertStrategy):
         )
         return [
             *([] if backward else [counts]),
+            *sync,
             *self._all_to_all(ctx, f"moe_dispatch{suffix}", routed_tokens),
             probs,
         ]
