@@ -12,7 +12,7 @@ this process's user + system time. The 1-minute load average is printed with eac
 machine inflate both times.
 
 Usage: python benchmarks/bench_scaling.py [--repeat N] [--gpus 64,512,...] [--fabric auto|ndr|xdr]
-       [--chart docs/images/wall-vs-gpus.png]
+       [--chart docs/images/wall-vs-gpus.png [--before earlier-table.md]]
 """
 
 from __future__ import annotations
@@ -66,12 +66,27 @@ def bench(gpus: int, repeat: int, fabric: str = "ndr") -> dict[str, float]:
             "wall": best_wall, "cpu": best_cpu, "load": os.getloadavg()[0]}  # fmt: skip
 
 
-def chart(rows: list[dict[str, float]], path: Path) -> None:
-    """Wall and CPU seconds against GPUs, log-log, in the house style (points past the NDR fabric hollow)."""
+def read_table(path: Path) -> list[dict[str, float]]:
+    """GPUs and wall/CPU seconds of a table this script printed (an earlier run, to draw beside this one)."""
+    rows = []
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 8 and cells[0].replace(",", "").isdigit():
+            rows.append({"gpus": int(cells[0].replace(",", "")), "wall": float(cells[5].split()[0]),
+                         "cpu": float(cells[6].split()[0])})  # fmt: skip
+    return rows
+
+
+def chart(rows: list[dict[str, float]], path: Path, before: list[dict[str, float]] | None = None) -> None:
+    """Wall and CPU seconds against GPUs, log-log, in the house style (points past the NDR fabric hollow;
+    ``before``: an earlier run's CPU seconds, in grey)."""
     from simulator.report.style import new_figure, save_figure
 
     fig = new_figure(6.4, 3.6)
     ax = fig.add_subplot()
+    if before:
+        ax.plot([r["gpus"] for r in before], [r["cpu"] for r in before], marker=".", color="grey",
+                linestyle=":", label="CPU before (earlier run)")  # fmt: skip
     gpus = [r["gpus"] for r in rows]
     wall = ax.plot(gpus, [r["wall"] for r in rows], marker="o", label="wall")[0]
     cpu = ax.plot(gpus, [r["cpu"] for r in rows], marker="s", linestyle="--", label="CPU (user + system)")[0]
@@ -81,7 +96,14 @@ def chart(rows: list[dict[str, float]], path: Path) -> None:
                 color="white", markeredgecolor=line.get_color(), zorder=3)  # fmt: skip
     if xdr:
         ax.axvline(NDR_MAX_GPUS, color="grey", linewidth=0.8, alpha=0.6)
-        ax.text(NDR_MAX_GPUS * 1.05, ax.get_ylim()[0] * 1.3, "radix-128 XDR fabric", fontsize=7, color="grey")
+        ax.text(
+            NDR_MAX_GPUS * 1.05,
+            0.04,
+            "XDR\nfabric",
+            fontsize=7,
+            color="grey",
+            transform=ax.get_xaxis_transform(),
+        )
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
     ax.set_xlabel("GPUs (Llama 3 405B, TP 8, PP 16, flow network, 3-tier fat-tree)")
@@ -98,6 +120,9 @@ def main() -> None:
     ap.add_argument("--gpus", default=",".join(map(str, GPUS)))
     ap.add_argument("--fabric", choices=("auto", "ndr", "xdr"), default="auto")
     ap.add_argument("--chart", type=Path)
+    ap.add_argument(
+        "--before", type=Path, help="a table printed by an earlier run, drawn in grey on the chart"
+    )
     args = ap.parse_args()
     rows = []
     print("| GPUs | fabric | simulated ranks | events | simulated step | wall | CPU | load average |")
@@ -109,7 +134,7 @@ def main() -> None:
         print(f"| {g:,} | {fabric.upper()} | {r['ranks']} | {r['events']:,} | {r['step']:.4f} s | {r['wall']:.2f} s "
               f"| {r['cpu']:.2f} s | {r['load']:.1f} |", flush=True)  # fmt: skip
     if args.chart:
-        chart(rows, args.chart)
+        chart(rows, args.chart, read_table(args.before) if args.before else None)
 
 
 if __name__ == "__main__":
