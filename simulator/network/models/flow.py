@@ -31,10 +31,11 @@ _FEASIBLE_RTOL = 1e-12
 # (a few ulps of ``now``; issue #12: a 1 ns absolute bound hung once ulp(now) passed it), 1 ns near zero.
 _TIME_EPS_S = 1e-9
 _CLOCK_ULPS = 8 * float(np.finfo(np.float64).eps)
-# Below this many (phase, link) entries the max-min rates are computed on whole links: splitting shared from
-# private links costs a few numpy calls per phase, more than it saves on ``--full``'s hundreds of one-send
-# phases (both give the same rates bit for bit).
-_SPLIT_MIN_ENTRIES = 4096
+# Below this many (phase, link) entries per contending phase on average the max-min rates are computed on
+# whole links: splitting shared from private links costs a few numpy calls per phase, more than it saves on
+# ``--full``'s hundreds of few-link sends (measured: with a bound on the total alone, ``--full`` on 1,024
+# A100 spent 27 s of 87 s CPU splitting; both ways give the same rates bit for bit).
+_SPLIT_MIN_ENTRIES_PER_PHASE = 512
 
 
 @dataclass(eq=False)
@@ -191,7 +192,7 @@ class FlowNetwork(NetworkModel):
         Phases whose ``_private_fits`` fails (built outside ``RouteMemo``) and small sets take the
         whole-link computation."""
         cap = self.cache.capacity
-        if sum(t.current.link_ids.size for t in trs) < _SPLIT_MIN_ENTRIES or not all(
+        if sum(t.current.link_ids.size for t in trs) < _SPLIT_MIN_ENTRIES_PER_PHASE * len(trs) or not all(
             self._private_fits(t.current) for t in trs
         ):
             return self._whole_link_rates(trs)
