@@ -15,8 +15,8 @@ go in docs/accuracy.md. Effects:
   the permutation and the sort (not TE 2.9's per-expert GEMMs and Megatron-Core's dispatcher kernels);
 * ``fp8-recipe``: every FP8 run quantised as delayed scaling (one fused cast, no amax pass);
 * ``host-sync``: Megatron-Core's dropless dispatcher does not wait for the token counts on the host;
-* ``host-launch``: every framework launches a kernel in 11.86 us of host time (the H100 profile's fitted value
-  before launch costs moved to the frameworks, ``frameworks/host.yaml``), on every host CPU;
+* ``host-launch``: every framework launches every kernel in 11.86 us of host time (the H100 profile's fitted
+  value before launch costs moved to the frameworks, ``frameworks/host.yaml``);
 * ``ep-overlap``: ``moe_a2a_overlap`` ignored (no merged forward/backward pairs, all-to-alls exposed);
 * ``b200-transfer``: B200 and GB200 with the H100's GEMM constants (as inherited before the kernel-table
   transfer, ``python -m simulator.calibrate transfer``).
@@ -109,8 +109,6 @@ def _old_launch() -> Iterator[None]:
     real = fw.profile_for
     with (
         mock.patch.object(fw, "profile_for", lambda name, compile: replace(real(name, compile), kernel_launch_s=11.86e-6)),
-        mock.patch.object(setup_module.Setup, "gpu", property(lambda self: replace(
-            self.cluster.gpu_specs[0], host_launch_scale=1.0))),
     ):
         yield
 

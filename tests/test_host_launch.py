@@ -141,20 +141,3 @@ def test_shipped_b200_profile_is_the_transfer_of_the_h100_profile():
     assert compute_calibration("gb200").inherited_from == "b200"
 
 
-def test_a_grace_hosted_gpu_launches_at_its_cpu_measured_rate(make_doc):
-    """GB200's host is a Grace CPU: the framework's launch cost times the measured Grace / x86 ratio of one eager
-    PyTorch op (gpus.yaml ``host_launch_scale``); an x86-hosted H100 pays the framework's cost as measured."""
-    from simulator.build.setup import Setup
-    from simulator.scenario import scenario_from_dict
-    from simulator.topology.loader import build_cluster
-
-    launches = {}
-    for gpu in ("h100-sxm", "gb200"):
-        doc = make_doc(gpus_per_host=8)
-        doc["cluster"]["topology"]["host"]["gpu"] = gpu
-        sc = scenario_from_dict(doc)
-        launches[gpu] = Setup(sc, build_cluster(sc.topology, file="<test>"), "symmetric").compute.kernel_launch_s
-    per_launch = framework_profile("megatron-core").kernel_launch_s
-    assert launches["h100-sxm"] == pytest.approx(per_launch)
-    assert launches["gb200"] == pytest.approx(per_launch * get_gpu("gb200").host_launch_scale)
-    assert get_gpu("gb200").host_launch_scale > 2

@@ -147,7 +147,6 @@ class Setup:
             )
         impl = self.framework.attention_impl
         launch = self.framework.kernel_launch_s if self.host_launch_s is None else self.host_launch_s
-        launch *= self.gpu.host_launch_scale  # the host CPU of this system (gpus.yaml)
         if "full_iteration" in self.scenario.config.framework.cuda_graph_scope:
             # the whole step replays as CUDA graphs: no host launch per kernel (layer.py _graphed for scopes)
             launch = 0.0

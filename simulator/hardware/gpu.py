@@ -29,9 +29,6 @@ class GpuSpec:
     sm_count: int
     tdp_w: float
     sources: dict[str, str] = field(default_factory=dict)
-    # host CPU seconds per framework operation relative to the x86 hosts the framework costs were measured on
-    # (frameworks/host.yaml): a Grace-hosted GPU (GB200) launches more slowly
-    host_launch_scale: float = 1.0
 
     def peak(self, precision: str) -> float:
         """Dense peak FLOP/s for ``precision``; fp8 on a GPU without fp8 is a user error."""
@@ -57,7 +54,6 @@ def _spec_from_yaml(name: str, raw: dict[str, Any]) -> GpuSpec:
         sm_count=int(raw["sm_count"]),
         tdp_w=float(raw["tdp_w"]),
         sources=dict(raw.get("sources", {})),
-        host_launch_scale=float(raw.get("host_launch_scale", 1.0)),
     )
 
 
