@@ -84,12 +84,13 @@ def outcomes(make_doc: Callable[..., dict[str, Any]]) -> list[dict[str, Any]]:
         for lay in layouts:
             sc = with_layout(scenario, lay)
             bound = fast_path.compute_bound(sc)
+            stream = fast_path.stream_bound(sc)  # builds the programs and classes evaluate() reuses
             fast = fast_path.evaluate(sc)
             analytical = simulate(with_layout(scenario, lay, network="analytical")).report
             flow = simulate(with_layout(scenario, lay, network="flow")).report
             fast_flow = fast_path.evaluate(with_layout(scenario, lay), network="flow").report
             rows.append({"name": f"{name} {lay.label}", "fast": fast, "analytical": analytical, "flow": flow,
-                         "fast_flow": fast_flow, "bound": bound})  # fmt: skip
+                         "fast_flow": fast_flow, "bound": bound, "stream": stream})  # fmt: skip
     return rows
 
 
@@ -133,6 +134,16 @@ def test_compute_bound_is_a_lower_bound(outcomes: list[dict[str, Any]]) -> None:
     # and it is not vacuous: the pipeline's fill and drain make it close on most layouts
     close = sum(row["bound"] >= 0.5 * row["fast"].report.step_time_s for row in outcomes)
     assert close >= len(outcomes) // 2
+
+
+def test_stream_bound_is_a_lower_bound(outcomes: list[dict[str, Any]]) -> None:
+    """The search also skips a layout whose busiest stream cannot beat the best: it must never exceed the
+    fast step, nor the flow engine's (contention only slows collectives down)."""
+    for row in outcomes:
+        assert 0 < row["stream"] <= row["fast"].report.step_time_s, row["name"]
+        assert row["stream"] <= row["flow"].step_time_s, row["name"]
+    # and it sees what the compute bound does not on some layouts (a DP reduction, ZeRO gathers)
+    assert any(row["stream"] > row["bound"] for row in outcomes)
 
 
 def test_oversubscription_sweep() -> None:

@@ -70,7 +70,8 @@ def pruned_by_rule(result: SearchResult) -> dict[str, int]:
 
 def counts(result: SearchResult) -> dict[str, int]:
     """How many points went where: every point of the space is exactly one of pruned, capped, simulated
-    (timed on the fast path) or bounded (skipped: its compute alone outlasts the best layouts' steps)."""
+    (timed on the fast path) or bounded (skipped: its compute alone, or its busiest stream, outlasts the best
+    layouts' steps)."""
     return {
         "space": result.space.size,
         "pruned": len(result.space.pruned),
@@ -91,7 +92,7 @@ def counts_line(result: SearchResult) -> str:
     network = result.scenario.config.network.model
     return (
         f"{c['space']} layouts: {c['pruned']} pruned ({rules or 'none'}), {c['capped']} beyond --max-points, "
-        f"{c['bounded']} bounded (compute alone slower than the best steps), "
+        f"{c['bounded']} bounded (compute or busiest stream slower than the best steps), "
         f"{c['simulated']} simulated on the {FAST_NETWORK} model (fast path; {c['infeasible']} infeasible, "
         f"{c['contended']} marked for contention), {c['refined']} re-simulated with the {network} model"
         f"{agreement_note(result)}"

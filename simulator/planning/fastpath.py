@@ -27,6 +27,7 @@ layouts agree with the flow engine (``tests/test_fast_path.py``, ``benchmarks/be
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -35,6 +36,7 @@ import numpy as np
 
 from simulator.build.program_builder import ProgramFactory
 from simulator.build.setup import Setup
+from simulator.engine.groups import GroupResolver, RankClasses
 from simulator.engine.simulation import HeapEnvironment
 from simulator.hardware.calibration import link_calibration
 from simulator.network.models.analytical import AnalyticalNetwork
@@ -52,11 +54,15 @@ from simulator.report.schema import StepReport
 from simulator.scenario import Scenario
 from simulator.simulate import _report, rank_classes, run_step
 from simulator.topology.cluster import Cluster
+from simulator.workload.ops import Collective, Compute, SendRecv
 from simulator.workload.steps import FusedCompute
 
 # Relative slack when comparing a link's summed demand with its capacity: demands at the uncontended rate
 # are exactly at capacity on each phase's own bottleneck, so the sum of one phase alone must not trip it.
 _OVERSUBSCRIBED_RTOL = 1e-9
+# Relative slack of the stream bound: it sums a stream's durations in another order than the engine adds
+# them up, so a stream busy from 0 to the end could exceed the step by a few ulps without it.
+_BOUND_RTOL = 1e-9
 
 
 @dataclass(frozen=True)
@@ -172,8 +178,20 @@ class FastPath:
     def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.memo = RouteMemo(cluster, link_calibration())
-        # compiled chunks of a layout bounded but not yet evaluated (id → (scenario, setup, factory))
-        self._prepared: dict[int, tuple[Scenario, Setup, ProgramFactory]] = {}
+        # what a layout bounded but not yet evaluated has built: compiled chunks, and once its stream bound
+        # is taken, its rank classes (id → (scenario, setup, factory, classes or None))
+        self._prepared: dict[int, tuple[Scenario, Setup, ProgramFactory, RankClasses | None]] = {}
+
+    def _prepare(self, scenario: Scenario) -> tuple[Setup, ProgramFactory, RankClasses | None]:
+        """The setup and program factory of ``scenario`` (and its classes), built once for its bounds and
+        its evaluation."""
+        hit = self._prepared.get(id(scenario))
+        if hit is not None and hit[0] is scenario:
+            return hit[1], hit[2], hit[3]
+        setup = _MemoSetup(scenario, self.cluster, self.memo)
+        factory = ProgramFactory(setup.workload, setup.inline_comm)
+        self._prepared[id(scenario)] = (scenario, setup, factory, None)
+        return setup, factory, None
 
     def compute_bound(self, scenario: Scenario) -> float:
         """A lower bound of the step time from compute alone, with the same compiled chunks as the programs.
@@ -185,10 +203,8 @@ class FastPath:
         takes at least max_s (Σ_{s'<s} F_{s'} + C_s + Σ_{s'<s} B_{s'}): the pipeline's fill and drain,
         without any communication, ZeRO gather, gradient reduction or optimizer. Raises
         ``InfeasibleConfig`` as ``evaluate`` does."""
-        setup = _MemoSetup(scenario, self.cluster, self.memo)
+        setup, factory, _ = self._prepare(scenario)
         w = setup.workload
-        factory = ProgramFactory(w, setup.inline_comm)
-        self._prepared[id(scenario)] = (scenario, setup, factory)
         pp, m = setup.dims.pp, w.micro_batches
         whole = "B" if w.schedule.splits_backward else "BW"
         memo: dict[tuple[Pass, int, bool], float] = {}
@@ -209,7 +225,9 @@ class FastPath:
         fill = drain = longest = 0.0
         for stage in range(pp):
             tasks = w.schedule.tasks(stage, pp, m, w.chunks)
-            total = sum(duration(t.kind, w.schedule.virtual_stage(stage, t.chunk, pp), t.mb == 0) for t in tasks)
+            total = sum(
+                duration(t.kind, w.schedule.virtual_stage(stage, t.chunk, pp), t.mb == 0) for t in tasks
+            )
             head, tail = tasks[0], tasks[-1]
             starts = head.kind is Pass.F and head.mb == 0 and head.chunk == 0
             ends = tail.kind is Pass.B and tail.mb == m - 1 and tail.chunk == 0
@@ -217,6 +235,56 @@ class FastPath:
             fill += duration(Pass.F, stage, True)
             drain += duration(Pass.B, stage, m == 1)
         return longest
+
+    def release(self, scenario: Scenario) -> None:
+        """Forget what the bounds of ``scenario`` built (a layout skipped without being timed)."""
+        self._prepared.pop(id(scenario), None)
+
+    def stream_bound(self, scenario: Scenario) -> float:
+        """A lower bound of the step time from the busiest stream: the engine runs the ops of one stream of
+        a rank one after the other, each for its own duration (a compute op's, or a collective's or a send's
+        uncontended time on the same routed geometry as ``evaluate``: the flow model is never faster), so
+        the step, which ends with its last op, lasts at least the sum of any stream's durations (e.g. the
+        ZeRO-3 gathers of every layer and micro-batch, which the compute bound does not see). Receives are
+        left out (their time is the send's, on the peer's stream). It builds the programs and rank classes
+        that ``evaluate`` then reuses. Raises ``InfeasibleConfig`` as ``evaluate`` does."""
+        setup, factory, classes = self._prepare(scenario)
+        if classes is None:
+            classes = rank_classes(setup)
+            self._prepared[id(scenario)] = (scenario, setup, factory, classes)
+        resolver = GroupResolver(setup.plan, classes)
+        cache = setup.phase_cache
+        comm: dict[tuple[object, ...], float] = {}  # (rank, group, kind, bytes) → uncontended duration
+        # per program (the ranks of a stage share one): its compute per stream, and its timed comm ops
+        shared: dict[int, tuple[dict[str, float], list[tuple[str, Collective | SendRecv]]]] = {}
+        longest = 0.0
+        for rep in classes.representatives:
+            rank = int(rep)
+            prog = factory.build(rank)
+            tables = shared.get(id(prog))
+            if tables is None:
+                compute: defaultdict[str, float] = defaultdict(float)
+                ops: list[tuple[str, Collective | SendRecv]] = []
+                for op, stream in zip(prog.ops, prog.streams, strict=True):
+                    if isinstance(op, Compute):
+                        compute[stream] += op.duration_s
+                    elif isinstance(op, Collective) or op.is_send:
+                        ops.append((stream, op))
+                tables = shared[id(prog)] = (dict(compute), ops)
+            busy = defaultdict(float, tables[0])
+            for stream, op in tables[1]:
+                if isinstance(op, Collective):
+                    key: tuple[object, ...] = (rank, op.group, op.kind, op.bytes)
+                else:
+                    key = (rank, "send", op.offset, op.bytes)
+                d = comm.get(key)
+                if d is None:
+                    req = resolver.collective(rank, op)[2] if isinstance(op, Collective) else (
+                        resolver.send_request(rank, op))  # fmt: skip
+                    d = comm[key] = alone_time(cache.routed(req))
+                busy[stream] += d
+            longest = max([longest, *busy.values()])
+        return longest * (1.0 - _BOUND_RTOL)
 
     def evaluate(self, scenario: Scenario, network: str = "analytical") -> FastResult:
         """One step of ``scenario`` in symmetric mode; raises ``InfeasibleConfig`` as ``simulate()`` does.
@@ -226,18 +294,16 @@ class FastPath:
         same report), only with the cluster and the routed geometry shared; ``contended`` is then False,
         since the model itself accounts for contention."""
         t0 = time.perf_counter()
-        prepared = self._prepared.pop(id(scenario), None)
-        if prepared is not None and prepared[0] is scenario:
-            _, setup, factory = prepared
-        else:
-            setup = _MemoSetup(scenario, self.cluster, self.memo)
-            factory = ProgramFactory(setup.workload, setup.inline_comm)
+        setup, factory, classes = self._prepare(scenario)
+        del self._prepared[id(scenario)]
+        if classes is None:
+            classes = rank_classes(setup)
         env = HeapEnvironment()
         if network == "analytical":
             model: NetworkModel = _RecordingNetwork(env, setup.phase_cache)
         else:
             model = NETWORK_MODELS.get(network, field="network.model")(env, setup.phase_cache)
-        run = run_step(setup, rank_classes(setup), factory, env, model)
+        run = run_step(setup, classes, factory, env, model)
         launched = model.launched if isinstance(model, _RecordingNetwork) else []
         contended = oversubscribed(launched, self.cluster.link_capacity_bytes_per_s)
         report = _report(setup, run.trace, run.metrics, model, run.events, time.perf_counter() - t0)

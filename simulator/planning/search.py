@@ -8,10 +8,11 @@ the same engine. The best ``REFINE_FACTOR × top`` layouts are confirmed, then e
 fast time is below the ``top``-th best confirmed time (branch and bound: a lower bound that is already
 worse cannot enter the top), so the top is the one the engine would give over the whole space.
 
-On large spaces (more than ``BOUND_MIN_CANDIDATES``) the fast pass bounds too: layouts are timed by
-increasing compute bound (the longest stage's compute, from the same compiled chunks), and one whose bound
-is no better than the ``REFINE_FACTOR × top + 1``-th best step timed so far is skipped as ``bounded``;
-a bounded layout whose bound beats the confirmed top is timed after all.
+On large spaces (more than ``BOUND_MIN_CANDIDATES``) the fast pass bounds too: layouts are timed best lower
+bound first (the longest stage's compute, from the same compiled chunks, tightened by the busiest stream,
+e.g. ZeRO-3's gathers of every layer and micro-batch, when a layout comes up), and one whose bound is no
+better than the ``REFINE_FACTOR × top + 1``-th best step timed so far is skipped as ``bounded``; a bounded
+layout whose bound beats the confirmed top is timed after all.
 
 The scenario's own layout always competes: when it is one of the simulated candidates it is among the
 re-simulated ones; otherwise (pruned, capped, or not expressible, e.g. uneven ``pp_layers``) it is
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import heapq
 import time
 from collections.abc import Callable, Generator, Sequence
 from contextlib import closing
@@ -110,7 +112,7 @@ class SearchResult:
     refined: int  # layouts re-simulated with the scenario's network model
     usd_per_gpu_hour: float
     wall_s: float
-    bounded: tuple[Pruned, ...] = ()  # candidates not timed: their compute bound cannot reach the top
+    bounded: tuple[Pruned, ...] = ()  # not timed: their compute or stream bound cannot reach the top
 
     @property
     def best(self) -> Evaluated:
@@ -128,11 +130,13 @@ def _attempt(scenario: Scenario) -> StepReport | str:
 
 @dataclass(frozen=True)
 class Bounded:
-    """A layout not timed: its compute alone outlasts the whole step of ``keep`` layouts timed before it."""
+    """A layout not timed: its compute alone, or its busiest stream, outlasts the whole step of ``keep``
+    layouts timed before it."""
 
-    bound_s: float  # the longest stage's compute, a lower bound of its step time
+    bound_s: float  # a lower bound of its step time (``FastPath.compute_bound`` or ``stream_bound``)
     threshold_s: float  # the keep-th best step time timed when it was skipped
     keep: int
+    what: str = "its compute alone"  # which bound: "its compute alone" or "its busiest stream"
 
 
 Outcome = tuple[StepReport, bool] | Bounded | str  # (report, contended), skipped, or why it cannot run
@@ -142,30 +146,16 @@ def _fast_batch(job: tuple[list[Scenario], str | None, int]) -> list[Outcome]:
     """Layouts of one cluster on one ``FastPath`` (a picklable task: a worker builds the cluster once):
     ``network`` None times them on the fast path, else on that model (each scenario's own when "own").
 
-    ``keep`` > 0 (fast path only) is branch and bound: the layouts are taken by increasing compute bound
-    (``FastPath.compute_bound``), and one whose bound is already no better than the ``keep``-th best step
-    timed so far is skipped (``Bounded``): it cannot be among the ``keep`` best."""
+    ``keep`` > 0 (fast path only) is branch and bound, best bound first (``_bounded_batch``)."""
     scenarios, network, keep = job
     if not scenarios:
         return []
     first = scenarios[0]
     fast = FastPath(build_cluster(first.topology, file=first.topology_file))
-    out: list[Outcome] = [""] * len(scenarios)
-    order = list(range(len(scenarios)))
-    bounds: dict[int, float] = {}
     if keep > 0 and network is None:
-        for i, s in enumerate(scenarios):
-            try:
-                bounds[i] = fast.compute_bound(s)
-            except InfeasibleConfig as e:
-                out[i] = e.one_line()
-        order = sorted(bounds, key=lambda i: bounds[i])
-    best: list[float] = []  # step times of the fitting layouts timed so far, ascending, at most ``keep``
-    for i in order:
-        s = scenarios[i]
-        if keep > 0 and len(best) >= keep and i in bounds and bounds[i] >= best[keep - 1]:
-            out[i] = Bounded(bounds[i], best[keep - 1], keep)
-            continue
+        return _bounded_batch(fast, scenarios, keep)
+    out: list[Outcome] = [""] * len(scenarios)
+    for i, s in enumerate(scenarios):
         model = FAST_NETWORK if network is None else s.config.network.model if network == "own" else network
         try:
             r = fast.evaluate(s, model)
@@ -173,7 +163,56 @@ def _fast_batch(job: tuple[list[Scenario], str | None, int]) -> list[Outcome]:
             out[i] = e.one_line()
             continue
         out[i] = (r.report, r.contended)
-        if keep > 0 and r.report.fits_memory:
+    return out
+
+
+def _bounded_batch(fast: FastPath, scenarios: list[Scenario], keep: int) -> list[Outcome]:
+    """Time ``scenarios`` on the fast path by branch and bound: a layout whose lower bound is already no
+    better than the ``keep``-th best step timed so far is skipped (``Bounded``): it cannot be among the
+    ``keep`` best.
+
+    Best bound first, with bounds tightened lazily: every layout enters a queue at its compute bound
+    (``FastPath.compute_bound``, cheap); the one at the head is first bounded again by its busiest stream
+    (``FastPath.stream_bound``: ZeRO-3's gathers, a DP reduction, from the programs and classes its timing
+    then reuses) and goes back into the queue if that is later, so that a layout whose communication alone
+    outlasts the best steps waits until enough better ones are timed to skip it, instead of being timed
+    among the first ``keep`` (where nothing can be skipped yet). The order changes which layouts are timed,
+    never the ``keep`` best: each is timed, whatever the order, since its bounds do not exceed its step."""
+    out: list[Outcome] = [""] * len(scenarios)
+    queue: list[tuple[float, bool, int]] = []  # (lower bound, tightened by the stream bound, index)
+    for i, s in enumerate(scenarios):
+        try:
+            queue.append((fast.compute_bound(s), False, i))
+        except InfeasibleConfig as e:
+            out[i] = e.one_line()
+    heapq.heapify(queue)
+    stream_bound: set[int] = set()  # layouts whose bound is their busiest stream's, above their compute's
+    best: list[float] = []  # step times of the fitting layouts timed so far, ascending, at most ``keep``
+    while queue:
+        bound, tight, i = heapq.heappop(queue)
+        s = scenarios[i]
+        if len(best) >= keep and bound >= best[keep - 1]:
+            what = "its busiest stream" if i in stream_bound else "its compute alone"
+            out[i] = Bounded(bound, best[keep - 1], keep, what)
+            fast.release(s)
+            continue
+        if not tight:
+            try:
+                busiest = fast.stream_bound(s)
+            except InfeasibleConfig as e:
+                out[i] = e.one_line()
+                continue
+            if busiest > bound:
+                stream_bound.add(i)
+                heapq.heappush(queue, (busiest, True, i))
+                continue
+        try:
+            r = fast.evaluate(s, FAST_NETWORK)
+        except InfeasibleConfig as e:
+            out[i] = e.one_line()
+            continue
+        out[i] = (r.report, r.contended)
+        if r.report.fits_memory:
             bisect.insort(best, r.report.step_time_s)
             del best[keep:]
     return out
@@ -258,7 +297,7 @@ def _fast_pass(
     bounded: list[tuple[Pruned, float]] = []
     for lay, sc, outcome in zip(layouts, scenarios, fast_all(scenarios, workers, keep=keep), strict=True):
         if isinstance(outcome, Bounded):
-            why = (f"its compute alone takes {outcome.bound_s:.3f} s per step, no less than the whole step of "
+            why = (f"{outcome.what} takes {outcome.bound_s:.3f} s per step, no less than the whole step of "
                    f"the {outcome.keep}th best layout timed before it ({outcome.threshold_s:.3f} s)")  # fmt: skip
             bounded.append((Pruned(lay, "bounded", why), outcome.bound_s))
         elif isinstance(outcome, str):
@@ -363,7 +402,7 @@ def run_search(scenario: Scenario, options: SearchOptions) -> SearchResult:
     cfg = scenario.config
     if (cfg.network.model, cfg.engine.mode) != (FAST_NETWORK, "symmetric"):
         refined, rest = _bound_more(scenario, refined, rest, options, usd)
-        # a layout skipped on its compute bound is timed after all if the bound beats the confirmed top
+        # a layout skipped on its compute or stream bound is timed after all if the bound beats the confirmed top
         late = [(p, b) for p, b in bounded if b < _top_step(refined, options, usd)]
         if late:
             bounded = [x for x in bounded if x not in late]
