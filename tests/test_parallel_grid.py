@@ -125,15 +125,21 @@ def test_overlap_never_slows_a_step(make_doc, layout, moe):
         on = run(make_doc, **{**base, f"parallelism__{option}": True})
         assert isinstance(off, StepReport) and isinstance(on, StepReport)
         assert on.step_time_s <= off.step_time_s * (1 + 1e-9), option
-        if option == "tp_comm_overlap":
-            assert on.breakdown.compute_s == pytest.approx(off.breakdown.compute_s, rel=1e-9)
+        if option == "tp_comm_overlap":  # the kernels' own time; waiting for the host may grow as waits shrink
+            assert _kernels_s(on) == pytest.approx(_kernels_s(off), rel=1e-9)
             assert on.exposed_comm.tp_s <= off.exposed_comm.tp_s + 1e-12
+
+
+def _kernels_s(report: StepReport) -> float:
+    """Compute time less the GPU's waits for the host: hiding communication shortens the GPU's work between two
+    launches, so a launch-bound run may wait for the host longer (workload/steps.py), the kernels take as long."""
+    return report.breakdown.compute_s - report.kernel_classes.host_bound_s
 
 
 @pytest.mark.parametrize("fuse", [True, False])
 def test_tp_comm_overlap_hides_tensor_parallel_time(make_doc, fuse):
     """tp 4 with sequence parallelism: TP overlap hides most of the exposed TP time (each collective runs
-    under the GEMM that produces or consumes it), compute stays the same, the step gets shorter; the same
+    under the GEMM that produces or consumes it), the kernels take as long, the step gets shorter; the same
     whether TP collectives are folded into compute ops or run by the engine."""
     base = dict(
         gpus_per_host=4, model={**DENSE, "hidden": 2048, "heads": 16}, tp=4, micro_batches=2, seq_len=2048,
@@ -142,7 +148,7 @@ def test_tp_comm_overlap_hides_tensor_parallel_time(make_doc, fuse):
     off = run(make_doc, **base)
     on = run(make_doc, **base, parallelism__tp_comm_overlap=True)
     assert isinstance(off, StepReport) and isinstance(on, StepReport)
-    assert on.breakdown.compute_s == pytest.approx(off.breakdown.compute_s, rel=1e-9)
+    assert _kernels_s(on) == pytest.approx(_kernels_s(off), rel=1e-9)
     assert on.exposed_comm.tp_s < 0.5 * off.exposed_comm.tp_s
     assert on.comm.tp_s == pytest.approx(off.comm.tp_s, rel=1e-6)
     assert on.step_time_s < off.step_time_s - 0.5 * (off.exposed_comm.tp_s - on.exposed_comm.tp_s)
