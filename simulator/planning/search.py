@@ -154,16 +154,20 @@ def _fast_batch(job: tuple[list[Scenario], str | None, int]) -> list[Outcome]:
     fast = FastPath(build_cluster(first.topology, file=first.topology_file))
     if keep > 0 and network is None:
         return _bounded_batch(fast, scenarios, keep)
-    out: list[Outcome] = [""] * len(scenarios)
-    for i, s in enumerate(scenarios):
+    out: list[Outcome] = []
+    for s in scenarios:
         model = FAST_NETWORK if network is None else s.config.network.model if network == "own" else network
-        try:
-            r = fast.evaluate(s, model)
-        except InfeasibleConfig as e:
-            out[i] = e.one_line()
-            continue
-        out[i] = (r.report, r.contended)
+        out.append(_timed(fast, s, model))
     return out
+
+
+def _timed(fast: FastPath, scenario: Scenario, network: str) -> Outcome:
+    """``scenario`` timed on the fast path with ``network``: (report, contended), or why it cannot run."""
+    try:
+        r = fast.evaluate(scenario, network)
+    except InfeasibleConfig as e:
+        return e.one_line()
+    return (r.report, r.contended)
 
 
 def _bounded_batch(fast: FastPath, scenarios: list[Scenario], keep: int) -> list[Outcome]:
@@ -206,14 +210,9 @@ def _bounded_batch(fast: FastPath, scenarios: list[Scenario], keep: int) -> list
                 stream_bound.add(i)
                 heapq.heappush(queue, (busiest, True, i))
                 continue
-        try:
-            r = fast.evaluate(s, FAST_NETWORK)
-        except InfeasibleConfig as e:
-            out[i] = e.one_line()
-            continue
-        out[i] = (r.report, r.contended)
-        if r.report.fits_memory:
-            bisect.insort(best, r.report.step_time_s)
+        timed = out[i] = _timed(fast, s, FAST_NETWORK)
+        if isinstance(timed, tuple) and timed[0].fits_memory:
+            bisect.insort(best, timed[0].step_time_s)
             del best[keep:]
     return out
 
