@@ -129,22 +129,25 @@ class WorkloadSpec:
         return self.ctx.dims.pp * self.chunks - 1
 
     @cached_property
+    def _ep_overlap(self) -> bool:
+        """``parallelism.moe_a2a_overlap`` on a mixture-of-experts model with all-to-alls to overlap."""
+        c = self.ctx
+        return c.par.moe_a2a_overlap and c.model.moe is not None and c.dims.ep > 1
+
+    @cached_property
     def merged_pairs(self) -> bool:
         """Whether paired forwards and backwards run merged, each one's expert all-to-alls under the other's
-        compute (``parallelism.moe_a2a_overlap`` on a mixture-of-experts model): the schedule's own pairs
-        (DualPipeV), or Megatron-Core's combined 1F1B where it exists (``combined_1f1b``)."""
-        c = self.ctx
-        own_pairs = not self.schedule.merges_steady_state  # a schedule that pairs its tasks itself, or none
-        return c.par.moe_a2a_overlap and c.model.moe is not None and c.dims.ep > 1 and (own_pairs or self.combined_1f1b)
+        compute: the schedule's own pairs (DualPipeV; a schedule that merges no steady state pairs its tasks
+        itself, or has none), or Megatron-Core's combined 1F1B where it exists (``combined_1f1b``)."""
+        return self._ep_overlap and (not self.schedule.merges_steady_state or self.combined_1f1b)
 
     @cached_property
     def combined_1f1b(self) -> bool:
         """Whether the schedule runs as Megatron-Core's combined 1F1B (``pair_steady_state``): an interleaved
         schedule, or 1F1B without pipelining, with the expert-parallel overlap on (Megatron-Core has none for a
         pipelined 1F1B without virtual stages)."""
-        c, sch = self.ctx, self.schedule
-        return (c.par.moe_a2a_overlap and c.model.moe is not None and c.dims.ep > 1 and sch.merges_steady_state
-                and (sch.chunked or c.dims.pp == 1))  # fmt: skip
+        sch = self.schedule
+        return self._ep_overlap and sch.merges_steady_state and (sch.chunked or self.ctx.dims.pp == 1)
 
     @cached_property
     def layer_builder(self) -> LayerBuilder:
@@ -584,15 +587,18 @@ class ProgramFactory:
             self._emit(em, (st,), cat, task, grads if last_mb else None)
         self._backward_end(em, task, vs, stage, grads)
 
+    def _split(self, task: Task) -> bool:
+        """Whether ``task`` computes input gradients only (Pass.BW: a whole backward in a schedule that splits
+        the others, DualPipeV)."""
+        return self.spec.schedule.splits_backward and task.kind is not Pass.BW
+
     def _last_backward(self, task: Task) -> bool:
         """Whether ``task`` is the last micro-batch's whole backward, which reduces the gradients."""
-        split = self.spec.schedule.splits_backward and task.kind is not Pass.BW
-        return task.mb == self.spec.micro_batches - 1 and not split
+        return task.mb == self.spec.micro_batches - 1 and not self._split(task)
 
     def _backward_ops(self, task: Task, vs: int) -> list[tuple[CompiledStep, Category]]:
-        """The compiled steps of ``task``'s backward with their categories (Pass.BW: a whole backward in a
-        schedule that splits the others, DualPipeV)."""
-        split = self.spec.schedule.splits_backward and task.kind is not Pass.BW
+        """The compiled steps of ``task``'s backward with their categories."""
+        split = self._split(task)
         kind = Category.BACKWARD_INPUT if split else Category.BACKWARD
         out: list[tuple[CompiledStep, Category]] = []
         for seg in self.backward_steps(vs, "B" if split else "BW"):

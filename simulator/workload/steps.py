@@ -205,7 +205,7 @@ class _Run:
         lead the host has after the run."""
         need = self.launch_s - lead_s
         if need <= self.duration or self.duration <= 0:
-            return lead_s + self.duration - self.launch_s if self.duration > 0 else max(0.0, lead_s - self.launch_s)
+            return max(0.0, lead_s + self.duration - self.launch_s)
         f = need / self.duration
         self.segments = [
             Segment(g.name, g.comm, g.offset_s * f, g.duration_s * f, g.step) for g in self.segments
