@@ -21,7 +21,8 @@ from simulator.simulate import simulate
 from simulator.topology.loader import build_cluster
 from simulator.units import GiB
 
-GPT = {"layers": 8, "hidden": 1024, "heads": 16, "vocab": 1024}  # ffn 4h, MHA, GeLU: Korthikanti's shape
+# ffn 4h, MHA, GeLU and Megatron-LM's default 0.1 dropout: Korthikanti's shape and training
+GPT = {"layers": 8, "hidden": 1024, "heads": 16, "vocab": 1024, "hidden_dropout": 0.1, "attention_dropout": 0.1}
 
 
 def ctx_of(make_scenario, **kw) -> BuildContext:
@@ -107,6 +108,21 @@ def test_activations_match_korthikanti(make_scenario, t, b):
     for (recompute, sp), expected in cases.items():
         ctx = ctx_of(make_scenario, **base, training__recompute=recompute, parallelism__sequence_parallel=sp)
         assert layer_activation_bytes(ctx, False) == pytest.approx(expected, rel=1e-12), (recompute, sp)
+
+
+@pytest.mark.parametrize("t", [1, 4])
+def test_no_dropout_keeps_no_masks(make_scenario, t):
+    """Trained without dropout (Llama, DeepSeek, MPT), a layer keeps neither the two 1-byte hidden-dropout masks
+    (2·s·b·h, 1/t with SP) nor the attention dropout's mask and output (3·a·s²·b/t): TP+SP keeps
+    (s·b·h/t)·(32 + 2·a·s/h), TP alone s·b·h·(8 + 24/t + 2·a·s/(h·t))."""
+    s, h, a = 2048, GPT["hidden"], GPT["heads"]
+    sbh = s * h
+    plain = {**GPT, "hidden_dropout": 0.0, "attention_dropout": 0.0}
+    base = dict(gpus_per_host=8, model=plain, tp=t, seq_len=s, training__flash_attention=False)
+    sp = ctx_of(make_scenario, **base, parallelism__sequence_parallel=True)
+    assert layer_activation_bytes(sp, False) == pytest.approx(sbh / t * (32 + 2 * a * s / h), rel=1e-12)
+    tp = ctx_of(make_scenario, **base, parallelism__sequence_parallel=False)
+    assert layer_activation_bytes(tp, False) == pytest.approx(sbh * (8 + 24 / t + 2 * a * s / (h * t)), rel=1e-12)
 
 
 def test_flash_attention_keeps_softmax_statistics_only(make_scenario):

@@ -87,6 +87,7 @@ class LayerBuilder:
         self.kv = max(m.kv_hidden // tp, m.d_head)  # KV heads are replicated when tp > kv_heads
         self.heads = m.heads // tp
         self.e = ctx.e
+        self._hidden_mask = 1 if m.hidden_dropout > 0 else 0  # bytes per element of a dropout mask
         self.window = window if window is not None and window < ctx.training.seq_len else None
         # Per-head widths of Q/K and of V/O, and this rank's Q, K, V and attention-output widths. MLA has one K
         # and V head per query head, split over TP by heads (Megatron-Core MLASelfAttention), Q/K heads of
@@ -144,7 +145,8 @@ class LayerBuilder:
             core = [
                 _k("attn_qk", cm.gemm(s, s, dq, batch=b * a, linear=False)),
                 _k("softmax", cm.elementwise(2 * self.e * scores)),  # fused scale+mask+softmax: read, write
-                _k("attn_dropout", cm.elementwise((2 * self.e + 1) * scores)),  # read, write, 1-byte mask
+                # read, write, 1-byte mask; none at p = 0 (F.dropout returns its input)
+                *([_k("attn_dropout", cm.elementwise((2 * self.e + 1) * scores))] if c.model.attention_dropout else []),
                 _k("attn_av", cm.gemm(s, dv, s, batch=b * a, linear=False)),
             ]
         return self.s.context.attention_forward(c, core, self._kv_bytes())
@@ -161,7 +163,7 @@ class LayerBuilder:
             core = [
                 _k("attn_av_dgrad", cm.gemm(s, s, dv, batch=b * a, linear=False)),  # dP = dO·Vᵀ
                 _k("attn_av_vgrad", cm.gemm(s, dv, s, batch=b * a, linear=False)),  # dV = Pᵀ·dO (an activation gradient)
-                _k("attn_dropout_bwd", cm.elementwise((2 * self.e + 1) * scores)),
+                *([_k("attn_dropout_bwd", cm.elementwise((2 * self.e + 1) * scores))] if c.model.attention_dropout else []),
                 _k("softmax_bwd", cm.elementwise(3 * self.e * scores)),  # read y, dy; write dx
                 _k("attn_qk_dgrad", cm.gemm(s, dq, s, batch=b * a, linear=False)),  # dQ = dS·K
                 _k("attn_qk_kgrad", cm.gemm(s, dq, s, batch=b * a, linear=False)),  # dK = dSᵀ·Q (an activation gradient)
@@ -217,10 +219,16 @@ class LayerBuilder:
         ops = self.ctx.framework.rotary
         return _k(name, self._fused(ops, n, backward) if ops is not None else self.cm.elementwise(n))
 
-    def _dropout_add(self, name: str, backward: bool = False) -> KernelStep:
-        # fused bias-dropout-add: read x and residual, write out and a 1-byte mask; backward reads dy and mask
+    def _dropout_add(self, name: str) -> KernelStep:
+        # fused bias-dropout-add: read x and residual, write out and, with dropout, a 1-byte mask
         n = self.Tn * self.h
-        return _k(name, self.cm.elementwise(((2 * self.e + 1) if backward else (3 * self.e + 1)) * n))
+        return _k(name, self.cm.elementwise((3 * self.e + self._hidden_mask) * n))
+
+    def _dropout_add_backward(self, name: str) -> list[Step]:
+        # reads dy and the mask, writes dx; without dropout the add's gradient passes through (no kernel:
+        # PyTorch's AddBackward returns its input gradient, and F.dropout with p = 0 returns its input)
+        n = self.Tn * self.h
+        return [_k(name, self.cm.elementwise((2 * self.e + 1) * n))] if self._hidden_mask else []
 
     def _linear(self, name: str, n_out: int, k_in: int) -> KernelStep:
         t = self.cm.gemm(self.T, n_out, k_in)
@@ -268,7 +276,7 @@ class LayerBuilder:
         proj_d, proj_w = self._linear_backward("attn_proj", self.h, self.q)
         qkv_d, qkv_w = self._linear_backward("qkv", self.q + 2 * self.kv, self.h)
         return [
-            self._dropout_add("attn_dropout_add_bwd", backward=True),
+            *self._dropout_add_backward("attn_dropout_add_bwd"),
             *t.block_output_backward(c, "attn"),
             proj_d,
             proj_w,
@@ -333,7 +341,7 @@ class LayerBuilder:
         kv_down_d, kv_down_w = self._linear_backward("kv_down", kv_down, self.h)
         q_down_d, q_down_w = self._linear_backward("q_down", q_down, self.h)
         return [
-            self._dropout_add("attn_dropout_add_bwd", backward=True),
+            *self._dropout_add_backward("attn_dropout_add_bwd"),
             *t.block_output_backward(c, "attn"),
             *proj,
             *self.attention_core_backward(),
@@ -396,7 +404,7 @@ class LayerBuilder:
         fc2_d, fc2_w = self._linear_backward("fc2", self.h, fc2)
         fc1_d, fc1_w = self._linear_backward("fc1", fc1, self.h)
         return [
-            self._dropout_add("mlp_dropout_add_bwd", backward=True),
+            *self._dropout_add_backward("mlp_dropout_add_bwd"),
             *t.block_output_backward(c, "mlp"),
             fc2_d,
             fc2_w,
@@ -507,7 +515,7 @@ class LayerBuilder:
         sort = [self._permute("moe_sort_bwd", routed, k.sort[1])] if local > 1 else []
         g = self._expert_gemm
         return self._moe_graphs([
-            self._dropout_add("mlp_dropout_add_bwd", backward=True),
+            *self._dropout_add_backward("mlp_dropout_add_bwd"),
             *(t.block_output_backward(c, "mlp") if tp_split else []),
             *self._shared_backward(),
             # reads dY (and, unless the routing weights multiply in the activation, the saved expert outputs

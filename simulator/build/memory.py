@@ -14,6 +14,8 @@ activations and TP degree t, a standard GPT layer stores s·b·h·(10 + 24/t) + 
 parallelism divides the first term's 10 by t as well; selective recompute drops the 5·a·s²·b/t
 attention-score term and flash attention replaces it by fp32 softmax statistics (4·a·s·b/t); full recompute
 keeps only the 2·s·b·h layer input (2·s·b·h/t with SP). Context parallelism keeps s/cp of the tokens.
+Korthikanti's model trains with dropout (0.1, Megatron-LM's default); without it the two 1-byte hidden masks
+(2·s·b·h) and the attention-dropout mask and output (3·a·s²·b) are not kept.
 Mixture-of-experts layers keep the routed copies of their tokens instead of the dense MLP's tensors.
 The schedule sets how many micro-batches are held at once (``Schedule.in_flight``).
 """
@@ -119,9 +121,11 @@ def layer_activation_bytes(ctx: BuildContext, moe: bool) -> float:
     if "op_level" in again and not moe:
         return op_level_bytes(ctx)
     # 2 norm inputs (2 bytes each), QKV and FC1 inputs (2 bytes, or 1 in FP8), 2 dropout masks (1 byte): 10·s·b·h,
-    # TP-replicated; recomputing the norms drops their outputs, the QKV and FC1 inputs
+    # TP-replicated; recomputing the norms drops their outputs, the QKV and FC1 inputs; a model trained without
+    # dropout keeps no masks (F.dropout with p = 0 returns its input: Llama, Nemotron, MPT, DeepSeek)
     norm_outputs = 0.0 if "layernorm" in again else 2 * linear_input_bytes(ctx)
-    replicated = (6.0 + norm_outputs) * tokens * m.hidden / (t if sp else 1)
+    masks = 2.0 if m.hidden_dropout > 0 else 0.0
+    replicated = (4.0 + masks + norm_outputs) * tokens * m.hidden / (t if sp else 1)
     attention = _attention_bytes(ctx)
     heads = m.heads / t
     if ctx.training.flash_attention:
@@ -129,7 +133,8 @@ def layer_activation_bytes(ctx: BuildContext, moe: bool) -> float:
     elif "core_attn" in again:
         scores = 0.0  # recomputed (Korthikanti Sec. 5)
     else:
-        scores = 5.0 * heads * ctx.training.seq_len * tokens  # softmax out, dropout mask, dropout out
+        # softmax out (2 bytes), and with attention dropout its mask (1) and output (2)
+        scores = (5.0 if m.attention_dropout > 0 else 2.0) * heads * ctx.training.seq_len * tokens
     return replicated + attention + _mlp_bytes(ctx, moe) + scores
 
 

@@ -62,7 +62,9 @@ def _scenario(case: LayerCase) -> dict[str, Any]:
     m = _data()["model"]
     return {
         "name": f"korthikanti-layer-{case.config}",
-        "model": {"layers": 8, "hidden": m["hidden"], "heads": m["heads"], "vocab": 51200},
+        # Megatron-LM's default dropout (0.1 hidden and attention), under which the paper measured
+        "model": {"layers": 8, "hidden": m["hidden"], "heads": m["heads"], "vocab": 51200,
+                  "hidden_dropout": 0.1, "attention_dropout": 0.1},
         "cluster": {"topology": "dgx-a100", "nodes": 1},
         "training": {
             "seq_len": m["seq_len"],
