@@ -79,6 +79,7 @@ def make_report(**overrides: Any) -> StepReport:
             dp=16,
             cp=1,
             ep=1,
+            etp=8,
             zero=1,
             sequence_parallel=True,
             schedule="1f1b",

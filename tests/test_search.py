@@ -165,6 +165,28 @@ def test_invalid_layouts_are_pruned_by_the_simulators_own_checks(make_doc: Any) 
     assert all(lay.tp != 4 for lay in space.candidates)
 
 
+def test_moe_layouts_search_expert_parallelism_folded_over_the_stage(make_doc: Any) -> None:
+    """A mixture-of-experts model adds ep (divisors of the experts) and etp (tp or 1) to the axes, and the
+    folded grid's rule (ep·etp | tp·cp·dp, issue #9's MoE parallel folding) decides what splits: on 4 GPUs tp 2 · dp 2
+    holds ep 4 with etp 1, never with etp = tp. Each point runs as labelled (the report's ep and etp)."""
+    model = {"layers": 4, "hidden": 512, "heads": 8, "vocab": 1024, "gated_mlp": True,
+             "moe": {"experts": 8, "top_k": 2, "expert_ffn_hidden": 256}}  # fmt: skip
+    s = scenario_from_dict(make_doc(gpus_per_host=4, model=model, micro_batches=8))
+    cluster = build_cluster(s.topology, file=s.topology_file)
+    space = build_space(s, cluster, max_points=1000)
+    every = [*space.candidates, *space.capped, *(p.layout for p in space.pruned)]
+    assert {lay.ep for lay in every} == {d for d in (1, 2, 4, 8) if d <= cluster.num_gpus}
+    assert {lay.etp for lay in every} == {None, 1}
+    folded = [lay for lay in space.candidates if lay.ep > lay.dp]  # the expert group spans tensor ranks too
+    assert folded and all(lay.etp == 1 for lay in folded)
+    broken = [p for p in space.pruned if p.rule == "divisibility" and p.reason.startswith("ep·etp")]
+    assert broken and all((p.layout.tp * p.layout.dp) % (p.layout.ep * p.layout.expert_tp) for p in broken)
+    lay = folded[0]
+    report = simulate_layout(s, lay)
+    assert (report.layout.ep, report.layout.etp) == (lay.ep, lay.expert_tp)
+    assert Layout.of_report(report.layout) == lay and f"ep{lay.ep} etp1" in lay.label
+
+
 def test_the_cap_keeps_the_own_layout_and_spreads_over_tp_pp_pairs(scenario: Scenario) -> None:
     cluster = build_cluster(scenario.topology, file=scenario.topology_file)
     space = build_space(scenario, cluster, max_points=6)

@@ -2,13 +2,17 @@
 
 Axes, in product order (``itertools.product``): tp (divisors of the GPUs per host), pp (divisors of the
 layers: an even split, so ``pp_layers`` is never needed), micro_batch, (schedule, virtual_stages), zero,
-sequence_parallel, recompute. dp is derived (gpus / (tp·pp·cp)); cp, ep and every other setting of the
-scenario are kept. GPipe is not searched: it has 1F1B's bubble with m instead of p micro-batches in flight
+sequence_parallel, recompute, and for a mixture-of-experts model ep (divisors of the experts) and etp (the
+experts' own tensor parallelism: tp, Megatron-Core's default, or 1, the experts whole on each rank as MoE
+parallel folding runs them; Liu et al. 2025, arXiv 2504.14960). dp is derived (gpus / (tp·pp·cp)); cp and every
+other setting of the scenario are kept. The token dispatcher is not searched: only the all-to-all one is
+modelled (the others run as it, and the report says so). GPipe is not searched: it has 1F1B's bubble with m instead of p micro-batches in flight
 (docs/reference.md, pipeline schedules), so it never beats 1F1B.
 
 Each pruned point keeps the first rule it breaks, cheapest first:
 
-``divisibility``  tp | heads, tp·pp·cp | gpus, ep | dp·cp, dp·micro_batch | global_batch; pp·v | layers for
+``divisibility``  tp | heads, tp·pp·cp | gpus, ep·etp | tp·cp·dp (the folded expert grid of a stage),
+                  dp·micro_batch | global_batch; pp·v | layers for
                   chunked schedules; interleaved needs pp > 1 and micro-batches a multiple of pp (Megatron's
                   constraints), dualpipev at least 2·pp micro-batches (its reference's assertion)
 ``equivalent``    a setting that changes nothing: sequence parallelism at tp = 1, ZeRO > 0 at dp = 1
@@ -73,6 +77,13 @@ class Layout:
     zero: int
     sequence_parallel: bool
     recompute: str
+    ep: int = 1
+    etp: int | None = None  # None: tp (Megatron-Core's default)
+
+    @property
+    def expert_tp(self) -> int:
+        """Tensor-parallel degree inside the experts."""
+        return self.tp if self.etp is None else self.etp
 
     @classmethod
     def of(cls, scenario: Scenario, gpus: int) -> Layout | None:
@@ -81,13 +92,15 @@ class Layout:
         dp = p.dp if p.dp is not None else gpus // (p.tp * p.pp * p.cp)
         if p.pp_layers is not None or dp * p.tp * p.pp * p.cp != gpus:
             return None
+        etp = None if p.etp in (None, p.tp) else p.etp
         return cls(p.tp, p.pp, dp, t.micro_batch, p.schedule, p.virtual_stages, p.zero,
-                   p.sequence_parallel, t.recompute)  # fmt: skip
+                   p.sequence_parallel, t.recompute, p.ep, etp)  # fmt: skip
 
     @classmethod
     def of_report(cls, lay: ReportLayout) -> Layout:
         """The layout a report says was simulated."""
-        return cls(*(getattr(lay, f.name) for f in dataclasses.fields(cls)))
+        fields = {f.name: getattr(lay, f.name) for f in dataclasses.fields(cls) if f.name != "etp"}
+        return cls(**fields, etp=None if lay.etp == lay.tp else lay.etp)
 
     def sections(self) -> dict[str, dict[str, Any]]:
         """Scenario sections → keys that set this layout (dp derived, layers split evenly)."""
@@ -95,7 +108,7 @@ class Layout:
             "parallelism": {
                 "tp": self.tp, "pp": self.pp, "dp": None, "pp_layers": None, "schedule": self.schedule,
                 "virtual_stages": self.virtual_stages, "zero": self.zero,
-                "sequence_parallel": self.sequence_parallel,
+                "sequence_parallel": self.sequence_parallel, "ep": self.ep, "etp": self.etp,
             },
             "training": {"micro_batch": self.micro_batch, "recompute": self.recompute},
         }  # fmt: skip
@@ -109,8 +122,9 @@ class Layout:
         """Compact name, e.g. ``tp2 pp4 dp2 mb1 interleaved×2 z1 sp rc:none``."""
         chunks = f"×{self.virtual_stages}" if self.virtual_stages > 1 else ""
         sp = " sp" if self.sequence_parallel else ""
+        experts = (f" ep{self.ep}" if self.ep > 1 else "") + (f" etp{self.etp}" if self.etp is not None else "")
         return (f"tp{self.tp} pp{self.pp} dp{self.dp} mb{self.micro_batch} {self.schedule}{chunks} "
-                f"z{self.zero}{sp} rc:{self.recompute}")  # fmt: skip
+                f"z{self.zero}{sp} rc:{self.recompute}{experts}")  # fmt: skip
 
 
 def _yaml_scalar(value: object) -> str:
@@ -157,7 +171,8 @@ class SpaceContext:
     hidden: int
     seq_len: int
     cp: int
-    ep: int
+    experts: int  # routed experts per MoE layer; 0 for a dense model
+    expert_ffn: int
     global_batch: int
     hbm_bytes: float
     zero_stages: tuple[int, ...]
@@ -172,7 +187,8 @@ def space_context(scenario: Scenario, cluster: Cluster) -> SpaceContext:
     m, p = scenario.model, scenario.parallelism
     return SpaceContext(
         gpus=cluster.num_gpus, gpus_per_host=int(per_host.min()), layers=m.layers, heads=m.heads,
-        hidden=m.hidden, seq_len=scenario.training.seq_len, cp=p.cp, ep=p.ep,
+        hidden=m.hidden, seq_len=scenario.training.seq_len, cp=p.cp,
+        experts=m.moe.experts if m.moe is not None else 0, expert_ffn=m.expert_ffn if m.moe is not None else 0,
         global_batch=scenario.training.global_batch, hbm_bytes=min(g.hbm_bytes for g in cluster.gpu_specs),
         zero_stages=zero, schedules=tuple(c for c in SCHEDULE_CHOICES if c[0] in SCHEDULES),
         own=Layout.of(scenario, cluster.num_gpus),
@@ -189,10 +205,13 @@ def enumerate_layouts(ctx: SpaceContext) -> Iterator[Layout]:
     pp_axis = tuple(d for d in divisors(ctx.layers) if d <= ctx.gpus)
     axes = (divisors(ctx.gpus_per_host), pp_axis, MICRO_BATCHES, ctx.schedules, ctx.zero_stages,
             SEQUENCE_PARALLEL, RECOMPUTE)  # fmt: skip
+    ep_axis = tuple(d for d in divisors(ctx.experts) if d <= ctx.gpus) if ctx.experts else (1,)
     for tp, pp, mb, (schedule, v), zero, sp, rc in itertools.product(*axes):
         model_par = tp * pp * ctx.cp
         dp = ctx.gpus // model_par if ctx.gpus % model_par == 0 else 0
-        yield Layout(tp, pp, dp, mb, schedule, v, zero, sp, rc)
+        etp_axis: tuple[int | None, ...] = (None, 1) if ctx.experts and tp > 1 else (None,)
+        for ep, etp in itertools.product(ep_axis, etp_axis):
+            yield Layout(tp, pp, dp, mb, schedule, v, zero, sp, rc, ep, etp)
 
 
 # ----------------------------------------------------------------------------------------- rules
@@ -202,8 +221,11 @@ def _divisibility(lay: Layout, ctx: SpaceContext) -> str | None:
         return f"tp={lay.tp} does not divide heads={ctx.heads}"
     if lay.dp == 0:
         return f"tp·pp·cp={lay.tp}·{lay.pp}·{ctx.cp} does not divide {ctx.gpus} GPUs"
-    if (lay.dp * ctx.cp) % ctx.ep:
-        return f"ep={ctx.ep} does not divide dp·cp={lay.dp * ctx.cp}"
+    stage = lay.tp * ctx.cp * lay.dp  # the ranks of a stage, over which the expert grid folds
+    if stage % (lay.ep * lay.expert_tp):
+        return f"ep·etp={lay.ep}·{lay.expert_tp} does not divide tp·cp·dp={stage}"
+    if ctx.experts and ctx.expert_ffn % lay.expert_tp:
+        return f"etp={lay.expert_tp} does not divide the experts' ffn width {ctx.expert_ffn}"
     if ctx.global_batch % (lay.dp * lay.micro_batch):
         return f"dp·micro_batch={lay.dp}·{lay.micro_batch} does not divide global_batch={ctx.global_batch}"
     if lay.virtual_stages > 1 and ctx.layers % (lay.pp * lay.virtual_stages):
@@ -292,7 +314,7 @@ def _priority(lay: Layout, ctx: SpaceContext) -> tuple[Any, ...]:
     model parallelism, small micro-batches, fewer chunks."""
     return (lay != ctx.own, round(overhead_factor(lay, ctx), 2), lay.tp > 1 and not lay.sequence_parallel,
             lay.zero != 1, lay.tp * lay.pp, lay.tp, lay.micro_batch, lay.virtual_stages, lay.zero,
-            RECOMPUTE.index(lay.recompute))  # fmt: skip
+            RECOMPUTE.index(lay.recompute), lay.etp is not None, lay.ep)  # fmt: skip
 
 
 def practitioner_order(layouts: list[Layout], ctx: SpaceContext) -> list[Layout]:

@@ -101,6 +101,7 @@ class Layout(_Frozen):
     dp: int
     cp: int
     ep: int
+    etp: int  # the experts' tensor-parallel degree (tp unless the scenario sets parallelism.etp)
     zero: int
     sequence_parallel: bool
     schedule: str
