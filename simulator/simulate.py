@@ -170,8 +170,8 @@ def _report(
     )  # fmt: skip
     p = s.parallelism
     layout = Layout(
-        tp=p.tp, pp=p.pp, dp=setup.dims.dp, cp=p.cp, ep=p.ep, etp=setup.dims.expert_tp, zero=p.zero,
-        sequence_parallel=p.sequence_parallel,
+        tp=p.tp, pp=p.pp, dp=setup.dims.dp, cp=p.cp, ep=p.ep, etp=setup.dims.expert_tp,
+        moe_dispatcher=p.moe_dispatcher, zero=p.zero, sequence_parallel=p.sequence_parallel,
         schedule=p.schedule, virtual_stages=p.virtual_stages, micro_batch=s.training.micro_batch,
         micro_batches=setup.micro_batches, global_batch=s.training.global_batch, seq_len=s.training.seq_len,
         precision=s.training.precision, recompute=s.training.recompute,

@@ -166,7 +166,8 @@ def test_invalid_layouts_are_pruned_by_the_simulators_own_checks(make_doc: Any) 
 
 
 def test_moe_layouts_search_expert_parallelism_folded_over_the_stage(make_doc: Any) -> None:
-    """A mixture-of-experts model adds ep (divisors of the experts) and etp (tp or 1) to the axes, and the
+    """A mixture-of-experts model adds ep (divisors of the experts), etp (tp or 1) and the dispatcher (all-to-all
+    or flex) to the axes, and the
     folded grid's rule (ep·etp | tp·cp·dp, issue #9's MoE parallel folding) decides what splits: on 4 GPUs tp 2 · dp 2
     holds ep 4 with etp 1, never with etp = tp. Each point runs as labelled (the report's ep and etp)."""
     model = {"layers": 4, "hidden": 512, "heads": 8, "vocab": 1024, "gated_mlp": True,
@@ -176,7 +177,8 @@ def test_moe_layouts_search_expert_parallelism_folded_over_the_stage(make_doc: A
     space = build_space(s, cluster, max_points=1000)
     every = [*space.candidates, *space.capped, *(p.layout for p in space.pruned)]
     assert {lay.ep for lay in every} == {d for d in (1, 2, 4, 8) if d <= cluster.num_gpus}
-    assert {lay.etp for lay in every} == {None, 1}
+    assert {lay.etp for lay in every} == {None, 1} and {lay.dispatcher for lay in every} == {None, "deepep"}
+    assert all(lay.ep > 1 for lay in space.candidates if lay.dispatcher is not None)  # ep 1 moves no tokens
     folded = [lay for lay in space.candidates if lay.ep > lay.dp]  # the expert group spans tensor ranks too
     assert folded and all(lay.etp == 1 for lay in folded)
     broken = [p for p in space.pruned if p.rule == "divisibility" and p.reason.startswith("ep·etp")]
@@ -185,6 +187,8 @@ def test_moe_layouts_search_expert_parallelism_folded_over_the_stage(make_doc: A
     report = simulate_layout(s, lay)
     assert (report.layout.ep, report.layout.etp) == (lay.ep, lay.expert_tp)
     assert Layout.of_report(report.layout) == lay and f"ep{lay.ep} etp1" in lay.label
+    flex = next(lay for lay in space.candidates if lay.dispatcher == "deepep")
+    assert simulate_layout(s, flex).layout.moe_dispatcher == "deepep" and flex.label.endswith(" deepep")
 
 
 def test_the_cap_keeps_the_own_layout_and_spreads_over_tp_pp_pairs(scenario: Scenario) -> None:

@@ -483,22 +483,39 @@ class LayerBuilder:
         local, routed, per_expert, fc1, fc2, sent = self._moe_shape()
         n, tp_split, k = c.moe_tokens, c.dims.expert_tp == c.tp, c.framework.moe
         # received chunks sorted by local expert and back (Megatron-Core sort_chunks_by_idxs)
-        sort = [self._permute("moe_sort", routed, k.sort[0])] if local > 1 else []
+        sort = [self._permute("moe_sort", routed, k.sort[0])] if local > 1 and not x.local_permute else []
+        experts = [
+            self._expert_gemm("expert_fc1", per_expert, fc1, self.h, local),
+            self._activation("expert_activation", fc1, fc2, False, routed),
+            self._expert_gemm("expert_fc2", per_expert, self.h, fc2, local),
+        ]
+        if x.local_permute:  # tokens arrive once per rank: expanded into expert copies there, folded back after
+            # the local unpermute reads the copies and writes one partial sum per received token
+            unpermute = cm.elementwise(self.e * self.h * (routed + x.wire_copies(c, routed)))
+            routed_part = [
+                *x.dispatch(c, routed, False),
+                self._permute("moe_permute", routed, k.permute[0]),
+                *experts,
+                _k("moe_unpermute", unpermute),
+                *x.combine(c, routed, False),
+            ]
+        else:
+            routed_part = [
+                self._permute("moe_permute", sent, k.permute[0]),
+                *x.dispatch(c, routed, False),
+                *sort,
+                *experts,
+                *sort,
+                *x.combine(c, routed, False),
+                _k("moe_unpermute", cm.elementwise(self.e * self.h * (sent + n))),  # weighted sum of k
+            ]
         return self._moe_graphs([
             self._norm("mlp_norm"),
             *(t.block_input_forward(c, "mlp") if tp_split else []),
             _k("router", cm.gemm(n, moe.experts, self.h, linear=False)),  # fp32/bf16 in Megatron-Core
             # fp32 logits → probs → top-k, the load-balancing loss: the framework's router kernels
             _k("router_topk", cm.elementwise(3 * 4 * n * moe.experts, kernels=k.router[0])),
-            self._permute("moe_permute", sent, k.permute[0]),
-            *x.dispatch(c, routed, False),
-            *sort,
-            self._expert_gemm("expert_fc1", per_expert, fc1, self.h, local),
-            self._activation("expert_activation", fc1, fc2, False, routed),
-            self._expert_gemm("expert_fc2", per_expert, self.h, fc2, local),
-            *sort,
-            *x.combine(c, routed, False),
-            _k("moe_unpermute", cm.elementwise(self.e * self.h * (sent + n))),  # weighted sum of k
+            *routed_part,
             *self._shared_forward(),
             # no GEMM right before to hide the block's output communication under
             *(_blocking(t.block_output_forward(c, "mlp")) if tp_split else []),
@@ -512,25 +529,42 @@ class LayerBuilder:
         assert moe is not None
         local, routed, per_expert, fc1, fc2, sent = self._moe_shape()
         n, tp_split, k = c.moe_tokens, c.dims.expert_tp == c.tp, c.framework.moe
-        sort = [self._permute("moe_sort_bwd", routed, k.sort[1])] if local > 1 else []
+        sort = [self._permute("moe_sort_bwd", routed, k.sort[1])] if local > 1 and not x.local_permute else []
         g = self._expert_gemm
-        return self._moe_graphs([
-            *self._dropout_add_backward("mlp_dropout_add_bwd"),
-            *(t.block_output_backward(c, "mlp") if tp_split else []),
-            *self._shared_backward(),
-            # reads dY (and, unless the routing weights multiply in the activation, the saved expert outputs
-            # for their gradient), writes the copies'
-            _k("moe_unpermute_bwd", cm.elementwise(self.e * self.h * ((1 if k.probs_in_activation else 2) * sent + n))),
-            *x.combine(c, routed, True),
-            *sort,
+        experts = [
             g("expert_fc2_dgrad", per_expert, fc2, self.h, local),
             g("expert_fc2_wgrad", fc2, self.h, per_expert, local),
             self._activation("expert_activation_bwd", fc1, fc2, True, routed),
             g("expert_fc1_dgrad", per_expert, self.h, fc1, local),
             g("expert_fc1_wgrad", self.h, fc1, per_expert, local),
-            *sort,
-            *x.dispatch(c, routed, True),
-            self._permute("moe_permute_bwd", sent, k.permute[1]),
+        ]
+        # reads dY (and, unless the routing weights multiply in the activation, the saved expert outputs for
+        # their gradient), writes the copies'
+        reads = 1 if k.probs_in_activation else 2
+        if x.local_permute:
+            received = x.wire_copies(c, routed)
+            routed_part = [
+                *x.combine(c, routed, True),
+                _k("moe_unpermute_bwd", cm.elementwise(self.e * self.h * (reads * routed + received))),
+                *experts,
+                self._permute("moe_permute_bwd", routed, k.permute[1]),
+                *x.dispatch(c, routed, True),
+            ]
+        else:
+            routed_part = [
+                _k("moe_unpermute_bwd", cm.elementwise(self.e * self.h * (reads * sent + n))),
+                *x.combine(c, routed, True),
+                *sort,
+                *experts,
+                *sort,
+                *x.dispatch(c, routed, True),
+                self._permute("moe_permute_bwd", sent, k.permute[1]),
+            ]
+        return self._moe_graphs([
+            *self._dropout_add_backward("mlp_dropout_add_bwd"),
+            *(t.block_output_backward(c, "mlp") if tp_split else []),
+            *self._shared_backward(),
+            *routed_part,
             _k("router_topk_bwd", cm.elementwise(3 * 4 * n * moe.experts, kernels=k.router[1])),
             *(t.block_input_backward_pre(c, "mlp") if tp_split else []),
             _k("router_dgrad", cm.gemm(n, self.h, moe.experts, linear=False)),

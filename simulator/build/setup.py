@@ -24,6 +24,7 @@ from simulator.network.models.base import (
 from simulator.parallel.plan import ParallelDims, ParallelPlan
 from simulator.parallel.strategies.base import BuildContext, DataStrategy, ExpertStrategy
 from simulator.parallel.strategies.expert import expert_load_factor
+from simulator.parallel.strategies.expert_flex import FLEX_DISPATCHERS
 from simulator.registry import SCHEDULES, STRATEGIES
 from simulator.scenario import Scenario
 from simulator.topology.cluster import Cluster
@@ -185,7 +186,8 @@ class Setup:
         p = self.scenario.parallelism
         tensor = STRATEGIES.get("sequence" if p.sequence_parallel else "tensor")()
         context = STRATEGIES.get(f"context_{p.cp_algorithm}", field="parallelism.cp_algorithm")()
-        expert = STRATEGIES.get("expert")()
+        # DeepEP and HybridEP run through Megatron-Core's flex dispatcher (expert_flex.py); allgather runs as alltoall
+        expert = STRATEGIES.get("expert_flex" if p.moe_dispatcher in FLEX_DISPATCHERS else "expert")()
         assert isinstance(expert, ExpertStrategy)
         schedule = SCHEDULES.get(p.schedule, field="parallelism.schedule")()
         chunks = p.virtual_stages

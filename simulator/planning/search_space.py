@@ -4,9 +4,9 @@ Axes, in product order (``itertools.product``): tp (divisors of the GPUs per hos
 layers: an even split, so ``pp_layers`` is never needed), micro_batch, (schedule, virtual_stages), zero,
 sequence_parallel, recompute, and for a mixture-of-experts model ep (divisors of the experts) and etp (the
 experts' own tensor parallelism: tp, Megatron-Core's default, or 1, the experts whole on each rank as MoE
-parallel folding runs them; Liu et al. 2025, arXiv 2504.14960). dp is derived (gpus / (tp·pp·cp)); cp and every
-other setting of the scenario are kept. The token dispatcher is not searched: only the all-to-all one is
-modelled (the others run as it, and the report says so). GPipe is not searched: it has 1F1B's bubble with m instead of p micro-batches in flight
+parallel folding runs them; Liu et al. 2025, arXiv 2504.14960) and the token dispatcher (Megatron-Core's
+all-to-all one, or the flex one: the scenario's DeepEP or HybridEP backend, DeepEP if it names neither). dp is
+derived (gpus / (tp·pp·cp)); cp and every other setting of the scenario are kept. GPipe is not searched: it has 1F1B's bubble with m instead of p micro-batches in flight
 (docs/reference.md, pipeline schedules), so it never beats 1F1B.
 
 Each pruned point keeps the first rule it breaks, cheapest first:
@@ -41,6 +41,7 @@ from simulator.build.setup import (
     peak_memory as peak_stage_memory,  # the report's own estimate: one source of truth
 )
 from simulator.errors import InfeasibleConfig
+from simulator.parallel.strategies.expert_flex import FLEX_DISPATCHERS
 from simulator.registry import SCHEDULES, STRATEGIES
 from simulator.report.schema import Layout as ReportLayout
 from simulator.scenario import Scenario
@@ -79,6 +80,7 @@ class Layout:
     recompute: str
     ep: int = 1
     etp: int | None = None  # None: tp (Megatron-Core's default)
+    dispatcher: str | None = None  # parallelism.moe_dispatcher; None: the all-to-all dispatcher
 
     @property
     def expert_tp(self) -> int:
@@ -93,14 +95,16 @@ class Layout:
         if p.pp_layers is not None or dp * p.tp * p.pp * p.cp != gpus:
             return None
         etp = None if p.etp in (None, p.tp) else p.etp
+        dispatcher = p.moe_dispatcher if p.moe_dispatcher in FLEX_DISPATCHERS else None
         return cls(p.tp, p.pp, dp, t.micro_batch, p.schedule, p.virtual_stages, p.zero,
-                   p.sequence_parallel, t.recompute, p.ep, etp)  # fmt: skip
+                   p.sequence_parallel, t.recompute, p.ep, etp, dispatcher)  # fmt: skip
 
     @classmethod
     def of_report(cls, lay: ReportLayout) -> Layout:
         """The layout a report says was simulated."""
-        fields = {f.name: getattr(lay, f.name) for f in dataclasses.fields(cls) if f.name != "etp"}
-        return cls(**fields, etp=None if lay.etp == lay.tp else lay.etp)
+        fields = {f.name: getattr(lay, f.name) for f in dataclasses.fields(cls) if f.name not in ("etp", "dispatcher")}
+        dispatcher = lay.moe_dispatcher if lay.moe_dispatcher in FLEX_DISPATCHERS else None
+        return cls(**fields, etp=None if lay.etp == lay.tp else lay.etp, dispatcher=dispatcher)
 
     def sections(self) -> dict[str, dict[str, Any]]:
         """Scenario sections → keys that set this layout (dp derived, layers split evenly)."""
@@ -109,6 +113,7 @@ class Layout:
                 "tp": self.tp, "pp": self.pp, "dp": None, "pp_layers": None, "schedule": self.schedule,
                 "virtual_stages": self.virtual_stages, "zero": self.zero,
                 "sequence_parallel": self.sequence_parallel, "ep": self.ep, "etp": self.etp,
+                "moe_dispatcher": self.dispatcher,
             },
             "training": {"micro_batch": self.micro_batch, "recompute": self.recompute},
         }  # fmt: skip
@@ -123,6 +128,7 @@ class Layout:
         chunks = f"×{self.virtual_stages}" if self.virtual_stages > 1 else ""
         sp = " sp" if self.sequence_parallel else ""
         experts = (f" ep{self.ep}" if self.ep > 1 else "") + (f" etp{self.etp}" if self.etp is not None else "")
+        experts += f" {self.dispatcher}" if self.dispatcher is not None else ""
         return (f"tp{self.tp} pp{self.pp} dp{self.dp} mb{self.micro_batch} {self.schedule}{chunks} "
                 f"z{self.zero}{sp} rc:{self.recompute}{experts}")  # fmt: skip
 
@@ -173,6 +179,7 @@ class SpaceContext:
     cp: int
     experts: int  # routed experts per MoE layer; 0 for a dense model
     expert_ffn: int
+    flex: str  # the flex dispatcher backend searched: the scenario's, or deepep
     global_batch: int
     hbm_bytes: float
     zero_stages: tuple[int, ...]
@@ -189,6 +196,7 @@ def space_context(scenario: Scenario, cluster: Cluster) -> SpaceContext:
         gpus=cluster.num_gpus, gpus_per_host=int(per_host.min()), layers=m.layers, heads=m.heads,
         hidden=m.hidden, seq_len=scenario.training.seq_len, cp=p.cp,
         experts=m.moe.experts if m.moe is not None else 0, expert_ffn=m.expert_ffn if m.moe is not None else 0,
+        flex=p.moe_dispatcher if p.moe_dispatcher in FLEX_DISPATCHERS else "deepep",
         global_batch=scenario.training.global_batch, hbm_bytes=min(g.hbm_bytes for g in cluster.gpu_specs),
         zero_stages=zero, schedules=tuple(c for c in SCHEDULE_CHOICES if c[0] in SCHEDULES),
         own=Layout.of(scenario, cluster.num_gpus),
@@ -210,8 +218,9 @@ def enumerate_layouts(ctx: SpaceContext) -> Iterator[Layout]:
         model_par = tp * pp * ctx.cp
         dp = ctx.gpus // model_par if ctx.gpus % model_par == 0 else 0
         etp_axis: tuple[int | None, ...] = (None, 1) if ctx.experts and tp > 1 else (None,)
-        for ep, etp in itertools.product(ep_axis, etp_axis):
-            yield Layout(tp, pp, dp, mb, schedule, v, zero, sp, rc, ep, etp)
+        dispatchers: tuple[str | None, ...] = (None, ctx.flex) if ctx.experts else (None,)
+        for ep, etp, dispatcher in itertools.product(ep_axis, etp_axis, dispatchers):
+            yield Layout(tp, pp, dp, mb, schedule, v, zero, sp, rc, ep, etp, dispatcher)
 
 
 # ----------------------------------------------------------------------------------------- rules
@@ -248,6 +257,8 @@ def _equivalent(lay: Layout, ctx: SpaceContext) -> str | None:
         return "sequence parallelism with tp=1 is the same as without"
     if lay.zero > 0 and lay.dp == 1:
         return f"zero={lay.zero} with dp=1 shards nothing: the same as zero=0"
+    if lay.dispatcher is not None and lay.ep == 1:
+        return f"the {lay.dispatcher} dispatcher with ep=1 moves no tokens: the same as all-to-all"
     if lay.schedule in ("zero-bubble", "zb-h2", "dualpipev") and lay.pp == 1:
         return f"{lay.schedule} with pp=1 has no bubble to fill: the same as 1f1b"
     return None
@@ -314,7 +325,7 @@ def _priority(lay: Layout, ctx: SpaceContext) -> tuple[Any, ...]:
     model parallelism, small micro-batches, fewer chunks."""
     return (lay != ctx.own, round(overhead_factor(lay, ctx), 2), lay.tp > 1 and not lay.sequence_parallel,
             lay.zero != 1, lay.tp * lay.pp, lay.tp, lay.micro_batch, lay.virtual_stages, lay.zero,
-            RECOMPUTE.index(lay.recompute), lay.etp is not None, lay.ep)  # fmt: skip
+            RECOMPUTE.index(lay.recompute), lay.etp is not None, lay.ep, lay.dispatcher is not None)  # fmt: skip
 
 
 def practitioner_order(layouts: list[Layout], ctx: SpaceContext) -> list[Layout]:

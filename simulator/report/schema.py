@@ -102,6 +102,7 @@ class Layout(_Frozen):
     cp: int
     ep: int
     etp: int  # the experts' tensor-parallel degree (tp unless the scenario sets parallelism.etp)
+    moe_dispatcher: str | None = None  # parallelism.moe_dispatcher as given (None: Megatron-Core's all-to-all)
     zero: int
     sequence_parallel: bool
     schedule: str

@@ -51,8 +51,8 @@ def unmodelled_settings(scenario: Scenario) -> str | None:
     if p.moe_a2a_overlap and p.pp > 1 and p.schedule == "1f1b":  # elsewhere merged pairs are modelled
         found.append("parallelism.moe_a2a_overlap with the 1f1b schedule at pp > 1 (Megatron-Core's combined 1F1B "
                      "needs virtual stages there; the all-to-alls run exposed)")
-    if p.moe_dispatcher not in (None, "alltoall"):
-        found.append(f"parallelism.moe_dispatcher={p.moe_dispatcher} (runs as alltoall)")
+    if p.moe_dispatcher == "allgather":
+        found.append("parallelism.moe_dispatcher=allgather (runs as alltoall)")
     if not found:
         return None
     return "recorded but not modelled: " + "; ".join(found)

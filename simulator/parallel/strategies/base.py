@@ -174,6 +174,15 @@ class ExpertStrategy(Strategy):
     """Expert parallelism: how routed tokens reach the experts of other ranks and come back."""
 
     dimension = "expert"
+    # Whether tokens arrive once per destination rank and are expanded into per-expert copies there (a local
+    # permute, no per-expert chunk sort), as DeepEP/HybridEP dispatch them; else each copy travels on its own
+    # and the received chunks are sorted by local expert (Megatron-Core's all-to-all dispatcher).
+    local_permute: ClassVar[bool] = False
+
+    def wire_copies(self, ctx: BuildContext, routed_tokens: float) -> float:
+        """The messages ``routed_tokens`` expert copies travel as: one each, unless the dispatcher sends a token
+        once per destination rank."""
+        return routed_tokens
 
     @abstractmethod
     def dispatch(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:

@@ -1,0 +1,78 @@
+"""Expert parallelism through Megatron-Core's flex token dispatcher (``moe_token_dispatcher_type: flex``)
+with the DeepEP or HybridEP backend (``parallelism.moe_dispatcher: deepep | hybridep``).
+
+What differs from the all-to-all dispatcher (``expert.py``), as Megatron-LM b0cc2706 (Megatron-Bridge v0.3.0 =
+26.02) runs it (``token_dispatcher.py`` ``MoEFlexTokenDispatcher`` / ``_DeepepManager``, ``fused_a2a.py``):
+
+* a token is sent once to each rank holding one of its experts, with its top-k indices and weights beside it
+  (DeepEP ``get_dispatch_layout``: ``num_tokens_per_rank``, ``is_token_in_rank``; ``buffer.dispatch``), not once
+  per chosen expert; the combine returns one partial sum per rank. With uniform routing a token picks
+  ``k`` of ``E`` experts, ``E/ep`` on each rank, so it reaches ``ep·(1 − C(E − E/ep, k)/C(E, k))`` distinct ranks;
+* no all-gather of the token counts and no all-to-all of the routing probabilities (they travel with the
+  tokens), and no per-expert chunk sort: the received tokens are expanded into per-expert order by one local
+  permute (``fused_a2a.py`` dispatch → ``permute``), and folded back by a local unpermute before the combine;
+* the host still waits once per MoE layer forward: ``buffer.dispatch`` busy-waits on the CPU for the received
+  counts ("the CPU will wait for GPU's signal to arrive", ``fused_a2a.py``; DeepEP README), which Megatron-Core
+  does not avoid (it passes no ``num_worst_tokens``); HybridEP's dropless mode reads its counts from pinned
+  memory after a stream sync. The backward reuses the forward's handle and does not wait.
+
+Node-limited routing and DeepEP's hierarchical inter-node forwarding (one copy per node over the scale-out
+network, then NVLink) are not modelled: each rank-level copy is one all-to-all message.
+"""
+
+from __future__ import annotations
+
+from math import comb
+
+from simulator.parallel.strategies.base import BuildContext
+from simulator.parallel.strategies.expert import ExpertParallel
+from simulator.registry import STRATEGIES
+from simulator.workload.ops import Axis, CollectiveKind, CommKind
+from simulator.workload.steps import CommStep, HostSync, Step
+
+FLEX_DISPATCHERS = ("deepep", "hybridep")  # parallelism.moe_dispatcher values that run as this strategy
+
+
+def distinct_ranks(experts: int, top_k: int, ep: int) -> float:
+    """Expected number of distinct ranks a token's ``top_k`` experts (chosen uniformly without replacement from
+    ``experts``, ``experts/ep`` on each of ``ep`` ranks) live on."""
+    per_rank = experts // ep
+    return ep * (1.0 - comb(experts - per_rank, top_k) / comb(experts, top_k))
+
+
+@STRATEGIES.register("expert_flex")
+class FlexExpertParallel(ExpertParallel):
+    """Dispatch and combine as DeepEP / HybridEP run them: one message per (token, destination rank)."""
+
+    name = "expert_flex"
+    local_permute = True
+
+    def wire_copies(self, ctx: BuildContext, routed_tokens: float) -> float:
+        """One message per (token, destination rank) for ``routed_tokens`` expert copies."""
+        moe = ctx.model.moe
+        assert moe is not None
+        return routed_tokens * distinct_ranks(moe.experts, moe.top_k, ctx.dims.ep) / moe.top_k
+
+    def dispatch(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
+        """Each token once to every rank holding one of its experts, with its top-k indices (int64) and weights
+        (fp32); the forward waits on the host for the received counts when dropless."""
+        moe = ctx.model.moe
+        assert moe is not None
+        sync: list[Step] = [HostSync("moe_dropless_counts")] if (
+            not backward and moe.capacity_factor is None and ctx.framework.moe.dropless_host_sync
+        ) else []  # fmt: skip
+        if ctx.dims.ep == 1:
+            return sync
+        messages = self.wire_copies(ctx, routed_tokens)
+        routing = 0.0 if backward else 12.0 * moe.top_k  # indices and weights travel with the forward tokens
+        nbytes = messages * (ctx.model.hidden * ctx.e + routing)
+        name = "moe_dispatch_bwd" if backward else "moe_dispatch"
+        return [*sync, CommStep(name, CollectiveKind.ALL_TO_ALL, CommKind.EP, Axis.EP, nbytes)]
+
+    def combine(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
+        """One partial sum per (token, rank) back (forward); the output gradients out again (backward)."""
+        if ctx.dims.ep == 1:
+            return []
+        nbytes = self.wire_copies(ctx, routed_tokens) * ctx.model.hidden * ctx.e
+        name = "moe_combine_bwd" if backward else "moe_combine"
+        return [CommStep(name, CollectiveKind.ALL_TO_ALL, CommKind.EP, Axis.EP, nbytes)]

@@ -1,0 +1,71 @@
+"""Megatron-Core's flex token dispatcher (DeepEP / HybridEP backends, ``parallelism.moe_dispatcher``): a token
+travels once to each rank holding one of its experts, so the dispatch and combine all-to-alls carry T·d·h bytes
+with d = ep·(1 − C(E − E/ep, k)/C(E, k)) the expected distinct ranks of its k experts (uniform routing) instead of
+the all-to-all dispatcher's T·k·h; the routing indices and weights travel with the tokens (12·k bytes per
+message), with no count all-gather, no probability all-to-all and no per-expert chunk sort; the host still
+waits for the counts once per MoE layer forward (DeepEP's ``buffer.dispatch``)."""
+
+from __future__ import annotations
+
+from math import comb
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from simulator.build.program_builder import ProgramFactory
+from simulator.build.setup import Setup
+from simulator.parallel.strategies.expert_flex import distinct_ranks
+from simulator.report.warnings import unmodelled_settings
+from simulator.topology.loader import build_cluster
+from simulator.workload.ops import Collective, CollectiveKind, CommKind
+from simulator.workload.steps import HostSync, KernelStep
+
+MOE = {
+    "layers": 2, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn_hidden": 2048, "vocab": 4096,
+    "gated_mlp": True, "linear_bias": False, "moe": {"experts": 32, "top_k": 4},
+}  # fmt: skip
+
+
+def test_distinct_ranks_closed_form() -> None:
+    assert distinct_ranks(128, 8, 1) == pytest.approx(1.0)
+    assert distinct_ranks(128, 1, 8) == pytest.approx(1.0)  # one expert lives on one rank
+    assert distinct_ranks(128, 8, 128) == pytest.approx(8.0)  # one expert per rank: every copy its own rank
+    # Qwen3-30B-A3B on EP 8: 16 experts per rank, P(a rank holds none of 8 picks) = C(112, 8) / C(128, 8)
+    assert distinct_ranks(128, 8, 8) == pytest.approx(8 * (1 - comb(112, 8) / comb(128, 8)))
+    assert distinct_ranks(128, 8, 8) == pytest.approx(5.34, abs=0.01)
+
+
+@given(st.sampled_from([8, 16, 64, 128, 256]), st.integers(1, 8), st.sampled_from([1, 2, 4, 8]))
+def test_distinct_ranks_between_one_and_k(experts: int, top_k: int, ep: int) -> None:
+    d = distinct_ranks(experts, top_k, ep)
+    assert 1.0 - 1e-12 <= d <= min(top_k, ep) + 1e-12
+
+
+def _setup(make_scenario, dispatcher: str) -> Setup:  # type: ignore[no-untyped-def]
+    sc = make_scenario(gpus_per_host=8, model=MOE, micro_batches=2, seq_len=1024, parallelism__ep=8,
+                       parallelism__moe_dispatcher=dispatcher)  # fmt: skip
+    return Setup(sc, build_cluster(sc.topology, file="<test>"), "symmetric")
+
+
+@pytest.mark.parametrize("dispatcher", ["deepep", "hybridep"])
+def test_flex_messages_are_per_destination_rank(make_scenario, dispatcher: str) -> None:  # type: ignore[no-untyped-def]
+    flex, a2a = _setup(make_scenario, dispatcher), _setup(make_scenario, "alltoall")
+    prog = ProgramFactory(flex.workload, flex.inline_comm).build(0)
+    ops = [op for op in prog.ops if isinstance(op, Collective) and op.comm is CommKind.EP]
+    assert {op.kind for op in ops} == {CollectiveKind.ALL_TO_ALL} and not any("probs" in op.name for op in ops)
+    tokens, k, h = 1024, MOE["moe"]["top_k"], MOE["hidden"]
+    messages = tokens * distinct_ranks(MOE["moe"]["experts"], k, 8)
+    fwd = [op.bytes for op in ops if op.name == "moe_dispatch"]
+    rest = [op.bytes for op in ops if op.name != "moe_dispatch"]
+    assert fwd and fwd == pytest.approx([messages * (2 * h + 12 * k)] * len(fwd))
+    assert rest and rest == pytest.approx([messages * 2 * h] * len(rest))
+    a2a_ops = ProgramFactory(a2a.workload, a2a.inline_comm).build(0).ops
+    assert any(isinstance(op, Collective) and op.kind is CollectiveKind.ALL_GATHER for op in a2a_ops)
+    # no per-expert chunk sort; the host waits once per MoE layer forward, as with the all-to-all dispatcher
+    lb = flex.workload.layer_builder
+    fwd_steps, bwd_steps = lb.forward(True), lb.backward(1.0, True)
+    names = [s.name for s in fwd_steps + bwd_steps if isinstance(s, KernelStep)]
+    assert not any("sort" in n for n in names) and "moe_permute" in names
+    assert sum(isinstance(s, HostSync) for s in fwd_steps) == 1 and not any(isinstance(s, HostSync) for s in bwd_steps)
+    assert unmodelled_settings(flex.scenario) is None
