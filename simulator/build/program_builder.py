@@ -270,13 +270,24 @@ class _Emitter:
     )  # [countdown, op] of comms the compute stream must join
     step_end: list[int] = field(default_factory=list)  # comms the optimizer waits for
     prefetched: dict[str, int] = field(default_factory=dict)  # prefetched comms not yet joined, by name
+    # id(fused step) → (the step, its label): ``FusedCompute.name`` formats a string on each call, and a
+    # 1T-parameter pipeline emits each compiled step for hundreds of micro-batches (the step is kept in the
+    # value, so that a reused id is never mistaken for it)
+    names: dict[int, tuple[FusedCompute, str]] = field(default_factory=dict)
 
     def compute(self, fc: FusedCompute, category: Category, mb: int, chunk: int) -> int:
         """Add a fused compute op after the previous one and any communication it must wait for."""
-        deps = [self.last_compute] + [op for c, op in self.joins if c == 0]
-        self.joins = [[c - 1, op] for c, op in self.joins if c > 0]
+        joins = self.joins
+        if joins:
+            deps = [self.last_compute] + [op for c, op in joins if c == 0]
+            self.joins = [[c - 1, op] for c, op in joins if c > 0]
+        else:
+            deps = [self.last_compute]
+        hit = self.names.get(id(fc))
+        if hit is None or hit[0] is not fc:
+            hit = self.names[id(fc)] = (fc, fc.name)
         op = Compute(
-            fc.name, category, fc.duration_s, fc.model_flops, fc.hw_flops, fc.bytes, mb, chunk,
+            hit[1], category, fc.duration_s, fc.model_flops, fc.hw_flops, fc.bytes, mb, chunk,
             fc.comm_exposed_s, fc.comm_hidden_s, fc.segments, fc.class_s,
         )  # fmt: skip
         self.last_compute = self.pb.add(op, COMPUTE_STREAM, deps)
@@ -321,6 +332,10 @@ class ProgramFactory:
         self._units: dict[int, list[Unit]] = {}
         self._gathers: dict[str, tuple[CompiledStep, ...]] = {}  # the scatter-gather's all-gather, per direction
         self._programs: dict[int, Program] = {}  # stage → its program (immutable, shared by its ranks)
+        # what every task of a stage asks again (a 1T-parameter pipeline has 1,024 tasks per stage): computed once
+        self._names: dict[int, tuple[FusedCompute, str]] = {}  # the emitters' step labels (``_Emitter.names``)
+        self._two_ways: dict[int, bool] = {}
+        self._bwd_ops: dict[tuple[int, bool], tuple[tuple[CompiledStep, Category], ...]] = {}
 
     # ------------------------------------------------------------------ units of a chunk
     def units(self, vs: int) -> list[Unit]:
@@ -451,7 +466,7 @@ class ProgramFactory:
 
     def _build_stage(self, stage: int) -> Program:
         s = self.spec
-        em = _Emitter()
+        em = _Emitter(names=self._names)
         grads = _GradBuckets(s, em)
         self._step_prologue(em, stage)
         tasks = s.schedule.tasks(stage, s.ctx.dims.pp, s.micro_batches, s.chunks)
@@ -480,6 +495,7 @@ class ProgramFactory:
         self._optimizer(em, stage)
         return em.pb.build()
 
+    @cached_property
     def _p2p_bytes(self) -> float:
         """Bytes one rank sends to the next stage per micro-batch: the activation, split over TP ranks
         when Megatron's scatter-gather optimisation is on or sequence parallelism shards it anyway."""
@@ -494,7 +510,7 @@ class ProgramFactory:
         off = self.spec.schedule.stage_of(vs_peer, self.spec.ctx.dims.pp) - stage
         name = f"{'send' if is_send else 'recv'}_{kind}"
         tag = (kind, task.mb, vs_to)
-        return SendRecv(name, is_send, CommKind.PP, Axis.PP, off, self._p2p_bytes(), tag, task.mb, task.chunk)
+        return SendRecv(name, is_send, CommKind.PP, Axis.PP, off, self._p2p_bytes, tag, task.mb, task.chunk)
 
     def _recv(self, em: _Emitter, kind: str, task: Task, vs_from: int, stage: int) -> None:
         vs_to = vs_from + (1 if kind == "act" else -1)
@@ -506,7 +522,7 @@ class ProgramFactory:
             # (the same compiled step for every receive of one direction: compiled once)
             if kind not in self._gathers:
                 gather = CommStep(
-                    f"{kind}_allgather", CollectiveKind.ALL_GATHER, CommKind.TP, Axis.TP, self._p2p_bytes() * c.tp
+                    f"{kind}_allgather", CollectiveKind.ALL_GATHER, CommKind.TP, Axis.TP, self._p2p_bytes * c.tp
                 )
                 self._gathers[kind] = compile_steps([gather], False, self.inline)
             cat = Category.FORWARD if kind == "act" else Category.BACKWARD
@@ -526,12 +542,13 @@ class ProgramFactory:
     def _emit(self, em: _Emitter, steps: tuple[CompiledStep, ...], cat: Category, task: Task,
               grads: _GradBuckets | None) -> None:  # fmt: skip
         for st in steps:
-            if isinstance(st, FusedCompute):
-                em.compute(st, cat, task.mb, task.chunk)
-            elif isinstance(st, CommStep):
-                em.comm(st, task.mb, task.chunk)
-            elif isinstance(st, Join):
-                em.join(st.name)
+            kind = type(st)  # the compiled step types are final (slotted dataclasses): no isinstance chain
+            if kind is FusedCompute:
+                em.compute(st, cat, task.mb, task.chunk)  # type: ignore[arg-type]
+            elif kind is CommStep:
+                em.comm(st, task.mb, task.chunk)  # type: ignore[arg-type]
+            elif kind is Join:
+                em.join(st.name)  # type: ignore[union-attr]
             elif grads is not None:
                 grads.ready(st, task)
 
@@ -550,14 +567,17 @@ class ProgramFactory:
         posts them together in one ``batch_isend_irecv``), so each direction then gets its own send stream:
         one stream for both would hold a send to the next rank behind one waiting for the previous rank's
         receive. Every other placement sends each kind one way per rank and keeps its one stream."""
-        s = self.spec
-        pp = s.ctx.dims.pp
-        steps = {
-            s.schedule.stage_of(vs + 1, pp) - stage
-            for vs in (s.schedule.virtual_stage(stage, c, pp) for c in range(s.chunks))
-            if vs < s.last_virtual
-        }
-        return any(d > 0 for d in steps) and any(d < 0 for d in steps)
+        two_way = self._two_ways.get(stage)
+        if two_way is None:
+            s = self.spec
+            pp = s.ctx.dims.pp
+            steps = {
+                s.schedule.stage_of(vs + 1, pp) - stage
+                for vs in (s.schedule.virtual_stage(stage, c, pp) for c in range(s.chunks))
+                if vs < s.last_virtual
+            }
+            two_way = self._two_ways[stage] = any(d > 0 for d in steps) and any(d < 0 for d in steps)
+        return two_way
 
     def _remote(self, vs_peer: int, stage: int) -> bool:
         """Whether ``vs_peer`` sits on another stage. In a V placement (DualPipeV) the turn of the V is one
@@ -582,9 +602,13 @@ class ProgramFactory:
                   recv: bool = True) -> None:  # fmt: skip
         if recv:
             self._backward_recv(em, task, stage)
-        last_mb = self._last_backward(task)
+        g = grads if self._last_backward(task) else None
+        mb, chunk = task.mb, task.chunk
         for st, cat in self._backward_ops(task, vs):
-            self._emit(em, (st,), cat, task, grads if last_mb else None)
+            if type(st) is FusedCompute:  # most steps: straight to the emitter
+                em.compute(st, cat, mb, chunk)
+            else:
+                self._emit(em, (st,), cat, task, g)
         self._backward_end(em, task, vs, stage, grads)
 
     def _split(self, task: Task) -> bool:
@@ -596,14 +620,18 @@ class ProgramFactory:
         """Whether ``task`` is the last micro-batch's whole backward, which reduces the gradients."""
         return task.mb == self.spec.micro_batches - 1 and not self._split(task)
 
-    def _backward_ops(self, task: Task, vs: int) -> list[tuple[CompiledStep, Category]]:
-        """The compiled steps of ``task``'s backward with their categories."""
+    def _backward_ops(self, task: Task, vs: int) -> tuple[tuple[CompiledStep, Category], ...]:
+        """The compiled steps of ``task``'s backward with their categories (the same for every micro-batch of
+        ``vs``: computed once per virtual stage and kind)."""
         split = self._split(task)
-        kind = Category.BACKWARD_INPUT if split else Category.BACKWARD
-        out: list[tuple[CompiledStep, Category]] = []
-        for seg in self.backward_steps(vs, "B" if split else "BW"):
-            cat = Category.RECOMPUTE if seg and _is_recompute(seg) else kind
-            out += [(st, cat) for st in seg]
+        out = self._bwd_ops.get((vs, split))
+        if out is None:
+            kind = Category.BACKWARD_INPUT if split else Category.BACKWARD
+            ops: list[tuple[CompiledStep, Category]] = []
+            for seg in self.backward_steps(vs, "B" if split else "BW"):
+                cat = Category.RECOMPUTE if seg and _is_recompute(seg) else kind
+                ops += [(st, cat) for st in seg]
+            out = self._bwd_ops[(vs, split)] = tuple(ops)
         return out
 
     def _backward_end(self, em: _Emitter, task: Task, vs: int, stage: int, grads: _GradBuckets) -> None:
@@ -676,7 +704,7 @@ class ProgramFactory:
 
 
 def _ep_blocks(
-    ops: list[tuple[CompiledStep, Category]],
+    ops: list[tuple[CompiledStep, Category]] | tuple[tuple[CompiledStep, Category], ...],
 ) -> list[tuple[list[tuple[CompiledStep, Category]], list[CommStep]]]:
     """``ops`` cut after each run of blocking expert-parallel communication: (steps before it, the run)."""
     blocks: list[tuple[list[tuple[CompiledStep, Category]], list[CommStep]]] = []

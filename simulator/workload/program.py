@@ -19,10 +19,11 @@ class ProgramBuilder:
 
     def add(self, op: Op, stream: str, deps: tuple[int, ...] | list[int] = ()) -> int:
         """Append ``op`` on ``stream``; returns its index."""
-        self.ops.append(op)
+        ops = self.ops
+        ops.append(op)
         self.streams.append(stream)
-        self.deps.append(tuple(d for d in deps if d >= 0))
-        return len(self.ops) - 1
+        self.deps.append(tuple([d for d in deps if d >= 0]) if deps else ())
+        return len(ops) - 1
 
     def build(self) -> Program:
         """The finished, immutable program."""
