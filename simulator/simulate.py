@@ -106,8 +106,7 @@ def _account_inline(programs: dict[int, Program], resolver: GroupResolver, netwo
     for rank, prog in programs.items():
         counts = per_program.get(id(prog))
         if counts is None:
-            steps = (getattr(seg, "step", None) for op in prog.ops if isinstance(op, Compute) for seg in op.segments)
-            counts = per_program[id(prog)] = Counter(step for step in steps if step is not None)
+            counts = per_program[id(prog)] = _inlined_steps(prog)
         for step, n in counts.items():
             op = ops.get(step)
             if op is None:
@@ -117,6 +116,22 @@ def _account_inline(programs: dict[int, Program], resolver: GroupResolver, netwo
     for req, n in per_group.values():
         for phase in network.cache.routed(req):
             np.add.at(network.link_bytes, phase.link_ids, phase.link_bytes * n)
+
+
+def _inlined_steps(prog: Program) -> Counter[CommStep]:
+    """How often each collective folded into ``prog``'s compute ops runs, in order of first occurrence.
+    The ops of one compiled step share its ``segments`` tuple (a 1T-parameter pipeline emits each for hundreds
+    of micro-batches): counted by identity first, then each distinct layout's steps once."""
+    segments = [op.segments for op in prog.ops if type(op) is Compute and op.segments]
+    layouts: Counter[int] = Counter(map(id, segments))
+    by_id = dict(zip(map(id, segments), segments, strict=True))
+    counts: Counter[CommStep] = Counter()
+    for key, n in layouts.items():
+        for seg in by_id[key]:
+            step = getattr(seg, "step", None)
+            if step is not None:
+                counts[step] += n
+    return counts
 
 
 def _p2p_bytes(programs: dict[int, Program], classes: RankClasses) -> tuple[float, float]:
