@@ -188,9 +188,11 @@ class Engine:
         self._finish_compute(st, run[-1], start)
 
     def _record_compute(self, st: _RankState, i: int, start: float, end: float) -> None:
+        # rows carry the category and comm kind as their StrEnum members: ``TraceRecorder.freeze`` turns them
+        # into plain strings column by column (``str`` of a StrEnum is its value), cheaper than ``.value`` per op
         op: Compute = st.program.ops[i]  # type: ignore[assignment]
         self._row((
-            st.rank, st.program.streams[i], op.name, op.category.value, "", start, end,
+            st.rank, st.program.streams[i], op.name, op.category, "", start, end,
             op.bytes, op.model_flops, op.hw_flops, op.micro_batch,
             op.inline_comm_s, op.inline_hidden_s, op.segments, op.class_s,
         ))  # fmt: skip
@@ -198,7 +200,7 @@ class Engine:
     def _finish_compute(self, st: _RankState, i: int, start: float) -> None:
         op: Compute = st.program.ops[i]  # type: ignore[assignment]
         self._row((
-            st.rank, st.program.streams[i], op.name, op.category.value, "", start, self.env.now,
+            st.rank, st.program.streams[i], op.name, op.category, "", start, self.env.now,
             op.bytes, op.model_flops, op.hw_flops, op.micro_batch,
             op.inline_comm_s, op.inline_hidden_s, op.segments, op.class_s,
         ))  # fmt: skip
@@ -259,7 +261,7 @@ class Engine:
             now = self.env.now
             for st, i in meeting.arrived:
                 op: Collective | SendRecv = st.program.ops[i]  # type: ignore[assignment]
-                self._row((st.rank, st.program.streams[i], op.name, "comm", op.comm.value, start, now,
+                self._row((st.rank, st.program.streams[i], op.name, "comm", op.comm, start, now,
                            op.bytes, 0.0, 0.0, op.micro_batch, 0.0, 0.0, (), NO_CLASS_S))  # fmt: skip
                 self._done(st, i)
 
