@@ -58,10 +58,11 @@ def test_recomputing_costs_time_and_saves_memory(make_doc) -> None:  # type: ign
 
 
 def test_what_is_not_modelled_is_said(make_doc) -> None:  # type: ignore[no-untyped-def]
-    """A dispatcher other than all-to-all is recorded but runs as all-to-all, and the report says so."""
-    doc = make_doc(gpus_per_host=8, model=MOE, seq_len=512, parallelism__ep=8, parallelism__moe_dispatcher="deepep")
+    """The all-gather dispatcher is recorded but runs as all-to-all, and the report says so; the flex ones
+    (deepep, hybridep) are modelled (tests/test_flex_dispatcher.py) and draw no such warning."""
+    doc = make_doc(gpus_per_host=8, model=MOE, seq_len=512, parallelism__ep=8, parallelism__moe_dispatcher="allgather")
     warnings = simulate(scenario_from_dict(doc)).report.warnings
-    assert any(w.startswith("recorded but not modelled: parallelism.moe_dispatcher=deepep") for w in warnings)
+    assert any(w.startswith("recorded but not modelled: parallelism.moe_dispatcher=allgather") for w in warnings)
 
 
 DENSE = {"layers": 2, "hidden": 1024, "heads": 16, "kv_heads": 4, "ffn_hidden": 2816, "vocab": 1024,
