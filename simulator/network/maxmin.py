@@ -91,7 +91,7 @@ def maxmin_rates_csr(
         k = np.concatenate([k, np.ones(capped.size)])
         cap = np.concatenate([cap, np.asarray(rate_cap_bytes_per_s, dtype=np.float64)[capped]])
     keep = k > 0
-    used, col = _compact(links[keep], cap.size)
+    used, col = compact_ids(links[keep], cap.size)
     if num == 1:  # one coflow: its bottleneck link
         per_link = np.bincount(col, weights=k[keep], minlength=used.size)
         return np.array([np.min(cap[used] / per_link, initial=np.inf)])
@@ -193,7 +193,7 @@ def distinct_constraints(
     Columns are told apart by a multiset hash (a wrapping sum of SplitMix64 values of (coflow, k) plus the
     capacity's): equal columns always hash equal; different ones collide with probability ~2**-64, as the
     symmetry fingerprints (``engine/symmetry.py``)."""
-    used, col = _compact(links, capacity.size)
+    used, col = compact_ids(links, capacity.size)
     tag = _mix64(
         rows.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ k.astype(np.float64).view(np.uint64)
     )
@@ -213,7 +213,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint64(31))
 
 
-def _compact(links: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:
+def compact_ids(links: np.ndarray, n_links: int) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(links, return_inverse=True)`` for ids below ``n_links``, by marking instead of sorting
     (a network's links number in the millions, a max-min problem's entries in the hundreds of thousands)."""
     if links.size * 8 < n_links:  # few entries: sorting them is cheaper than a pass over every link
