@@ -14,6 +14,7 @@ import heapq
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import simpy
@@ -73,6 +74,21 @@ class HeapEnvironment(simpy.Environment):
 _COMPUTE, _COLLECTIVE, _P2P = 0, 1, 2
 
 
+def _chain_runs(prog: Program, chain: list[int]) -> dict[int, tuple[tuple[int, ...], tuple[float, ...]]]:
+    """Each chain of compute ops (``_RankState.chain``) from its head: its ops and their durations. An op
+    inside a chain waits for its predecessor alone, so only a head is ever started."""
+    inside = set(chain) - {-1}
+    runs: dict[int, tuple[tuple[int, ...], tuple[float, ...]]] = {}
+    for i, nxt in enumerate(chain):
+        if nxt < 0 or i in inside:
+            continue
+        run = [i]
+        while chain[run[-1]] >= 0:
+            run.append(chain[run[-1]])
+        runs[i] = (tuple(run), tuple(prog.ops[j].duration_s for j in run))  # type: ignore[union-attr]
+    return runs
+
+
 @dataclass(eq=False)
 class _RankState:
     rank: int
@@ -81,17 +97,22 @@ class _RankState:
     waits: list[int]
     kinds: list[int]  # _COMPUTE, _COLLECTIVE or _P2P per op (one list lookup instead of isinstance tests)
     chain: list[int]  # the compute op that only this compute op starts, and that nothing else waits for; -1
+    # head of a chain → (its ops, their durations): what ``_start_chain`` runs, the same every time
+    runs: dict[int, tuple[tuple[int, ...], tuple[float, ...]]]
     seq: dict[tuple[object, ...], int] = field(default_factory=lambda: defaultdict(int))
     finished: int = 0
 
 
-@dataclass(eq=False)
 class _Meeting:
-    """A collective or send/recv waiting for its participants."""
+    """A collective or send/recv waiting for its participants (a plain slotted class: one is made per
+    executed collective and transfer, and a dataclass's field defaults cost more than the rest of it)."""
 
-    needed: int
-    arrived: list[tuple[_RankState, int]] = field(default_factory=list)
-    request: object = None
+    __slots__ = ("needed", "arrived", "request")
+
+    def __init__(self, needed: int, request: object = None) -> None:
+        self.needed = needed
+        self.arrived: list[tuple[_RankState, int]] = []
+        self.request = request
 
 
 class Engine:
@@ -118,7 +139,7 @@ class Engine:
         # thirds of a Megatron program's ops are compute ops whose only successor is the next one): only on
         # an environment that can fire a timer at an absolute time
         chains = isinstance(env, HeapEnvironment)
-        shared: dict[int, tuple[list[list[int]], list[int], list[int], list[int]]] = {}  # id(program) → tables
+        shared: dict[int, tuple[list[list[int]], list[int], list[int], list[int], dict[int, Any]]] = {}  # id → tables
         for rank, prog in programs.items():
             tables = shared.get(id(prog))
             if tables is None:  # ranks running one program (all ranks of a stage under --full) share them
@@ -130,9 +151,9 @@ class Engine:
                     for i, nxt in enumerate(succ):
                         if kinds[i] == _COMPUTE and len(nxt) == 1 and kinds[nxt[0]] == _COMPUTE and waits[nxt[0]] == 1:
                             chain[i] = nxt[0]
-                tables = shared[id(prog)] = (succ, waits, kinds, chain)
-            succ, waits, kinds, chain = tables
-            self._ranks[rank] = _RankState(rank, prog, succ, list(waits), kinds, chain)
+                tables = shared[id(prog)] = (succ, waits, kinds, chain, _chain_runs(prog, chain))
+            succ, waits, kinds, chain, runs = tables
+            self._ranks[rank] = _RankState(rank, prog, succ, list(waits), kinds, chain, runs)
 
     def run(self) -> None:
         """Run until every op of every rank has finished."""
@@ -166,36 +187,31 @@ class Engine:
         """Compute op ``i`` and the chain it alone starts, back to back on one timer: each op starts when the
         one before ends, as op-by-op timers would have it, and nothing else can see the ops before the last
         end (no other op waits for them), so only the last one's end is an event."""
-        ops, chain = st.program.ops, st.chain
-        run, ends = [i], [start + ops[i].duration_s]  # type: ignore[union-attr]
-        j = chain[i]
-        while j >= 0:
-            run.append(j)
-            ends.append(ends[-1] + ops[j].duration_s)  # type: ignore[union-attr]
-            j = chain[j]
+        run, durations = st.runs[i]
+        # the op boundaries: start, start + d0, (start + d0) + d1, … (``accumulate`` adds left to right, as
+        # op-by-op timers would)
+        ends = list(accumulate(durations, initial=start))
         self.events += len(run) - 1
         self.env.timer_at(ends[-1]).callbacks.append(  # type: ignore[attr-defined]
-            lambda _ev: self._finish_chain(st, run, start, ends)
+            lambda _ev: self._finish_chain(st, run, ends)
         )
 
-    def _finish_chain(self, st: _RankState, run: list[int], start: float, ends: list[float]) -> None:
-        waits = st.waits
-        for k in range(len(run) - 1):
-            self._record_compute(st, run[k], start, ends[k])
-            start = ends[k]
-            st.finished += 1
-            waits[run[k + 1]] -= 1
-        self._finish_compute(st, run[-1], start)
-
-    def _record_compute(self, st: _RankState, i: int, start: float, end: float) -> None:
+    def _finish_chain(self, st: _RankState, run: tuple[int, ...], ends: list[float]) -> None:
         # rows carry the category and comm kind as their StrEnum members: ``TraceRecorder.freeze`` turns them
         # into plain strings column by column (``str`` of a StrEnum is its value), cheaper than ``.value`` per op
-        op: Compute = st.program.ops[i]  # type: ignore[assignment]
-        self._row((
-            st.rank, st.program.streams[i], op.name, op.category, "", start, end,
-            op.bytes, op.model_flops, op.hw_flops, op.micro_batch,
-            op.inline_comm_s, op.inline_hidden_s, op.segments, op.class_s,
-        ))  # fmt: skip
+        waits, ops, streams, row, rank = st.waits, st.program.ops, st.program.streams, self._row, st.rank
+        last = len(run) - 1
+        for k in range(last):
+            i = run[k]
+            op: Compute = ops[i]  # type: ignore[assignment]
+            row((
+                rank, streams[i], op.name, op.category, "", ends[k], ends[k + 1],
+                op.bytes, op.model_flops, op.hw_flops, op.micro_batch,
+                op.inline_comm_s, op.inline_hidden_s, op.segments, op.class_s,
+            ))  # fmt: skip
+            waits[run[k + 1]] -= 1
+        st.finished += last
+        self._finish_compute(st, run[-1], ends[last])
 
     def _finish_compute(self, st: _RankState, i: int, start: float) -> None:
         op: Compute = st.program.ops[i]  # type: ignore[assignment]
@@ -234,12 +250,10 @@ class Engine:
         peer = self._peer.get(pkey)
         if peer is None:
             peer = self._peer[pkey] = self.resolver.classes.rep_of(self.resolver.peer(st.rank, op))
-        src, dst = (st.rank, peer) if op.is_send else (peer, st.rank)
-        key = ("p2p", src, dst, op.tag)
+        key = ("p2p", st.rank, peer, op.tag) if op.is_send else ("p2p", peer, st.rank, op.tag)
         meeting = self._meetings.get(key)
         if meeting is None:
-            meeting = _Meeting(needed=2)
-            self._meetings[key] = meeting
+            meeting = self._meetings[key] = _Meeting(2)
         meeting.arrived.append((st, i))
         if op.is_send:
             skey = (st.rank, op.offset, op.bytes)
