@@ -19,7 +19,10 @@ go in docs/accuracy.md. Effects:
   value before launch costs moved to the frameworks, ``frameworks/host.yaml``);
 * ``ep-overlap``: ``moe_a2a_overlap`` ignored (no merged forward/backward pairs, all-to-alls exposed);
 * ``b200-transfer``: B200 and GB200 with the H100's GEMM constants (as inherited before the kernel-table
-  transfer, ``python -m simulator.calibrate transfer``).
+  transfer, ``python -m simulator.calibrate transfer``);
+* ``flex-dispatcher``: DeepEP and HybridEP run as Megatron-Core's all-to-all dispatcher (one message per expert
+  copy, the count all-gather, the probabilities' all-to-all and the chunk sort); only held-out rows use them:
+  ``--suite heldout-training-runs --only "without flex dispatcher"``.
 """
 
 from __future__ import annotations
@@ -137,6 +140,12 @@ def _no_b200_transfer() -> Iterator[None]:
 
 
 @contextmanager
+def _no_flex_dispatcher() -> Iterator[None]:
+    with mock.patch.object(setup_module, "FLEX_DISPATCHERS", ()):
+        yield
+
+
+@contextmanager
 def _nothing() -> Iterator[None]:
     yield
 
@@ -153,6 +162,7 @@ ABLATIONS: dict[str, Callable[[], object]] = {
     "launch 11.86 us everywhere": _old_launch,
     "without EP overlap": _no_ep_overlap,
     "without B200 transfer": _no_b200_transfer,
+    "without flex dispatcher": _no_flex_dispatcher,
 }
 
 
@@ -161,11 +171,13 @@ def _stats(errors: list[float]) -> tuple[float, float]:
     return (statistics.median(e), max(e)) if e else (float("nan"), float("nan"))
 
 
-def run(suite: str) -> dict[str, dict[str, tuple[float, float]]]:
-    """Per ablation, per class: (median, max) |error|."""
+def run(suite: str, only: list[str] | None = None) -> dict[str, dict[str, tuple[float, float]]]:
+    """Per ablation (the full model and ``only``, default every one), per class: (median, max) |error|."""
     rows = list(suites.suite_rows([suite]))
     out: dict[str, dict[str, tuple[float, float]]] = {}
     for name, ctx in ABLATIONS.items():
+        if only and name != "full model" and name not in only:
+            continue
         getattr(suites.evaluate, "cache_clear", lambda: None)()  # evaluate may memoise rows
         # the setup module imported profile_for by name: patch it there too
         with ctx(), mock.patch.object(setup_module, "profile_for", fw.profile_for):  # type: ignore[attr-defined]
@@ -184,8 +196,10 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--suite", default="modern-training-runs")
     p.add_argument("--out", help="also write the figures as JSON")
+    p.add_argument("--only", action="append", choices=[a for a in ABLATIONS if a != "full model"],
+                   help="run only this ablation beside the full model (repeatable)")
     args = p.parse_args()
-    res = run(args.suite)
+    res = run(args.suite, args.only)
     classes = list(res["full model"])
     print("| class | " + " | ".join(res) + " |")
     print("|---|" + "---|" * len(res))
