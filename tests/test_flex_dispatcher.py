@@ -69,3 +69,22 @@ def test_flex_messages_are_per_destination_rank(make_scenario, dispatcher: str) 
     assert not any("sort" in n for n in names) and "moe_permute" in names
     assert sum(isinstance(s, HostSync) for s in fwd_steps) == 1 and not any(isinstance(s, HostSync) for s in bwd_steps)
     assert unmodelled_settings(flex.scenario) is None
+
+
+def test_across_nvlink_domains_a_token_crosses_the_fabric_once_per_remote_domain(make_scenario) -> None:  # type: ignore[no-untyped-def]
+    """EP 16 over two 8-GPU hosts (two NVLink domains): a token's expected remote domains are
+    p = 1 − C(E − E/2, k)/C(E, k), and the all-to-all is sized so that the (ep − g)/ep of it that leaves the
+    domain (g = 8 ranks per domain) is T·p·h bytes: DeepEP's one RDMA copy per remote node."""
+    sc = make_scenario(gpus_per_host=8, nodes=2, model=MOE, micro_batches=2, seq_len=1024, parallelism__ep=16,
+                       parallelism__moe_dispatcher="deepep")  # fmt: skip
+    s = Setup(sc, build_cluster(sc.topology, file="<test>"), "symmetric")
+    assert s.ctx.ep_domains == 2
+    e, k = MOE["moe"]["experts"], MOE["moe"]["top_k"]
+    remote = 1 - comb(e - e // 2, k) / comb(e, k)
+    ops = [op for op in ProgramFactory(s.workload, s.inline_comm).build(0).ops
+           if isinstance(op, Collective) and op.name == "moe_combine"]  # fmt: skip
+    leaving = [op.bytes * (16 - 8) / 16 for op in ops]
+    assert ops and leaving == pytest.approx([1024 * remote * 2 * MOE["hidden"]] * len(ops))
+    # fewer bytes than one message per destination rank would send across
+    per_rank = 1024 * distinct_ranks(e, k, 16) * 2 * MOE["hidden"] * 8 / 16
+    assert leaving[0] < per_rank

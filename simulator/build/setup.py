@@ -170,7 +170,11 @@ class Setup:
         self.gpu.peak(s.training.precision)  # fail early on an unsupported precision
         load = expert_load_factor(s.model, s.training.expert_load, self.dims.ep)
         graphs = frozenset(s.config.framework.cuda_graph_scope)
-        return BuildContext(s.model, self.compute, s.training, s.parallelism, self.dims, self.framework, load, graphs)
+        domains = 1
+        if self.dims.ep > 1:  # rank r runs on GPU r (parallel/plan.py)
+            domains = len(np.unique(self.cluster.nvlink_domain_of_gpu[self.plan.groups(Axis.EP)[0]]))
+        return BuildContext(s.model, self.compute, s.training, s.parallelism, self.dims, self.framework, load, graphs,
+                            domains)  # fmt: skip
 
     @cached_property
     def data(self) -> DataStrategy:

@@ -34,6 +34,7 @@ class BuildContext:
     framework: FrameworkProfile
     expert_load_factor: float = 1.0  # tokens on the most loaded expert-parallel rank ÷ the mean
     cuda_graphs: frozenset[str] = frozenset()  # the framework's CUDA-graph scopes (framework.cuda_graph_scope)
+    ep_domains: int = 1  # NVLink (scale-up) domains one expert-parallel group spans
 
     @property
     def e(self) -> int:

@@ -11,13 +11,17 @@ What differs from the all-to-all dispatcher (``expert.py``), as Megatron-LM b0cc
 * no all-gather of the token counts and no all-to-all of the routing probabilities (they travel with the
   tokens), and no per-expert chunk sort: the received tokens are expanded into per-expert order by one local
   permute (``fused_a2a.py`` dispatch → ``permute``), and folded back by a local unpermute before the combine;
+* across NVLink domains (DeepEP's internode kernels; HybridEP's RDMA path) a token crosses the scale-out network
+  once per remote domain holding one of its experts and is forwarded over NVLink inside it (DeepEP README,
+  "normal kernels": NVLink + RDMA forwarding; DeepSeek-V3 arXiv 2412.19437 Sec. 3.2.2). The all-to-all is sized
+  so that its scale-out share is that: ``(N − 1)·(1 − C(E − E/N, k)/C(E, k))`` remote domains per token over
+  ``N`` domains; its NVLink share, the forwarding, is then undercounted (NVLink is several times faster);
 * the host still waits once per MoE layer forward: ``buffer.dispatch`` busy-waits on the CPU for the received
   counts ("the CPU will wait for GPU's signal to arrive", ``fused_a2a.py``; DeepEP README), which Megatron-Core
   does not avoid (it passes no ``num_worst_tokens``); HybridEP's dropless mode reads its counts from pinned
   memory after a stream sync. The backward reuses the forward's handle and does not wait.
 
-Node-limited routing and DeepEP's hierarchical inter-node forwarding (one copy per node over the scale-out
-network, then NVLink) are not modelled: each rank-level copy is one all-to-all message.
+Not modelled: node-limited routing (DeepSeek-V3's at most 4 nodes per token) and an FP8 dispatch.
 """
 
 from __future__ import annotations
@@ -34,10 +38,11 @@ FLEX_DISPATCHERS = ("deepep", "hybridep")  # parallelism.moe_dispatcher values t
 
 
 def distinct_ranks(experts: int, top_k: int, ep: int) -> float:
-    """Expected number of distinct ranks a token's ``top_k`` experts (chosen uniformly without replacement from
-    ``experts``, ``experts/ep`` on each of ``ep`` ranks) live on."""
-    per_rank = experts // ep
-    return ep * (1.0 - comb(experts - per_rank, top_k) / comb(experts, top_k))
+    """Expected number of distinct ranks (or NVLink domains) a token's ``top_k`` experts, chosen uniformly without
+    replacement from ``experts``, ``experts/ep`` on each of ``ep`` of them, live on."""
+    if experts % ep:  # uneven groups: as if drawn with replacement
+        return ep * (1.0 - (1.0 - 1.0 / ep) ** top_k)
+    return ep * (1.0 - comb(experts - experts // ep, top_k) / comb(experts, top_k))
 
 
 @STRATEGIES.register("expert_flex")
@@ -53,6 +58,18 @@ class FlexExpertParallel(ExpertParallel):
         assert moe is not None
         return routed_tokens * distinct_ranks(moe.experts, moe.top_k, ctx.dims.ep) / moe.top_k
 
+    def _wire_messages(self, ctx: BuildContext, routed_tokens: float) -> float:
+        """Messages per rank of the all-to-all: one per (token, destination rank) inside one NVLink domain; across
+        ``N`` domains as many as make its scale-out share one per (token, remote domain)."""
+        moe = ctx.model.moe
+        assert moe is not None
+        ep, domains = ctx.dims.ep, ctx.ep_domains
+        if domains <= 1 or ep % domains:
+            return self.wire_copies(ctx, routed_tokens)
+        per_domain = ep // domains
+        remote = distinct_ranks(moe.experts, moe.top_k, domains) * (domains - 1) / domains
+        return routed_tokens / moe.top_k * remote * ep / (ep - per_domain)
+
     def dispatch(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
         """Each token once to every rank holding one of its experts, with its top-k indices (int64) and weights
         (fp32); the forward waits on the host for the received counts when dropless."""
@@ -63,9 +80,8 @@ class FlexExpertParallel(ExpertParallel):
         ) else []  # fmt: skip
         if ctx.dims.ep == 1:
             return sync
-        messages = self.wire_copies(ctx, routed_tokens)
         routing = 0.0 if backward else 12.0 * moe.top_k  # indices and weights travel with the forward tokens
-        nbytes = messages * (ctx.model.hidden * ctx.e + routing)
+        nbytes = self._wire_messages(ctx, routed_tokens) * (ctx.model.hidden * ctx.e + routing)
         name = "moe_dispatch_bwd" if backward else "moe_dispatch"
         return [*sync, CommStep(name, CollectiveKind.ALL_TO_ALL, CommKind.EP, Axis.EP, nbytes)]
 
@@ -73,6 +89,6 @@ class FlexExpertParallel(ExpertParallel):
         """One partial sum per (token, rank) back (forward); the output gradients out again (backward)."""
         if ctx.dims.ep == 1:
             return []
-        nbytes = self.wire_copies(ctx, routed_tokens) * ctx.model.hidden * ctx.e
+        nbytes = self._wire_messages(ctx, routed_tokens) * ctx.model.hidden * ctx.e
         name = "moe_combine_bwd" if backward else "moe_combine"
         return [CommStep(name, CollectiveKind.ALL_TO_ALL, CommKind.EP, Axis.EP, nbytes)]
