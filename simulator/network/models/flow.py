@@ -38,13 +38,14 @@ _CLOCK_ULPS = 8 * float(np.finfo(np.float64).eps)
 _SPLIT_MIN_ENTRIES_PER_PHASE = 512
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Transfer:
     """A collective in flight: its phases, the current one, and what its largest flow still has to move."""
 
     phases: tuple[RoutedPhase, ...]
     on_done: Callable[[], None]
     ident: int
+    current: RoutedPhase  # ``phases[index]`` (an attribute, not a property: read several times per event)
     index: int = 0
     remaining: float = 0.0
     rate: float = 0.0
@@ -52,10 +53,6 @@ class _Transfer:
     version: int = 0  # bumps when the completion timer is rescheduled
     contended: bool = False
     key: int = field(default=-1)  # memo key of the current phase
-
-    @property
-    def current(self) -> RoutedPhase:
-        return self.phases[self.index]
 
     def catch_up(self, now: float) -> None:
         """Bring ``remaining`` to ``now`` at the current rate."""
@@ -94,7 +91,7 @@ class FlowNetwork(NetworkModel):
             hit = self._by_request[id(req)] = (req, self.cache.routed(req))
         phases = hit[1]
         self._account(phases)
-        self._start_phase(_Transfer(phases, on_done, next(self._ids)))
+        self._start_phase(_Transfer(phases, on_done, next(self._ids), phases[0]))
 
     # ---------------------------------------------------------------- phase lifecycle
     def _start_phase(self, tr: _Transfer) -> None:
@@ -124,7 +121,7 @@ class FlowNetwork(NetworkModel):
         self._contended[tr.ident] = tr
         tr.contended = True
         tr.rate = 0.0  # no timer for this phase yet: no max-min rate is 0, so it gets one below
-        for ident in np.unique(self._iso_owner[p.link_ids[users > 1]]).tolist():
+        for ident in sorted(set(self._iso_owner[ids[users > 1]].tolist())):
             other = self._active.get(ident)  # an isolated phase whose links the newcomer now shares
             if (
                 other is not None
@@ -150,6 +147,7 @@ class FlowNetwork(NetworkModel):
     def _next_phase(self, tr: _Transfer) -> None:
         tr.index += 1
         if tr.index < len(tr.phases):
+            tr.current = tr.phases[tr.index]
             self._start_phase(tr)
         else:
             tr.on_done()
