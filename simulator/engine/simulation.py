@@ -15,13 +15,15 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from itertools import accumulate
+from operator import itemgetter
 from typing import Any
 
+import numpy as np
 import simpy
 from simpy.events import NORMAL
 
 from simulator.engine.groups import GroupResolver
-from simulator.engine.trace import Trace, TraceRecorder
+from simulator.engine.trace import Trace, TraceRecorder, class_matrix
 from simulator.hardware.compute import NO_CLASS_S
 from simulator.network.models.base import CollectiveRequest, NetworkModel
 from simulator.workload.ops import Collective, Compute, SendRecv
@@ -128,8 +130,11 @@ class Engine:
         self.env = env
         self.resolver = resolver
         self.network = network
-        self.trace = TraceRecorder()
-        self._row = self.trace.rows.append  # one append per executed op
+        # one (rank, op index, start, end) row per executed op: everything else a trace row holds is the op's
+        # own, so ``finish_trace`` takes it from the programs, once per distinct op (issue #11: building and
+        # transposing 15-field rows was 15% of the 1,024-GPU GPT-3 step's CPU)
+        self._rows: list[tuple[int, int, float, float]] = []
+        self._row = self._rows.append
         self.events = 0
         self._meetings: dict[tuple[object, ...], _Meeting] = {}
         self._ranks: dict[int, _RankState] = {}
@@ -197,29 +202,16 @@ class Engine:
         )
 
     def _finish_chain(self, st: _RankState, run: tuple[int, ...], ends: list[float]) -> None:
-        # rows carry the category and comm kind as their StrEnum members: ``TraceRecorder.freeze`` turns them
-        # into plain strings column by column (``str`` of a StrEnum is its value), cheaper than ``.value`` per op
-        waits, ops, streams, row, rank = st.waits, st.program.ops, st.program.streams, self._row, st.rank
+        waits, row, rank = st.waits, self._row, st.rank
         last = len(run) - 1
         for k in range(last):
-            i = run[k]
-            op: Compute = ops[i]  # type: ignore[assignment]
-            row((
-                rank, streams[i], op.name, op.category, "", ends[k], ends[k + 1],
-                op.bytes, op.model_flops, op.hw_flops, op.micro_batch,
-                op.inline_comm_s, op.inline_hidden_s, op.segments, op.class_s,
-            ))  # fmt: skip
+            row((rank, run[k], ends[k], ends[k + 1]))
             waits[run[k + 1]] -= 1
         st.finished += last
         self._finish_compute(st, run[-1], ends[last])
 
     def _finish_compute(self, st: _RankState, i: int, start: float) -> None:
-        op: Compute = st.program.ops[i]  # type: ignore[assignment]
-        self._row((
-            st.rank, st.program.streams[i], op.name, op.category, "", start, self.env.now,
-            op.bytes, op.model_flops, op.hw_flops, op.micro_batch,
-            op.inline_comm_s, op.inline_hidden_s, op.segments, op.class_s,
-        ))  # fmt: skip
+        self._row((st.rank, i, start, self.env.now))
         self._done(st, i)
 
     def _done(self, st: _RankState, i: int) -> None:
@@ -274,13 +266,77 @@ class Engine:
         def finish() -> None:
             now = self.env.now
             for st, i in meeting.arrived:
-                op: Collective | SendRecv = st.program.ops[i]  # type: ignore[assignment]
-                self._row((st.rank, st.program.streams[i], op.name, "comm", op.comm, start, now,
-                           op.bytes, 0.0, 0.0, op.micro_batch, 0.0, 0.0, (), NO_CLASS_S))  # fmt: skip
+                self._row((st.rank, i, start, now))
                 self._done(st, i)
 
         return finish
 
     def finish_trace(self, labels: dict[int, str], multiplicity: dict[int, int]) -> Trace:
         """The recorded timeline."""
-        return self.trace.freeze(labels, multiplicity)
+        return _trace(self._rows, {rank: st.program for rank, st in self._ranks.items()}, labels, multiplicity)
+
+
+def _trace(
+    rows: list[tuple[int, int, float, float]],
+    programs: dict[int, Program],
+    labels: dict[int, str],
+    multiplicity: dict[int, int],
+) -> Trace:
+    """The trace of ``rows`` (rank, op index, start, end): each op's fields tabled once per distinct program
+    (ranks share programs), then gathered row by row. The same columns as ``TraceRecorder.freeze`` of rows
+    that carried every field: a compute op's own fields, a communication's name, comm kind and bytes with
+    zero FLOPs, inline time and kernel classes."""
+    if not rows:
+        return TraceRecorder().freeze(labels, multiplicity)
+    offset: dict[int, int] = {}  # id(program) → its first row in the tables
+    tables: list[Program] = []
+    for prog in programs.values():
+        if id(prog) not in offset:
+            offset[id(prog)] = sum(map(len, tables))
+            tables.append(prog)
+    ops = [op for prog in tables for op in prog.ops]
+    compute = [type(op) is Compute for op in ops]
+    stream = [s for prog in tables for s in prog.streams]
+    name = [op.name for op in ops]
+    category = [str(op.category) if c else "comm" for op, c in zip(ops, compute, strict=True)]  # type: ignore[union-attr]
+    comm = ["" if c else str(op.comm) for op, c in zip(ops, compute, strict=True)]  # type: ignore[union-attr]
+    model = [op.model_flops if c else 0.0 for op, c in zip(ops, compute, strict=True)]  # type: ignore[union-attr]
+    hw = [op.hw_flops if c else 0.0 for op, c in zip(ops, compute, strict=True)]  # type: ignore[union-attr]
+    inline = [op.inline_comm_s if c else 0.0 for op, c in zip(ops, compute, strict=True)]  # type: ignore[union-attr]
+    hidden = [op.inline_hidden_s if c else 0.0 for op, c in zip(ops, compute, strict=True)]  # type: ignore[union-attr]
+    segments = [op.segments if c else () for op, c in zip(ops, compute, strict=True)]  # type: ignore[union-attr]
+    classes = [op.class_s if c else NO_CLASS_S for op, c in zip(ops, compute, strict=True)]  # type: ignore[union-attr]
+    rank_of, index_of, start, end = zip(*rows, strict=True)
+    n = len(rows)
+    rank = np.fromiter(rank_of, np.int64, count=n)
+    base = np.zeros(int(rank.max()) + 1, dtype=np.int64)
+    for r, prog in programs.items():
+        base[r] = offset[id(prog)]
+    at = base[rank] + np.fromiter(index_of, np.int64, count=n)
+    pick = at.tolist()
+
+    def gather(col: list[Any]) -> tuple[Any, ...]:
+        return (col[pick[0]],) if n == 1 else itemgetter(*pick)(col)
+
+    def num(col: list[Any], dtype: type) -> np.ndarray:
+        return np.array(col, dtype=dtype)[at]
+
+    return Trace(
+        rank=rank,
+        stream=gather(stream),
+        name=gather(name),
+        category=gather(category),
+        comm=gather(comm),
+        start_s=np.fromiter(start, np.float64, count=n),
+        end_s=np.fromiter(end, np.float64, count=n),
+        bytes=num([op.bytes for op in ops], np.float64),
+        model_flops=num(model, np.float64),
+        hw_flops=num(hw, np.float64),
+        micro_batch=num([op.micro_batch for op in ops], np.int64),
+        inline_comm_s=num(inline, np.float64),
+        inline_hidden_s=num(hidden, np.float64),
+        segments=gather(segments),
+        class_s=class_matrix(classes)[at],
+        rank_labels=dict(labels),
+        rank_multiplicity=dict(multiplicity),
+    )

@@ -70,13 +70,13 @@ class TraceRecorder:
             inline_comm_s=num(11, np.float64),
             inline_hidden_s=num(12, np.float64),
             segments=tuple(cols[13]),  # type: ignore[arg-type]
-            class_s=_class_matrix(cols[14]),
+            class_s=class_matrix(cols[14]),
             rank_labels=dict(rank_labels),
             rank_multiplicity=dict(rank_multiplicity),
         )
 
 
-def _class_matrix(col: tuple[object, ...]) -> np.ndarray:
+def class_matrix(col: tuple[object, ...]) -> np.ndarray:
     """The ops' seconds per kernel class as one [ops, classes] array (an op without classes: zeros)."""
     n, k = len(col), len(KERNEL_CLASSES)
     try:  # the engine's rows all have a full tuple (communication: zeros): one flat pass
