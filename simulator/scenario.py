@@ -76,11 +76,22 @@ class MoEConfig(_Strict):
     shared_experts: Annotated[int, Field(ge=0, le=MAX_EXPERTS)] = 0
     expert_ffn_hidden: Annotated[int, _upto(MAX_FFN_HIDDEN)] | None = None
     first_dense_layers: Annotated[int, Field(ge=0, le=MAX_LAYERS)] = 0
+    # group-limited routing (DeepSeek-V3 config n_group 8, topk_group 4; 1 and 1: none)
+    router_groups: Annotated[int, _upto(MAX_EXPERTS)] = 1
+    router_group_topk: Annotated[int, _upto(MAX_EXPERTS)] = 1
 
     @model_validator(mode="after")
     def _k_le_e(self) -> MoEConfig:
         if self.top_k > self.experts:
             raise ValueError(f"top_k={self.top_k} exceeds experts={self.experts}")
+        g, m = self.router_groups, self.router_group_topk
+        if self.experts % g:
+            raise ValueError(f"router_groups={g} does not divide experts={self.experts}")
+        if m > g:
+            raise ValueError(f"router_group_topk={m} exceeds router_groups={g}")
+        if g > 1 and self.top_k > m * self.experts // g:
+            raise ValueError(f"top_k={self.top_k} exceeds the {m * self.experts // g} experts of router_group_topk={m} "
+                             f"groups")
         return self
 
 

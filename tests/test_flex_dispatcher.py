@@ -15,8 +15,10 @@ from hypothesis import strategies as st
 
 from simulator.build.program_builder import ProgramFactory
 from simulator.build.setup import Setup
+from simulator.errors import ScenarioError
 from simulator.parallel.strategies.expert_flex import distinct_ranks
 from simulator.report.warnings import unmodelled_settings
+from simulator.scenario import scenario_from_dict
 from simulator.topology.loader import build_cluster
 from simulator.workload.ops import Collective, CollectiveKind, CommKind
 from simulator.workload.steps import HostSync, KernelStep
@@ -36,10 +38,26 @@ def test_distinct_ranks_closed_form() -> None:
     assert distinct_ranks(128, 8, 8) == pytest.approx(5.34, abs=0.01)
 
 
-@given(st.sampled_from([8, 16, 64, 128, 256]), st.integers(1, 8), st.sampled_from([1, 2, 4, 8]))
-def test_distinct_ranks_between_one_and_k(experts: int, top_k: int, ep: int) -> None:
-    d = distinct_ranks(experts, top_k, ep)
-    assert 1.0 - 1e-12 <= d <= min(top_k, ep) + 1e-12
+def test_group_limited_routing_closed_form() -> None:
+    """DeepSeek-V3 (256 experts, top-8 from the best 4 of 8 groups, Sec. 2.1.2) on EP 8, one group per rank: a
+    token reaches the ranks of its 4 groups that get one of its 8 picks from their 128 experts."""
+    assert distinct_ranks(256, 8, 8, 8, 4) == pytest.approx(4 * (1 - comb(96, 8) / comb(128, 8)))
+    # two groups per rank (EP 4): j of a rank's 2 groups chosen, then at least one pick among their experts
+    hit = sum(comb(2, j) * comb(6, 4 - j) / comb(8, 4) * (1 - comb(128 - 32 * j, 8) / comb(128, 8)) for j in (1, 2))
+    assert distinct_ranks(256, 8, 4, 8, 4) == pytest.approx(4 * hit)
+    assert distinct_ranks(256, 8, 8, 1, 1) == pytest.approx(distinct_ranks(256, 8, 8))
+
+
+@given(st.sampled_from([8, 16, 64, 128, 256]), st.integers(1, 8), st.sampled_from([1, 2, 4, 8, 16]),
+       st.sampled_from([(1, 1), (8, 4), (8, 2), (4, 2)]))  # fmt: skip
+def test_distinct_ranks_between_one_and_k(experts: int, top_k: int, ep: int, limit: tuple[int, int]) -> None:
+    """At least one rank and at most k (or ep); limiting the groups never spreads a token wider."""
+    groups, group_topk = limit
+    if top_k > group_topk * experts // groups and groups > 1:
+        return  # not a valid routing (the scenario refuses it)
+    d = distinct_ranks(experts, top_k, ep, groups, group_topk)
+    assert 1.0 - 1e-9 <= d <= min(top_k, ep) + 1e-9
+    assert d <= distinct_ranks(experts, top_k, ep) + 1e-9
 
 
 def _setup(make_scenario, dispatcher: str) -> Setup:  # type: ignore[no-untyped-def]
@@ -88,3 +106,14 @@ def test_across_nvlink_domains_a_token_crosses_the_fabric_once_per_remote_domain
     # fewer bytes than one message per destination rank would send across
     per_rank = 1024 * distinct_ranks(e, k, 16) * 2 * MOE["hidden"] * 8 / 16
     assert leaving[0] < per_rank
+
+
+@pytest.mark.parametrize(("top_k", "groups", "group_topk", "why"), [
+    (4, 3, 1, "router_groups=3 does not divide experts=32"),
+    (4, 4, 5, "router_group_topk=5 exceeds router_groups=4"),
+    (5, 8, 1, "top_k=5 exceeds the 4 experts"),
+])  # fmt: skip
+def test_bad_group_limits_are_one_clear_error(make_doc, top_k: int, groups: int, group_topk: int, why: str) -> None:  # type: ignore[no-untyped-def]
+    moe = {**MOE["moe"], "top_k": top_k, "router_groups": groups, "router_group_topk": group_topk}
+    with pytest.raises(ScenarioError, match=why):
+        scenario_from_dict(make_doc(gpus_per_host=8, model={**MOE, "moe": moe}))

@@ -16,6 +16,11 @@ class MoESpec:
     shared_experts: int = 0
     expert_ffn_hidden: int | None = None  # None = the model's ffn_hidden
     first_dense_layers: int = 0  # leading layers with a dense FFN (DeepSeek-V3 has 3)
+    # Group-limited routing (DeepSeek-V2/V3 n_group / topk_group; Megatron-Core moe_router_num_groups /
+    # moe_router_group_topk): the experts in ``router_groups`` contiguous groups, a token's top-k taken from its
+    # best ``router_group_topk`` groups
+    router_groups: int = 1
+    router_group_topk: int = 1
 
 
 @dataclass(frozen=True)

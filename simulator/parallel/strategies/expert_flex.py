@@ -21,7 +21,8 @@ What differs from the all-to-all dispatcher (``expert.py``), as Megatron-LM b0cc
   does not avoid (it passes no ``num_worst_tokens``); HybridEP's dropless mode reads its counts from pinned
   memory after a stream sync. The backward reuses the forward's handle and does not wait.
 
-Not modelled: node-limited routing (DeepSeek-V3's at most 4 nodes per token) and an FP8 dispatch.
+Group-limited routing (``moe.router_groups``, ``moe.router_group_topk``) bounds the ranks and domains a token
+reaches. Not modelled: an FP8 dispatch.
 """
 
 from __future__ import annotations
@@ -37,12 +38,22 @@ from simulator.workload.steps import CommStep, HostSync, Step
 FLEX_DISPATCHERS = ("deepep", "hybridep")  # parallelism.moe_dispatcher values that run as this strategy
 
 
-def distinct_ranks(experts: int, top_k: int, ep: int) -> float:
-    """Expected number of distinct ranks (or NVLink domains) a token's ``top_k`` experts, chosen uniformly without
-    replacement from ``experts``, ``experts/ep`` on each of ``ep`` of them, live on."""
-    if experts % ep:  # uneven groups: as if drawn with replacement
+def distinct_ranks(experts: int, top_k: int, ep: int, groups: int = 1, group_topk: int = 1) -> float:
+    """Expected number of distinct ranks (or NVLink domains) a token's ``top_k`` experts live on, ``experts/ep``
+    contiguous experts on each of ``ep`` of them, the experts chosen uniformly without replacement, from the
+    token's ``group_topk`` best of ``groups`` contiguous expert groups under group-limited routing (DeepSeek-V3
+    Sec. 2.1.2: at most M nodes per token when the groups are its nodes)."""
+    if experts % ep or (groups > 1 and ep % groups and groups % ep):  # uneven: as if drawn with replacement
         return ep * (1.0 - (1.0 - 1.0 / ep) ** top_k)
-    return ep * (1.0 - comb(experts - experts // ep, top_k) / comb(experts, top_k))
+    pool, per_group = experts * group_topk // groups, experts // groups  # the experts of the chosen groups
+    if groups > ep:  # whole groups per rank: j of a rank's groups chosen (hypergeometric), then a pick among them
+        mine = groups // ep
+        hit = sum(comb(mine, j) * comb(groups - mine, group_topk - j) / comb(groups, group_topk)
+                  * (1.0 - comb(pool - j * per_group, top_k) / comb(pool, top_k))
+                  for j in range(1, min(mine, group_topk) + 1))  # fmt: skip
+        return ep * hit
+    per_rank = experts // ep  # ranks nest in the groups: a rank is reachable when its group is chosen
+    return ep * group_topk / groups * (1.0 - comb(pool - per_rank, top_k) / comb(pool, top_k))
 
 
 @STRATEGIES.register("expert_flex")
@@ -56,7 +67,8 @@ class FlexExpertParallel(ExpertParallel):
         """One message per (token, destination rank) for ``routed_tokens`` expert copies."""
         moe = ctx.model.moe
         assert moe is not None
-        return routed_tokens * distinct_ranks(moe.experts, moe.top_k, ctx.dims.ep) / moe.top_k
+        ranks = distinct_ranks(moe.experts, moe.top_k, ctx.dims.ep, moe.router_groups, moe.router_group_topk)
+        return routed_tokens * ranks / moe.top_k
 
     def _wire_messages(self, ctx: BuildContext, routed_tokens: float) -> float:
         """Messages per rank of the all-to-all: one per (token, destination rank) inside one NVLink domain; across
@@ -67,7 +79,8 @@ class FlexExpertParallel(ExpertParallel):
         if domains <= 1 or ep % domains:
             return self.wire_copies(ctx, routed_tokens)
         per_domain = ep // domains
-        remote = distinct_ranks(moe.experts, moe.top_k, domains) * (domains - 1) / domains
+        touched = distinct_ranks(moe.experts, moe.top_k, domains, moe.router_groups, moe.router_group_topk)
+        remote = touched * (domains - 1) / domains
         return routed_tokens / moe.top_k * remote * ep / (ep - per_domain)
 
     def dispatch(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
