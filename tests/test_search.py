@@ -9,6 +9,7 @@ ZeRO) is a poor one, which the search must beat.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from collections import Counter
 from pathlib import Path
@@ -27,6 +28,7 @@ from simulator.planning.search_space import (
     Layout,
     build_space,
     lighter_or_same,
+    memory_or_reason,
     practitioner_order,
     space_context,
     with_layout,
@@ -189,6 +191,9 @@ def test_moe_layouts_search_expert_parallelism_folded_over_the_stage(make_doc: A
     assert Layout.of_report(report.layout) == lay and f"ep{lay.ep} etp1" in lay.label
     flex = next(lay for lay in space.candidates if lay.dispatcher == "deepep")
     assert simulate_layout(s, flex).layout.moe_dispatcher == "deepep" and flex.label.endswith(" deepep")
+    # the space checks memory once for both dispatchers: the estimate does not depend on it
+    twin = dataclasses.replace(flex, dispatcher=None)
+    assert memory_or_reason(s, cluster, flex) == memory_or_reason(s, cluster, twin)
 
 
 def test_the_cap_keeps_the_own_layout_and_spreads_over_tp_pp_pairs(scenario: Scenario) -> None:

@@ -358,13 +358,17 @@ def build_space(scenario: Scenario, cluster: Cluster, max_points: int) -> Space:
     pruned: list[Pruned] = []
     memory: dict[Layout, float] = {}
     size = 0
+    checked: dict[Layout, tuple[float, str]] = {}  # the dispatcher changes neither memory nor validity
     for lay in enumerate_layouts(ctx):
         size += 1
         broken = structural_rule(lay, ctx)
         if broken is not None:
             pruned.append(Pruned(lay, *broken))
             continue
-        mem, reason = memory_or_reason(scenario, cluster, lay)
+        twin = dataclasses.replace(lay, dispatcher=None)
+        if twin not in checked:
+            checked[twin] = memory_or_reason(scenario, cluster, twin)
+        mem, reason = checked[twin]
         if reason:
             pruned.append(Pruned(lay, "invalid", reason))
         elif mem > ctx.hbm_bytes:
