@@ -137,14 +137,18 @@ def _inlined_steps(prog: Program) -> Counter[CommStep]:
 def _p2p_bytes(programs: dict[int, Program], classes: RankClasses) -> tuple[float, float]:
     """Bytes sent and received point to point by every rank (each representative counted for its class)."""
     sent = received = 0.0
+    transfers: dict[int, list[tuple[bool, float]]] = {}  # id(program) → its sends and receives (ranks share)
     for c, rep in enumerate(classes.representatives):
         n = float(classes.multiplicity[c])
-        for op in programs[int(rep)].ops:
-            if isinstance(op, SendRecv):
-                if op.is_send:
-                    sent += n * op.bytes
-                else:
-                    received += n * op.bytes
+        prog = programs[int(rep)]
+        ops = transfers.get(id(prog))
+        if ops is None:
+            ops = transfers[id(prog)] = [(op.is_send, op.bytes) for op in prog.ops if type(op) is SendRecv]
+        for is_send, nbytes in ops:  # summed in op order per class, as before
+            if is_send:
+                sent += n * nbytes
+            else:
+                received += n * nbytes
     return sent, received
 
 
