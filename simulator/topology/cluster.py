@@ -41,9 +41,9 @@ _SWITCH_TIER_NAMES = {1: "leaf", 2: "spine", 3: "core"}
 
 def _codes(values: tuple[str, ...]) -> tuple[list[str], np.ndarray]:
     """The distinct strings of ``values`` (first-seen order) and each value's index among them."""
-    seen: dict[str, int] = {}
-    code = np.fromiter((seen.setdefault(v, len(seen)) for v in values), dtype=np.int64, count=len(values))
-    return list(seen), code
+    names = list(dict.fromkeys(values))  # first-seen order
+    index = {v: i for i, v in enumerate(names)}
+    return names, np.fromiter(map(index.__getitem__, values), dtype=np.int64, count=len(values))
 
 
 def _tier(kind_a: str, tier_a: int, kind_b: str, tier_b: int, link_type: str) -> str:

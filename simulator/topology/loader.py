@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from operator import itemgetter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -144,8 +145,8 @@ def _endpoints(g: GraphBuilder) -> tuple[np.ndarray, np.ndarray]:
     """Node indices (in ``g.nodes`` order, networkx's) of both ends of every edge, in ``g.edges`` order."""
     index = {n: i for i, n in enumerate(g.nodes)}
     m = len(g.edges)
-    a = np.fromiter((index[u] for u, _ in g.edges), dtype=np.int64, count=m)
-    b = np.fromiter((index[v] for _, v in g.edges), dtype=np.int64, count=m)
+    a = np.fromiter(map(index.__getitem__, map(itemgetter(0), g.edges)), dtype=np.int64, count=m)
+    b = np.fromiter(map(index.__getitem__, map(itemgetter(1), g.edges)), dtype=np.int64, count=m)
     return a, b
 
 
@@ -159,8 +160,8 @@ def _link_arrays(g: GraphBuilder, a: np.ndarray, b: np.ndarray) -> LinkArrays:
     first, second = np.minimum(a, b), np.maximum(a, b)
     order = np.argsort(first, kind="stable")  # by the first end, then in insertion order
     data = list(g.edges.values())
-    cap = np.fromiter((d["bandwidth_bytes_per_s"] for d in data), dtype=np.float64, count=m)[order]
-    lat = np.fromiter((d["latency_s"] for d in data), dtype=np.float64, count=m)[order]
+    cap = np.fromiter(map(itemgetter("bandwidth_bytes_per_s"), data), dtype=np.float64, count=m)[order]
+    lat = np.fromiter(map(itemgetter("latency_s"), data), dtype=np.float64, count=m)[order]
     types = [data[i]["link_type"] for i in order.tolist()]
     u, v = first[order], second[order]
     return LinkArrays(

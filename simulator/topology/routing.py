@@ -103,7 +103,8 @@ class Router:
         (NVLink) islands confined to one host. An NVLink island spanning hosts (an NVL72-like domain
         whose NVSwitch nodes serve several hosts) stays part of the fabric."""
         src, dst = self.cluster.link_src, self.cluster.link_dst
-        pcie = np.array([t.startswith(_HOST_LINK_PREFIXES) for t in self.cluster.link_type], dtype=bool)
+        types, type_of_link = self.cluster.link_type_codes  # tested once per link type, not once per link
+        pcie = np.array([t.startswith(_HOST_LINK_PREFIXES) for t in types], dtype=bool)[type_of_link]
         keep = ~pcie
         adj = coo_matrix((np.ones(int(keep.sum())), (src[keep], dst[keep])), shape=(self.n_nodes,) * 2)
         labels = connected_components(adj, directed=False)[1]
