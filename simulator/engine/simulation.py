@@ -62,15 +62,43 @@ class HeapEnvironment(simpy.Environment):
         heapq.heappush(self._queue, (when, NORMAL, next(self._eid), timer))  # type: ignore[arg-type,misc]
         return timer
 
+    def call_later(self, delay: float, fn: Callable[[], None]) -> None:
+        """``fn()`` ``delay`` seconds from now: a timeout with one callback, queued as the callback itself
+        (no timer object, no callback list: the engine and the flow model schedule one per event)."""
+        if delay < 0:
+            raise ValueError(f"negative delay {delay}")
+        heapq.heappush(self._queue, (self._now + delay, NORMAL, next(self._eid), fn))  # type: ignore[arg-type,misc]
+
+    def call_at(self, when: float, fn: Callable[[], None]) -> None:
+        """``fn()`` at absolute time ``when`` (``timer_at`` with one callback, as ``call_later``)."""
+        if when < self._now:
+            raise ValueError(f"time {when} is in the past (now {self._now})")
+        heapq.heappush(self._queue, (when, NORMAL, next(self._eid), fn))  # type: ignore[arg-type,misc]
+
     def run(self, until: Any = None) -> None:
         """Run until no timer is left (``until`` is not supported)."""
         assert until is None, "HeapEnvironment runs to completion"
         queue, pop = self._queue, heapq.heappop
         while queue:
-            self._now, _, _, timer = pop(queue)
-            callbacks, timer.callbacks = timer.callbacks, None  # type: ignore[assignment]
-            for callback in callbacks:  # type: ignore[union-attr]
-                callback(timer)
+            self._now, _, _, item = pop(queue)
+            if type(item) is _Timer:
+                callbacks, item.callbacks = item.callbacks, None  # type: ignore[assignment]
+                for callback in callbacks:  # type: ignore[union-attr]
+                    callback(item)
+            else:  # call_later / call_at
+                item()
+
+
+def call_later(env: simpy.Environment) -> Callable[[float, Callable[[], None]], None]:
+    """``env``'s way to run a function some seconds from now: ``HeapEnvironment.call_later``, or on any other
+    simpy environment a timeout with that callback (the same event order either way)."""
+    if isinstance(env, HeapEnvironment):
+        return env.call_later
+
+    def later(delay: float, fn: Callable[[], None]) -> None:
+        env.timeout(delay).callbacks.append(lambda _ev: fn())  # type: ignore[union-attr]
+
+    return later
 
 
 _COMPUTE, _COLLECTIVE, _P2P = 0, 1, 2
@@ -128,6 +156,7 @@ class Engine:
         network: NetworkModel,
     ) -> None:
         self.env = env
+        self._later = call_later(env)
         self.resolver = resolver
         self.network = network
         # one (rank, op index, start, end) row per executed op: everything else a trace row holds is the op's
@@ -178,9 +207,7 @@ class Engine:
             start = self.env.now
             self.events += 1
             if st.chain[i] < 0:
-                self.env.timeout(op.duration_s).callbacks.append(  # type: ignore[union-attr]
-                    lambda _ev: self._finish_compute(st, i, start)
-                )
+                self._later(op.duration_s, lambda: self._finish_compute(st, i, start))  # type: ignore[union-attr]
             else:
                 self._start_chain(st, i, start)
         elif kind == _COLLECTIVE:
@@ -197,9 +224,7 @@ class Engine:
         # op-by-op timers would)
         ends = list(accumulate(durations, initial=start))
         self.events += len(run) - 1
-        self.env.timer_at(ends[-1]).callbacks.append(  # type: ignore[attr-defined]
-            lambda _ev: self._finish_chain(st, run, ends)
-        )
+        self.env.call_at(ends[-1], lambda: self._finish_chain(st, run, ends))  # type: ignore[attr-defined]
 
     def _finish_chain(self, st: _RankState, run: tuple[int, ...], ends: list[float]) -> None:
         waits, row, rank = st.waits, self._row, st.rank

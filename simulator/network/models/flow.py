@@ -18,6 +18,7 @@ from itertools import count
 import numpy as np
 import simpy
 
+from simulator.engine.simulation import call_later
 from simulator.network.maxmin import compact_ids, distinct_constraints, maxmin_rates, maxmin_rates_csr
 from simulator.network.models.base import CollectiveRequest, NetworkModel, PhaseCache, RoutedPhase
 from simulator.registry import NETWORK_MODELS
@@ -68,6 +69,7 @@ class FlowNetwork(NetworkModel):
 
     def __init__(self, env: simpy.Environment, cache: PhaseCache) -> None:
         super().__init__(env, cache)
+        self._later = call_later(env)
         self._ids = count()
         self._active: dict[int, _Transfer] = {}
         self._contended: dict[int, _Transfer] = {}
@@ -97,7 +99,7 @@ class FlowNetwork(NetworkModel):
     def _start_phase(self, tr: _Transfer) -> None:
         p = tr.current
         if p.latency_s > 0:
-            self.env.timeout(p.latency_s).callbacks.append(lambda _ev: self._enter(tr))
+            self._later(p.latency_s, lambda: self._enter(tr))
         else:
             self._enter(tr)
 
@@ -257,7 +259,7 @@ class FlowNetwork(NetworkModel):
         tr.version += 1
         version = tr.version
         dt = max(tr.remaining, 0.0) / tr.rate
-        self.env.timeout(dt).callbacks.append(lambda _ev: self._on_timer(tr, version))
+        self._later(dt, lambda: self._on_timer(tr, version))
 
     def _on_timer(self, tr: _Transfer, version: int) -> None:
         if version != tr.version or tr.ident not in self._active:
