@@ -166,7 +166,11 @@ def _report(
     tokens = s.training.global_batch * s.training.seq_len
     peak = setup.gpu.peak(s.training.precision)
     model_flops = model_flops_per_token(s.model, s.training.seq_len) * tokens
-    mult = np.array([trace.rank_multiplicity[r] for r in trace.rank.tolist()]) if len(trace) else np.zeros(0)
+    mult = np.zeros(0)
+    if len(trace):  # each row's multiplicity through a table by rank (not a dict lookup per row)
+        table = np.zeros(max(int(trace.rank.max()), *trace.rank_multiplicity) + 1, dtype=np.int64)
+        table[list(trace.rank_multiplicity)] = list(trace.rank_multiplicity.values())
+        mult = table[trace.rank]
     hw_flops = float((trace.hw_flops * mult).sum())
     mem = peak_memory(setup)
     gib = {k: getattr(mem, k) / GiB for k in ("weights", "grads", "optimizer", "activations", "other")}

@@ -56,7 +56,9 @@ def _coverage(bounds: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.nd
 def step_metrics(trace: Trace, pipelined: bool) -> StepMetrics:
     """Breakdown of the step on the rank that finishes last."""
     step = float(trace.end_s.max()) if len(trace) else 0.0
-    ends = {r: float(trace.end_s[trace.select(r)].max()) for r in trace.ranks}
+    last = np.full(int(trace.rank.max()) + 1 if len(trace) else 0, -np.inf)
+    np.maximum.at(last, trace.rank, trace.end_s)  # each rank's last end in one pass, not one scan per rank
+    ends = {r: float(last[r]) if r < last.size else -np.inf for r in trace.ranks}
     crit = min(r for r, e in ends.items() if e >= step - 1e-12 * max(step, 1.0))
     rows = trace.select(crit)
     st, en = trace.start_s[rows], trace.end_s[rows]
