@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 
@@ -76,7 +77,7 @@ class TraceRecorder:
         )
 
 
-def class_matrix(col: tuple[object, ...]) -> np.ndarray:
+def class_matrix(col: Sequence[object]) -> np.ndarray:
     """The ops' seconds per kernel class as one [ops, classes] array (an op without classes: zeros)."""
     n, k = len(col), len(KERNEL_CLASSES)
     try:  # the engine's rows all have a full tuple (communication: zeros): one flat pass
