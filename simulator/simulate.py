@@ -21,13 +21,14 @@ from simulator.build.program_builder import ProgramFactory
 from simulator.build.setup import Setup, peak_memory
 from simulator.engine.budget import check_ops, check_work, step_estimate
 from simulator.engine.groups import GroupResolver, RankClasses
-from simulator.engine.simulation import Engine, HeapEnvironment
+from simulator.engine.simulation import Engine
 from simulator.engine.symmetry import pipeline_offsets
 from simulator.engine.symmetry import refine as refine_classes
 from simulator.engine.trace import Trace
 from simulator.errors import InfeasibleConfig
 from simulator.hardware.calibration import ComputeCalibration
 from simulator.models.flops import model_flops_per_token
+from simulator.network.clock import HeapEnvironment
 from simulator.network.models.base import CollectiveRequest, NetworkModel
 from simulator.registry import NETWORK_MODELS
 from simulator.report.cost import run_cost

@@ -37,8 +37,8 @@ import numpy as np
 from simulator.build.program_builder import ProgramFactory
 from simulator.build.setup import Setup
 from simulator.engine.groups import GroupResolver, RankClasses
-from simulator.engine.simulation import HeapEnvironment
 from simulator.hardware.calibration import link_calibration
+from simulator.network.clock import HeapEnvironment
 from simulator.network.models.analytical import AnalyticalNetwork
 from simulator.network.models.base import (
     CollectiveRequest,

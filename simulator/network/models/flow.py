@@ -19,7 +19,7 @@ from operator import attrgetter
 import numpy as np
 import simpy
 
-from simulator.engine.simulation import call_later
+from simulator.network.clock import call_later
 from simulator.network.maxmin import compact_ids, distinct_constraints, maxmin_rates, maxmin_rates_csr
 from simulator.network.models.base import CollectiveRequest, NetworkModel, PhaseCache, RoutedPhase
 from simulator.registry import NETWORK_MODELS
