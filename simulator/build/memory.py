@@ -175,7 +175,8 @@ def activation_bytes(ctx: BuildContext, context: ContextStrategy, layers_on_rank
     plus one layer's full activations being recomputed under full recompute, plus the output layer's logits,
     plus the K/V of the whole sequence that all-gather context parallelism gathers for one layer. The rank with
     the output layer also holds the multi-token-prediction modules."""
-    per_mb = sum(layer_activation_bytes(ctx, moe) for moe in layers_on_rank)
+    kinds = {moe: layer_activation_bytes(ctx, moe) for moe in set(layers_on_rank)}  # one per layer kind
+    per_mb = sum(kinds[moe] for moe in layers_on_rank)  # the same additions, in the same order
     if has_head:
         per_mb += mtp_activation_bytes(ctx)
     total = per_mb * in_flight
