@@ -203,12 +203,22 @@ class WorkloadSpec:
     def layer_param_split(self, layer: int) -> tuple[float, float]:
         """(dense, routed-expert) parameters of one layer held by one rank: dense weights split over tensor
         parallelism, routed experts over expert tensor × expert parallelism."""
+        if self.is_mtp(layer):
+            own = self.mtp_own_params(layer)
+            dense, expert = self._decoder_layer_split[self.params.mtp_moe]
+            return own + dense, expert
+        return self._decoder_layer_split[self.ctx.model.is_moe_layer(layer)]
+
+    @cached_property
+    def _decoder_layer_split(self) -> dict[bool, tuple[float, float]]:
+        """``layer_param_split`` of a dense (False) and a MoE (True) decoder layer: every layer of a kind holds
+        the same (the search's memory estimate asks for each layer of each layout)."""
         p, c = self.params, self.ctx
-        own = self.mtp_own_params(layer) if self.is_mtp(layer) else 0.0
-        if not self.is_moe_unit(layer):
-            return own + p.dense_layer / c.tp, 0.0
-        experts = p.routed_experts_per_layer
-        return own + (p.moe_layer - experts) / c.tp, experts / (c.dims.expert_tp * c.dims.ep)
+        split = {False: (p.dense_layer / c.tp, 0.0)}
+        if c.model.moe is not None:
+            experts = p.routed_experts_per_layer
+            split[True] = ((p.moe_layer - experts) / c.tp, experts / (c.dims.expert_tp * c.dims.ep))
+        return split
 
     def layer_params(self, layer: int) -> float:
         """Parameters of one layer held by one rank."""
