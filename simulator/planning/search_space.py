@@ -365,7 +365,7 @@ def build_space(scenario: Scenario, cluster: Cluster, max_points: int) -> Space:
         if broken is not None:
             pruned.append(Pruned(lay, *broken))
             continue
-        twin = dataclasses.replace(lay, dispatcher=None)
+        twin = lay if lay.dispatcher is None else dataclasses.replace(lay, dispatcher=None)
         if twin not in checked:
             checked[twin] = memory_or_reason(scenario, cluster, twin)
         mem, reason = checked[twin]
