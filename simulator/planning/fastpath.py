@@ -207,10 +207,22 @@ class FastPath:
         w = setup.workload
         pp, m = setup.dims.pp, w.micro_batches
         whole = "B" if w.schedule.splits_backward else "BW"
-        memo: dict[tuple[Pass, int, bool], float] = {}
+        memo: dict[tuple[Pass, object, bool], float] = {}
+        kinds: dict[int, object] = {}
+
+        def content(vs: int) -> object:
+            """What a chunk's compute durations depend on: whether it holds the embedding or the output layer,
+            and the kind of each of its layers (MoE, attention window, MTP) with the parameters it holds, so
+            that chunks alike are compiled once (a 35-stage interleaved pipeline has 105 chunks of 3 kinds)."""
+            if vs not in kinds:
+                units = w.virtual_layers[vs] + w.mtp_units(vs)
+                layers = tuple((w.is_moe_unit(i), w.ctx.model.attention_window(i), w.is_mtp(i),
+                                w.layer_param_split(i)) for i in units)  # fmt: skip
+                kinds[vs] = (vs == 0, vs == w.last_virtual, layers)
+            return kinds[vs]
 
         def duration(kind: Pass, vs: int, first: bool) -> float:
-            key = (kind, vs, first)
+            key = (kind, content(vs), first)
             d = memo.get(key)
             if d is None:
                 if kind is Pass.F:
