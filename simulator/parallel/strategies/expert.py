@@ -96,15 +96,21 @@ class ExpertParallel(ExpertStrategy):
         nbytes = routed_tokens * ctx.model.hidden * ctx.e
         return [CommStep(name, CollectiveKind.ALL_TO_ALL, CommKind.EP, Axis.EP, nbytes)]
 
+    @staticmethod
+    def _host_sync(ctx: BuildContext, backward: bool) -> list[Step]:
+        """The host's wait for the token counts before a dropless forward dispatch: it needs them to size the
+        all-to-all and the per-expert GEMMs (the backward reuses the forward's)."""
+        moe = ctx.model.moe
+        assert moe is not None
+        wait = not backward and moe.capacity_factor is None and ctx.framework.moe.dropless_host_sync
+        return [HostSync("moe_dropless_counts")] if wait else []
+
     def dispatch(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
         """Tokens to their experts (forward, after the counts that size the all-to-all); gradients of the
         expert inputs back (backward); each with the routing probabilities' all-to-all."""
         moe = ctx.model.moe
         assert moe is not None
-        # the host needs the counts before it can size the all-to-all and the per-expert GEMMs
-        sync: list[Step] = [HostSync("moe_dropless_counts")] if (
-            not backward and moe.capacity_factor is None and ctx.framework.moe.dropless_host_sync
-        ) else []  # fmt: skip
+        sync = self._host_sync(ctx, backward)
         if ctx.dims.ep == 1:
             return sync
         suffix = "_bwd" if backward else ""

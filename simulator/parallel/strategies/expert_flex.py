@@ -33,7 +33,7 @@ from simulator.parallel.strategies.base import BuildContext
 from simulator.parallel.strategies.expert import ExpertParallel
 from simulator.registry import STRATEGIES
 from simulator.workload.ops import Axis, CollectiveKind, CommKind
-from simulator.workload.steps import CommStep, HostSync, Step
+from simulator.workload.steps import CommStep, Step
 
 FLEX_DISPATCHERS = ("deepep", "hybridep")  # parallelism.moe_dispatcher values that run as this strategy
 
@@ -88,9 +88,7 @@ class FlexExpertParallel(ExpertParallel):
         (fp32); the forward waits on the host for the received counts when dropless."""
         moe = ctx.model.moe
         assert moe is not None
-        sync: list[Step] = [HostSync("moe_dropless_counts")] if (
-            not backward and moe.capacity_factor is None and ctx.framework.moe.dropless_host_sync
-        ) else []  # fmt: skip
+        sync = self._host_sync(ctx, backward)
         if ctx.dims.ep == 1:
             return sync
         routing = 0.0 if backward else 12.0 * moe.top_k  # indices and weights travel with the forward tokens
@@ -100,8 +98,5 @@ class FlexExpertParallel(ExpertParallel):
 
     def combine(self, ctx: BuildContext, routed_tokens: float, backward: bool) -> list[Step]:
         """One partial sum per (token, rank) back (forward); the output gradients out again (backward)."""
-        if ctx.dims.ep == 1:
-            return []
-        nbytes = self._wire_messages(ctx, routed_tokens) * ctx.model.hidden * ctx.e
         name = "moe_combine_bwd" if backward else "moe_combine"
-        return [CommStep(name, CollectiveKind.ALL_TO_ALL, CommKind.EP, Axis.EP, nbytes)]
+        return self._all_to_all(ctx, name, self._wire_messages(ctx, routed_tokens))
