@@ -22,7 +22,8 @@ go in docs/accuracy.md. Effects:
   transfer, ``python -m simulator.calibrate transfer``);
 * ``flex-dispatcher``: DeepEP and HybridEP run as Megatron-Core's all-to-all dispatcher (one message per expert
   copy, the count all-gather, the probabilities' all-to-all and the chunk sort); only held-out rows use them:
-  ``--suite heldout-training-runs --only "without flex dispatcher"``.
+  ``--suite heldout-training-runs --only "without flex dispatcher"``;
+* ``fa1``: llm-foundry's Triton FlashAttention (``framework.attention_impl: fa1``) run as FlashAttention-2.
 """
 
 from __future__ import annotations
@@ -146,6 +147,15 @@ def _no_flex_dispatcher() -> Iterator[None]:
 
 
 @contextmanager
+def _no_fa1() -> Iterator[None]:
+    kernel = compute.attention_kernel
+    with mock.patch.object(
+        compute, "attention_kernel", lambda gpu, impl, d: kernel(gpu, "fa2" if impl == "fa1" else impl, d)
+    ):
+        yield
+
+
+@contextmanager
 def _nothing() -> Iterator[None]:
     yield
 
@@ -163,6 +173,7 @@ ABLATIONS: dict[str, Callable[[], object]] = {
     "without EP overlap": _no_ep_overlap,
     "without B200 transfer": _no_b200_transfer,
     "without flex dispatcher": _no_flex_dispatcher,
+    "without FA1 kernel": _no_fa1,
 }
 
 

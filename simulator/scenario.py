@@ -203,6 +203,8 @@ class ExpertLoadConfig(_Strict):
 RECOMPUTE_MODULES = ("core_attn", "mlp", "moe", "moe_act", "layernorm", "mla_up_proj", "shared_experts")
 RecomputeModule = Literal["core_attn", "mlp", "moe", "moe_act", "layernorm", "mla_up_proj", "shared_experts"]
 # Megatron-Core --cuda-graph-scope: the whole iteration, or these parts of each layer captured as CUDA graphs
+# Fused attention implementations with a kernel model (simulator/hardware/attention.yaml)
+AttentionImpl = Literal["fa1", "fa2", "cudnn", "fa3"]
 CudaGraphScope = Literal["full_iteration", "attn", "mlp", "moe", "moe_router", "moe_preprocess"]
 
 
@@ -253,6 +255,10 @@ class FrameworkConfig(_Strict):
     compile: bool = False  # torch.compile of the model (torchtitan --training.compile, Composer compile_config)
     # Kernels replayed as CUDA graphs (no per-kernel host launch); empty: none
     cuda_graph_scope: list[CudaGraphScope] = Field(default_factory=list)
+    # The fused attention the run was configured to call where that is a user option (llm-foundry
+    # attn_config.attn_impl: triton is a FlashAttention-1-class kernel; Transformer Engine NVTE_FLASH_ATTN /
+    # NVTE_FUSED_ATTN); None: the framework profile's default
+    attention_impl: AttentionImpl | None = None
 
     @model_validator(mode="after")
     def _compile(self) -> FrameworkConfig:

@@ -65,6 +65,19 @@ def test_attention_yaml_is_the_fit_of_the_shipped_measurements():
                 assert old["peak_fraction"] == pytest.approx(k["peak_fraction"], rel=0.01, abs=1e-3)
 
 
+@pytest.mark.parametrize("gpu", ["h100-sxm", "a100-sxm-80gb"])
+@pytest.mark.parametrize("direction", ["fwd", "bwd"])
+def test_flashattention_1_runs_at_half_flashattention_2(gpu, direction):
+    """FlashAttention-2 is 'around 2x' FlashAttention-1 (Dao 2023, abstract: 50-73% against 25-40% of the A100
+    peak); both issue the same mma.sync instructions on Hopper, so every shape runs at half FA2's rate there too."""
+    fa1, fa2 = attention_kernel(gpu, "fa1", direction), attention_kernel(gpu, "fa2", direction)
+    assert fa1 is not None and fa2 is not None
+    for seq, hd, causal in ((2048, 128, True), (65536, 128, True), (4096, 64, False)):
+        assert fa1.efficiency(seq, hd, causal) == pytest.approx(0.5 * fa2.efficiency(seq, hd, causal), rel=2e-3)
+    a100_fa1 = attention_kernel("a100-sxm-80gb", "fa1", "fwd")
+    assert a100_fa1 is not None and 0.25 <= a100_fa1.peak_fraction <= 0.40  # the abstract's FA1 range
+
+
 def test_attention_rises_with_sequence_and_causal_costs_more():
     """Longer sequences amortise each query tile's fixed cost; causal masking wastes the diagonal tiles."""
     k = attention_kernel("h100-sxm", "fa3", "fwd")
@@ -116,7 +129,7 @@ GPUS = ["a100-sxm-80gb", "h100-sxm", "h200-sxm", "h800-sxm", "b200"]
     precision=st.sampled_from(["bf16", "fp16", "fp8"]),
     m=st.integers(1, 1 << 17), n=st.integers(1, 1 << 16), k=st.integers(1, 1 << 16), batch=st.integers(1, 64),
     seq=st.integers(128, 1 << 19), head_dim=st.sampled_from([64, 96, 128, 192, 256]), causal=st.booleans(),
-    impl=st.sampled_from(["fa2", "cudnn", "fa3"]),
+    impl=st.sampled_from(["fa1", "fa2", "cudnn", "fa3"]),
 )  # fmt: skip
 def test_no_kernel_beats_the_gpus_peak_or_its_hbm(
     gpu, precision, m, n, k, batch, seq, head_dim, causal, impl

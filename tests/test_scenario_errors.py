@@ -135,6 +135,13 @@ CASES: dict[str, Case] = {
         edit("training", global_batch=15), ("training.global_batch", "15", "dp·micro_batch")
     ),
     "fp8 on an A100": Case(edit("training", precision="fp8"), ("training.precision", "fp8", "bf16")),
+    "FlashAttention-3 on an A100": Case(
+        lambda base: base | {"framework": {"name": "torchtitan", "attention_impl": "fa3"}},
+        ("framework.attention_impl", "fa3", "a100-sxm-80gb", "fa2"),
+    ),
+    "unknown attention implementation": Case(
+        lambda base: base | {"framework": {"attention_impl": "fa9"}}, ("framework.attention_impl", "fa9", "fa1")
+    ),
     "virtual stages without the interleaved schedule": Case(
         edit("parallelism", virtual_stages=2), ("parallelism.virtual_stages", "interleaved")
     ),

@@ -7,7 +7,9 @@ log space; a direction with no causal point takes the causal factor of the same 
 ``--check`` refits and fails when a shipped constant moved by more than 1%.
 
 Architectures without per-shape measurements of their own (A100, B200) keep the shape constants of the same
-implementation on Hopper and take their asymptote from the figure their source gives (see ``_ANCHORS``).
+implementation on Hopper and take their asymptote from the figure their source gives (see ``_ANCHORS``). An
+implementation published only as a ratio to another (FlashAttention-1 against FlashAttention-2) is that one
+scaled (``_RELATIVE``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,19 @@ _ANCHORS: dict[str, dict[str, tuple[float, str]]] = {
         ),
         "fa2": (0.16, "FlashAttention-2 on B200: 300-380 TFLOP/s, 13-17% of 2,250 (kernels/b200.yaml)"),
     },
+}
+# Implementations published only relative to another on the same instruction path: (base, rate ratio, source),
+# applied to every architecture that has the base kernel.
+_RELATIVE: dict[str, tuple[str, float, str]] = {
+    "fa1": (
+        "fa2",
+        0.5,
+        "FlashAttention(-1) reaches 25-40% of the A100 peak where FlashAttention-2 reaches 50-73%, FA2 being "
+        "'around 2x' faster (Dao 2023, arXiv:2307.08691, abstract and Sec. 4.1); its Triton port (pre-MLIR "
+        "Triton, llm-foundry flash_attn_triton.py) is 'slightly slower than the CUDA version' forward+backward "
+        "(that file's docstring). On Hopper FA1, the port and FA2 all issue Ampere mma.sync (no wgmma or TMA: "
+        "Shah et al. 2024, Sec. 1), so the A100 ratio carries over",
+    ),
 }
 ARCH_GPUS = {
     "hopper": ["h100-sxm", "h800-sxm", "h200-sxm", "h100-96gb-hbm2e"],
@@ -107,6 +122,16 @@ def fitted() -> dict[str, Any]:
                     "source": f"{source}; shape constants of {impl} {direction} on Hopper",
                 }
         archs[arch] = {"gpus": ARCH_GPUS[arch], "kernels": kernels}
+    for entry in archs.values():
+        for impl, (base, ratio, source) in _RELATIVE.items():
+            if base in entry["kernels"]:
+                entry["kernels"][impl] = {
+                    direction: k | {
+                        "peak_fraction": round(k["peak_fraction"] * ratio, 4),
+                        "source": f"{source}: {ratio} x {base} {direction} on this architecture",
+                    }
+                    for direction, k in entry["kernels"][base].items()
+                }
     return {"architectures": archs}  # which implementation a framework calls: frameworks/profiles/
 
 

@@ -75,3 +75,11 @@ def attention_kernel(gpu: str, impl: str, direction: str) -> AttentionKernel | N
             k = arch["kernels"].get(impl, {}).get(direction)
             return None if k is None else AttentionKernel(**k)
     return None
+
+
+def attention_impls(gpu: str) -> tuple[str, ...]:
+    """The implementations with a kernel model on ``gpu``'s architecture."""
+    for arch in _doc()["architectures"].values():
+        if gpu in arch["gpus"]:
+            return tuple(arch["kernels"])
+    return ()
