@@ -33,13 +33,6 @@ _FEASIBLE_RTOL = 1e-12
 # (a few ulps of ``now``; issue #12: a 1 ns absolute bound hung once ulp(now) passed it), 1 ns near zero.
 _TIME_EPS_S = 1e-9
 _CLOCK_ULPS = 8 * float(np.finfo(np.float64).eps)
-# Below this many (phase, link) entries per contending phase on average the max-min rates are computed on
-# whole links: splitting shared from private links costs a few numpy calls per phase, more than it saves on
-# ``--full``'s hundreds of few-link sends (measured: with a bound on the total alone, ``--full`` on 1,024
-# A100 spent 27 s of 87 s CPU splitting; both ways give the same rates bit for bit).
-_SPLIT_MIN_ENTRIES_PER_PHASE = 512
-
-
 _BY_KEY = attrgetter("key", "ident")  # contending transfers in memo order: by phase key, then arrival
 
 
@@ -199,31 +192,32 @@ class FlowNetwork(NetworkModel):
         levels, summed in the same order on each shared link) at the cost of the shared links: on the
         Llama 3 405B step of ``benchmarks/bench_scaling.py`` about half of the (phase, link) entries at
         16,384 and 65,536 GPUs (the data-parallel rings of all stages meet on the upper tiers, issue #11).
-        Phases whose ``_private_fits`` fails (built outside ``RouteMemo``) and small sets take the
-        whole-link computation."""
-        cap = self.cache.capacity
-        if sum(t.current.link_ids.size for t in trs) < _SPLIT_MIN_ENTRIES_PER_PHASE * len(trs) or not all(
-            self._private_fits(t.current) for t in trs
-        ):
+        Phases whose ``_private_fits`` fails (built outside ``RouteMemo``) take the whole-link computation.
+
+        The set's entries are split in one pass over their concatenation, not phase by phase: a 530B
+        search confirmation (tp8 pp7 dp90) has ~130 contending phases of ~170 links each, ~40 shared
+        after the distinct columns, so filling on the shared links alone is ~30x smaller than on every
+        link, and a per-phase split would cost more numpy calls than it saves (issue #11)."""
+        cur = [t.current for t in trs]
+        if not all(self._private_fits(p) for p in cur):
             return self._whole_link_rates(trs)
-        shared = [self._link_users[t.current.link_ids] > 1 for t in trs]
-        links = [t.current.link_ids[m] for t, m in zip(trs, shared, strict=True)]
-        loads = [t.current.load[m] for t, m in zip(trs, shared, strict=True)]
-        alone = self._alone_if_feasible(trs, links, loads)
-        if alone is not None:
+        cap = self.cache.capacity
+        sizes = np.array([p.link_ids.size for p in cur], dtype=np.int64)
+        rows = np.repeat(np.arange(len(cur)), sizes)
+        at = np.concatenate([p.link_ids for p in cur])
+        k = np.concatenate([p.load for p in cur])
+        shared = self._link_users[at] > 1
+        alone = np.array([p.alone_rate for p in cur])
+        s_rows, s_at, s_k = rows[shared], at[shared], k[shared]
+        if self._fit_alone(s_at, alone[s_rows] * s_k):
             return alone
-        private = np.array(
-            [
-                np.min(cap[t.current.link_ids[~m]] / t.current.load[~m], initial=np.inf)
-                for t, m in zip(trs, shared, strict=True)
-            ]
-        )
-        sizes = np.array([x.size for x in links], dtype=np.int64)
-        rows = np.repeat(np.arange(len(trs)), sizes)
-        at, k = np.concatenate(links), np.concatenate(loads)
-        keep = distinct_constraints(rows, at, k, cap)  # the shared links' distinct columns
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=len(trs)))])
-        return maxmin_rates_csr(cap, indptr, at[keep], k[keep], private)
+        # each phase's private links act as one at their smallest level (min is exact in any order)
+        private = np.full(len(cur), np.inf)
+        own = ~shared
+        np.minimum.at(private, rows[own], cap[at[own]] / k[own])
+        keep = distinct_constraints(s_rows, s_at, s_k, cap)  # the shared links' distinct columns
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(s_rows[keep], minlength=len(cur)))])
+        return maxmin_rates_csr(cap, indptr, s_at[keep], s_k[keep], private)
 
     def _private_fits(self, p: RoutedPhase) -> bool:
         """Whether ``p`` at its uncontended rate fits each of its links (true of ``RouteMemo``'s phases)."""
@@ -236,30 +230,25 @@ class FlowNetwork(NetworkModel):
     def _whole_link_rates(self, trs: list[_Transfer]) -> np.ndarray:
         links = [t.current.link_ids for t in trs]
         loads = [t.current.load for t in trs]
-        alone = self._alone_if_feasible(trs, links, loads)
-        if alone is not None:
-            return alone
+        at = np.concatenate(links)
+        use = np.concatenate([t.current.alone_rate * k for t, k in zip(trs, loads, strict=True)])
+        if self._fit_alone(at, use):
+            return np.array([t.current.alone_rate for t in trs])
         return maxmin_rates(self.cache.capacity, list(zip(links, loads, strict=True)))
 
-    def _alone_if_feasible(
-        self, trs: list[_Transfer], links: list[np.ndarray], loads: list[np.ndarray]
-    ) -> np.ndarray | None:
-        """Every phase's uncontended rate, when together they fit every link given (``links``/``loads``:
-        each phase's), else None.
+    def _fit_alone(self, at: np.ndarray, use: np.ndarray) -> bool:
+        """Whether the phases at their uncontended rates, loading link ``at[i]`` by ``use[i]`` bytes/s,
+        fit every link given.
 
         Then that allocation is the max-min fair one: each phase is held by its own bottleneck, which no
         other phase uses at capacity, so progressive filling would freeze every phase there. Phases that
         share a link without filling it (a small DP bucket beside a pipeline send) skip the filling."""
-        at = np.concatenate(links)
-        use = np.concatenate([t.current.alone_rate * k for t, k in zip(trs, loads, strict=True)])
         # ``np.unique(at, return_inverse=True)`` by marking when the entries are many (a 16,384-GPU step's
         # data-parallel phases cross tens of thousands of links: sorting them was 5% of its CPU); the same
         # ids and inverse, so the same sums in the same order
         ids, inv = compact_ids(at, self.cache.capacity.size)
         total = np.bincount(inv, weights=use, minlength=ids.size)
-        if np.any(total > self.cache.capacity[ids] * (1.0 + _FEASIBLE_RTOL)):
-            return None
-        return np.array([t.current.alone_rate for t in trs])
+        return not np.any(total > self.cache.capacity[ids] * (1.0 + _FEASIBLE_RTOL))
 
     def _schedule(self, tr: _Transfer) -> None:
         tr.version += 1
