@@ -23,7 +23,9 @@ go in docs/accuracy.md. Effects:
 * ``flex-dispatcher``: DeepEP and HybridEP run as Megatron-Core's all-to-all dispatcher (one message per expert
   copy, the count all-gather, the probabilities' all-to-all and the chunk sort); only held-out rows use them:
   ``--suite heldout-training-runs --only "without flex dispatcher"``;
-* ``fa1``: llm-foundry's Triton FlashAttention (``framework.attention_impl: fa1``) run as FlashAttention-2.
+* ``fa1``: llm-foundry's Triton FlashAttention (``framework.attention_impl: fa1``) run as FlashAttention-2;
+* ``fused-accumulation``: Megatron-Core's wgrad GEMMs write a 16-bit gradient that a separate kernel adds into
+  the main gradient (as before gradient-accumulation fusion was modelled), with the constants refitted with it.
 """
 
 from __future__ import annotations
@@ -156,6 +158,17 @@ def _no_fa1() -> Iterator[None]:
 
 
 @contextmanager
+def _no_fused_accumulation() -> Iterator[None]:
+    profile_for = fw.profile_for
+
+    def unfused(name: str, compile: bool) -> fw.FrameworkProfile:
+        return replace(profile_for(name, compile), fused_grad_accumulation=False)
+
+    with mock.patch.object(fw, "profile_for", unfused):
+        yield
+
+
+@contextmanager
 def _nothing() -> Iterator[None]:
     yield
 
@@ -174,6 +187,7 @@ ABLATIONS: dict[str, Callable[[], object]] = {
     "without B200 transfer": _no_b200_transfer,
     "without flex dispatcher": _no_flex_dispatcher,
     "without FA1 kernel": _no_fa1,
+    "without fused grad accumulation": _no_fused_accumulation,
 }
 
 

@@ -259,6 +259,9 @@ class FrameworkConfig(_Strict):
     # attn_config.attn_impl: triton is a FlashAttention-1-class kernel; Transformer Engine NVTE_FLASH_ATTN /
     # NVTE_FUSED_ATTN); None: the framework profile's default
     attention_impl: AttentionImpl | None = None
+    # Megatron's --gradient-accumulation-fusion (wgrad GEMMs add into main_grad); None: the profile's default. Runs
+    # of Megatron-LM before 83b1e42f (2022-02-16; fp16 before 07916bf2, 2022-09-27) did not have it
+    gradient_accumulation_fusion: bool | None = None
 
     @model_validator(mode="after")
     def _compile(self) -> FrameworkConfig:

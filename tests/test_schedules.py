@@ -20,15 +20,17 @@ from simulator.simulate import SimulationResult, simulate
 # than the weight-gradient GEMMs, t_W < t_F, the regime where ZB-H1's closed form holds; the 128-token
 # vocabulary keeps the embedding and output layers under 1% of a stage.
 LONG = {"layers": 16, "hidden": 2048, "heads": 16, "vocab": 128}
-# The wide model of test_step_behaviour: GEMM-bound, t_W > t_F.
+# The wide model of test_step_behaviour: GEMM-bound; t_W > t_F when the main-gradient add is its own kernel.
 WIDE = {"layers": 16, "hidden": 8192, "heads": 64, "vocab": 128}
 
 
-def run(make_scenario, p: int, m: int, schedule: str, model: dict, seq: int, v: int = 1) -> SimulationResult:
+def run(
+    make_scenario, p: int, m: int, schedule: str, model: dict, seq: int, v: int = 1, **extra: object
+) -> SimulationResult:
     """p stages of 8 layers on one host of p GPUs (tp = dp = 1: only pipeline communication)."""
     scenario = make_scenario(
         gpus_per_host=p, model=dict(model, layers=8 * p), pp=p, micro_batches=m, seq_len=seq,
-        schedule=schedule, virtual_stages=v, training__optimizer="sgd",
+        schedule=schedule, virtual_stages=v, training__optimizer="sgd", **extra,
     )  # fmt: skip
     return simulate(scenario)
 
@@ -82,7 +84,8 @@ def test_bubble_matches_closed_form(make_scenario, schedule, p, m):
 def test_zero_bubble_bubble_when_weight_gradients_are_long(make_scenario, p, m):
     """With t_W > t_F the postponed Ws no longer fit the gaps; the first stage still waits (p−1)·t_B for
     its first input gradient: the bubble is (p−1)·max(t_B, t_F + t_B − t_W)."""
-    res = run(make_scenario, p, m, "zero-bubble", WIDE, 2048)
+    # without gradient-accumulation fusion: the W pass adds its fp32 main-gradient update, longer than F
+    res = run(make_scenario, p, m, "zero-bubble", WIDE, 2048, framework__gradient_accumulation_fusion=False)
     t = pass_times(res.trace, m)
     f, b, w = (float(np.mean(t[k])) for k in ("forward", "backward_input", "backward_weight"))
     assert w > f

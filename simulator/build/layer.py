@@ -87,6 +87,7 @@ class LayerBuilder:
         self.kv = max(m.kv_hidden // tp, m.d_head)  # KV heads are replicated when tp > kv_heads
         self.heads = m.heads // tp
         self.e = ctx.e
+        self._acc = wgrad_accumulate_bytes(ctx)
         self._hidden_mask = 1 if m.hidden_dropout > 0 else 0  # bytes per element of a dropout mask
         self.window = window if window is not None and window < ctx.training.seq_len else None
         # Per-head widths of Q/K and of V/O, and this rank's Q, K, V and attention-output widths. MLA has one K
@@ -240,7 +241,8 @@ class LayerBuilder:
         """Input-gradient GEMM [T, n]·[n, k] and weight-gradient GEMM [k, T]·[T, n]; under FP8 the incoming
         gradient is cast (with its transpose for the weight gradient) before them, and an input that a fused
         norm emitted as FP8 without its transpose is transposed for the weight gradient."""
-        dgrad, wgrad = self.cm.gemm(self.T, k_in, n_out), self.cm.gemm(k_in, n_out, self.T)
+        dgrad = self.cm.gemm(self.T, k_in, n_out)
+        wgrad = self.cm.gemm(k_in, n_out, self.T, accumulate_bytes=self._acc)
         if self.cm.fp8:
             dgrad = _plus(dgrad, self.cm.fp8_cast(self.T * n_out, transpose=True))
             if name in _NORM_FUSED_FP8:  # FP8 transpose of the saved input: read 1 byte, write 1 byte
@@ -437,7 +439,8 @@ class LayerBuilder:
         the experts' GEMMs over 4 streams, so they fill the SMs together); launched as the framework does:
         one cuBLASLt GEMM per expert (``per_expert``, TE 2.9) or one grouped kernel. Under FP8 the permuted
         input arrives 16-bit and is quantised first, one tensor per expert (``split_quantize``)."""
-        t = self.cm.gemm(tokens, n_out, k_in, batch=local)
+        acc = self._acc if name.endswith("_wgrad") else 0  # TE GroupedLinear fuse_wgrad_accumulation too
+        t = self.cm.gemm(tokens, n_out, k_in, batch=local, accumulate_bytes=acc)
         if self.ctx.framework.moe.grouped_gemm == "per_expert":
             t = replace(t, launch_s=t.launch_s * local)
         if self.cm.fp8:
@@ -612,7 +615,7 @@ class LayerBuilder:
         return [
             *self._graphed(mlp, "moe" if moe else "mlp"),
             *self._graphed(self.attention_block_backward(), "attn"),
-            grad_accumulation(self.ctx, param_count + expert_param_count),
+            *unfused_grad_accumulation(self.ctx, param_count + expert_param_count),
             GradReady(param_count, expert_param_count),
         ]
 
@@ -666,6 +669,18 @@ class LayerBuilder:
         if "shared_experts" in again:
             out += self._shared_forward()
         return out
+
+
+def wgrad_accumulate_bytes(ctx: BuildContext) -> int:
+    """Bytes per main-gradient element a weight-gradient GEMM reads and writes in its epilogue when the framework
+    fuses the accumulation (0: it writes a fresh 16-bit gradient that ``grad_accumulation`` adds)."""
+    return grad_element_bytes(ctx) if ctx.framework.fused_grad_accumulation else 0
+
+
+def unfused_grad_accumulation(ctx: BuildContext, param_count: float) -> list[Step]:
+    """The accumulation kernel of a layer's linear weights, unless their wgrad GEMMs do it in their epilogue (the
+    norms' and biases' gradients, under 0.1% of a layer's parameters, are then not timed)."""
+    return [] if ctx.framework.fused_grad_accumulation else [grad_accumulation(ctx, param_count)]
 
 
 def grad_accumulation(ctx: BuildContext, param_count: float) -> KernelStep:
@@ -763,9 +778,9 @@ def head_backward(ctx: BuildContext, tensor: TensorStrategy, param_count: float)
         *tensor.block_input_backward_pre(ctx, "head"),
         _k("logits_dgrad", cm.gemm(tokens, h, v, linear=False)),
         *tensor.block_input_backward_post(ctx, "head"),
-        _k("logits_wgrad", cm.gemm(h, v, tokens, linear=False)),
+        _k("logits_wgrad", cm.gemm(h, v, tokens, linear=False, accumulate_bytes=wgrad_accumulate_bytes(ctx))),
         _k("final_norm_bwd", cm.elementwise(3 * ctx.e * norm)),
-        grad_accumulation(ctx, param_count),
+        *unfused_grad_accumulation(ctx, param_count),
         GradReady(param_count),
     ]
 
@@ -817,18 +832,20 @@ def mtp_backward(ctx: BuildContext, tensor: TensorStrategy, layer: list[Step], k
     cm, h, e = ctx.compute, ctx.model.hidden, ctx.e
     n = tensor.norm_tokens(ctx) * h
     # the output all-gather's backward is a split (Megatron _GatherFromModelParallelRegion): no communication
+    acc = wgrad_accumulate_bytes(ctx)
     return [
         *_mtp_named(head_backward(ctx, tensor, 0.0), k),
         *layer,
         _k(f"mtp{k}_eh_proj_dgrad", cm.gemm(ctx.tokens, 2 * h, h // ctx.tp)),
         *tensor.block_input_backward_pre(ctx, f"mtp{k}"),
         *tensor.block_input_backward_post(ctx, f"mtp{k}"),
-        _k(f"mtp{k}_eh_proj_wgrad", cm.gemm(2 * h, h // ctx.tp, ctx.tokens)),
+        _k(f"mtp{k}_eh_proj_wgrad", cm.gemm(2 * h, h // ctx.tp, ctx.tokens, accumulate_bytes=acc)),
         _k(f"mtp{k}_concat_bwd", cm.elementwise(2 * e * 2 * n)),
         _k(f"mtp{k}_enorm_bwd", cm.elementwise(3 * e * n)),
         _k(f"mtp{k}_hnorm_bwd", cm.elementwise(3 * e * n)),
         _k(f"mtp{k}_hidden_grad_add", cm.elementwise(3 * e * n)),  # into the decoder output's gradient
         *_mtp_named(embedding_backward(ctx, tensor, 0.0), k),
-        grad_accumulation(ctx, own_params + shared_params),
+        # under fusion the module's own GEMMs accumulated in their epilogues; the shared embedding's add remains
+        grad_accumulation(ctx, shared_params if ctx.framework.fused_grad_accumulation else own_params + shared_params),
         GradReady(own_params),
     ]

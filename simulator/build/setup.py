@@ -4,6 +4,7 @@ most loaded pipeline stage."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cached_property
 
 import numpy as np
@@ -168,7 +169,10 @@ class Setup:
     def framework(self) -> FrameworkProfile:
         """What the framework that runs the step launches and fuses (``frameworks/profiles/``)."""
         f = self.scenario.config.framework
-        return profile_for(f.name, f.compile)
+        profile = profile_for(f.name, f.compile)
+        if f.gradient_accumulation_fusion is not None:
+            profile = replace(profile, fused_grad_accumulation=f.gradient_accumulation_fusion)
+        return profile
 
     @cached_property
     def ctx(self) -> BuildContext:

@@ -59,6 +59,9 @@ class FrameworkProfile:
     fp8_cast_kernels: dict[str, int] = field(default_factory=dict)
 
     fp8_saves_inputs: bool = False  # linear layers keep their FP8-quantised inputs for backward (1 B/element)
+    # weight-gradient GEMMs add into the main-gradient buffer in their epilogue (Megatron's gradient-accumulation
+    # fusion) instead of a separate main_grad.add_ kernel per micro-batch
+    fused_grad_accumulation: bool = False
     kernel_launch_s: float = 0.0  # host seconds per kernel launch in this execution mode (host.yaml)
 
     def cast_kernels(self, recipe: str) -> int:
@@ -101,6 +104,7 @@ def framework_profile(name: str) -> FrameworkProfile:
         moe=MoEKernels() if moe is None else _moe(moe),
         fp8_cast_kernels={str(k): int(v) for k, v in raw.get("fp8_cast_kernels", {}).items()},
         fp8_saves_inputs=bool(raw.get("fp8_saves_inputs", False)),
+        fused_grad_accumulation=bool(raw.get("fused_grad_accumulation", False)),
         kernel_launch_s=host_costs()[name]["kernel_launch_us"] * 1e-6,
     )
 

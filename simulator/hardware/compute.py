@@ -153,9 +153,14 @@ class ComputeModel:
         """Achieved HBM bandwidth of streaming kernels."""
         return self.gpu.hbm_bytes_per_s * self.calib.memory_efficiency
 
-    def gemm(self, m: int, n: int, k: int, batch: int = 1, *, linear: bool = True) -> KernelTime:
+    def gemm(
+        self, m: int, n: int, k: int, batch: int = 1, *, linear: bool = True, accumulate_bytes: int = 0
+    ) -> KernelTime:
         """``batch`` independent ``[m, k] × [k, n]`` GEMMs in one kernel; ``linear=False`` for GEMMs that stay
-        16-bit under FP8 training (attention core, output layer, router)."""
+        16-bit under FP8 training (attention core, output layer, router). ``accumulate_bytes``: the output is
+        added into a buffer of that element size in the epilogue (C read, D written: Megatron's gradient-
+        accumulation fusion, beta = 1) instead of written 16-bit; the epilogue's traffic overlaps the main loop
+        of the next tiles, so it counts in the kernel's memory bound, not as a kernel of its own."""
         g = self.calib.gemm
         fp8 = self.fp8 and linear
         if fp8:
@@ -171,7 +176,8 @@ class ComputeModel:
         per_sm_flops = peak * eff / self.gpu.sm_count
         tile_s = 2.0 * g.tile_m * g.tile_n * g.tile_k * iterations / per_sm_flops
         operand = 1 if fp8 else self.element_bytes  # FP8 operands, 16-bit output
-        nbytes = float(batch * (operand * (m * k + k * n) + self.element_bytes * m * n))
+        out = 2 * accumulate_bytes if accumulate_bytes else self.element_bytes
+        nbytes = float(batch * (operand * (m * k + k * n) + out * m * n))
         t = max(waves * tile_s, nbytes / self.memory_bytes_per_s) + self.calib.kernel_gap_s
         return KernelTime(t, flops, nbytes, self.kernel_launch_s, class_seconds(KernelClass.GEMM, t))
 

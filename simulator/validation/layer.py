@@ -74,6 +74,8 @@ def _scenario(case: LayerCase) -> dict[str, Any]:
             "recompute": case.recompute,
             "flash_attention": False,
         },  # fmt: skip
+        # fp16 Megatron-LM of 2022: gradient-accumulation fusion came to fp16 with 07916bf2 (2022-09-27)
+        "framework": {"name": "megatron-core", "gradient_accumulation_fusion": False},
         "parallelism": {"tp": m["tp"], "sequence_parallel": case.sequence_parallel},
     }
 
