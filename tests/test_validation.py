@@ -208,10 +208,14 @@ def test_validate_by_class_prints_classes_memory_and_every_row(capsys):
     by = {c["class"]: c for c in doc["classes"]}
     assert by["long-context"]["rows"] == 3 and by["long-context"]["max_abs_error"] is not None
     assert "memory failure" in doc["summary"]
+    (suite,) = doc["suites"]  # one suite ran: its figures are those of its rows
+    errs = sorted(abs(r["error"]) for r in doc["rows"])
+    assert suite["suite"] == MODERN and suite["rows"] == 3 and suite["max_abs_error"] == pytest.approx(errs[-1])
+    assert suite["median_abs_error"] == pytest.approx(errs[1])
     # piped (not a terminal): complete rows, no run name cut
     assert main(["validate", "--suite", MODERN, "--class", "long-context"]) == rc
     out = capsys.readouterr().out
-    assert "torchtitan-8b-fsdp1-cp8-256k" in out and "by class" in out and "fits memory" in out
+    assert "torchtitan-8b-fsdp1-cp8-256k" in out and "by class" in out and "by suite" in out and "fits memory" in out
 
 
 def test_unknown_class_is_a_user_error(capsys):

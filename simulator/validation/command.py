@@ -95,29 +95,39 @@ def _class_order(rows: list[dict[str, object]]) -> list[str]:
     return kinds + sorted(c for c in seen if c.startswith("gpu:")) + sorted(c for c in seen if c.startswith("framework:"))
 
 
+def _group_stats(key: str, name: str, members: list[dict[str, object]]) -> dict[str, object]:
+    """Rows, median and max |error| of those that run, outside tolerance, memory failures, not running."""
+    ran = [r for r in members if r.get("error") is not None]
+    errs = [_err(r) for r in ran]
+    return {key: name, "rows": len(members), "running": len(ran),
+            "median_abs_error": statistics.median(errs) if errs else None,
+            "max_abs_error": max(errs) if errs else None,
+            "outside_tolerance": sum(not r["within"] for r in ran),
+            "memory_failures": sum(r["fits_memory"] is False for r in ran),
+            "not_running": len(members) - len(ran)}  # fmt: skip
+
+
 def _class_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
-    """Per class: rows, median and max |error| of those that run, outside tolerance, memory failures, not running."""
-    out: list[dict[str, object]] = []
-    for cls in _class_order(rows):
-        members = [r for r in rows if cls in r.get("classes", ())]  # type: ignore[operator]
-        ran = [r for r in members if r.get("error") is not None]
-        errs = [_err(r) for r in ran]
-        out.append({"class": cls, "rows": len(members), "running": len(ran),
-                    "median_abs_error": statistics.median(errs) if errs else None,
-                    "max_abs_error": max(errs) if errs else None,
-                    "outside_tolerance": sum(not r["within"] for r in ran),
-                    "memory_failures": sum(r["fits_memory"] is False for r in ran),
-                    "not_running": len(members) - len(ran)})  # fmt: skip
-    return out
+    """Per class: its statistics (``_group_stats``)."""
+    return [
+        _group_stats("class", cls, [r for r in rows if cls in r.get("classes", ())])  # type: ignore[operator]
+        for cls in _class_order(rows)
+    ]
 
 
-def _class_table(classes: list[dict[str, object]]) -> Table:
-    t = Table(title="by class: |error| of predicted step time")
-    for col in ("class", "rows", "median", "max", "outside tol.", "memory fail", "do not run"):
-        t.add_column(col, justify="left" if col == "class" else "right")
+def _suite_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
+    """Per step-time suite, in run order: its statistics (the figures issue targets are stated in)."""
+    names = list(dict.fromkeys(str(r["suite"]) for r in rows))
+    return [_group_stats("suite", name, [r for r in rows if r["suite"] == name]) for name in names]
+
+
+def _class_table(classes: list[dict[str, object]], key: str = "class") -> Table:
+    t = Table(title=f"by {key}: |error| of predicted step time")
+    for col in (key, "rows", "median", "max", "outside tol.", "memory fail", "do not run"):
+        t.add_column(col, justify="left" if col == key else "right")
     for c in classes:
         med, mx = c["median_abs_error"], c["max_abs_error"]
-        t.add_row(str(c["class"]), str(c["rows"]), "-" if med is None else f"{100 * float(med):.1f}%",  # type: ignore[arg-type]
+        t.add_row(str(c[key]), str(c["rows"]), "-" if med is None else f"{100 * float(med):.1f}%",  # type: ignore[arg-type]
                   "-" if mx is None else f"{100 * float(mx):.1f}%", str(c["outside_tolerance"]),  # type: ignore[arg-type]
                   str(c["memory_failures"]), str(c["not_running"]))  # fmt: skip
     return t
@@ -189,10 +199,10 @@ def validate_command(args: argparse.Namespace) -> int:
         rows += step
     nccl = _nccl_rows() if (not wanted and not classes) or NCCL_SUITE in wanted else []
     everything = rows + nccl
-    by_class = _class_rows(step)
+    by_class, by_suite = _class_rows(step), _suite_rows(step)
     failures = [r for r in step if r.get("failure")]
     if args.json:
-        doc = {"rows": everything, "classes": by_class, "summary": _summary(everything) if everything else "0 rows"}
+        doc = {"rows": everything, "suites": by_suite, "classes": by_class, "summary": _summary(everything) if everything else "0 rows"}
         sys.stdout.write(finite_json(doc, indent=1) + "\n")
     else:
         # Not a terminal (a pipe, a file): wide enough that no run name or column is cut (rich would squeeze to 80)
@@ -201,6 +211,8 @@ def validate_command(args: argparse.Namespace) -> int:
             console.print(_table(rows))
         for r in failures:  # the reason in full, one line each (a table cell would wrap or be cut)
             console.print(f"does not run: {r['suite']} {r['run']}: {r['failure']}", soft_wrap=True)
+        if by_suite:
+            console.print(_class_table(by_suite, "suite"))
         if by_class:
             console.print(_class_table(by_class))
         if nccl:
