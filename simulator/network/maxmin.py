@@ -194,15 +194,45 @@ def distinct_constraints(
     capacity's): equal columns always hash equal; different ones collide with probability ~2**-64, as the
     symmetry fingerprints (``engine/symmetry.py``)."""
     used, col = compact_ids(links, capacity.size)
+    return distinct_columns(rows, col, k, capacity[used])[col]
+
+
+def distinct_columns(rows: np.ndarray, col: np.ndarray, k: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """``distinct_constraints`` on compacted links (entry i on link ``col[i]`` of capacity
+    ``capacity[col[i]]``): whether each link is the first of its kind, one flag per link."""
     tag = _mix64(
         rows.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15) ^ k.astype(np.float64).view(np.uint64)
     )
-    column = _mix64(capacity[used].astype(np.float64).view(np.uint64))
+    column = _mix64(capacity.astype(np.float64).view(np.uint64))
     np.add.at(column, col, tag)  # wraps modulo 2**64 by design
     _, first = np.unique(column, return_index=True)
-    is_first = np.zeros(used.size, dtype=bool)
+    is_first = np.zeros(capacity.size, dtype=bool)
     is_first[first] = True
-    return is_first[col]
+    return is_first
+
+
+def filling_with_caps(
+    cap: np.ndarray,
+    num: int,
+    rows: np.ndarray,
+    col: np.ndarray,
+    k: np.ndarray,
+    kept: np.ndarray,
+    rate_cap_bytes_per_s: np.ndarray,
+) -> np.ndarray:
+    """``maxmin_rates_csr`` (``num`` > 1 coflows, entries in coflow order, every k > 0) on compacted links,
+    keeping only the links flagged ``kept`` (``cap``: theirs, in link order): the same filling on the
+    same arrays, without compacting link ids again (``FlowNetwork`` compacts them once per allocation)."""
+    sel = kept[col]
+    index = np.cumsum(kept) - 1
+    capped = np.flatnonzero(np.isfinite(rate_cap_bytes_per_s))
+    return _progressive_filling(
+        np.concatenate([cap, rate_cap_bytes_per_s[capped]]),
+        num,
+        np.concatenate([rows[sel], capped]),
+        np.concatenate([index[col[sel]], cap.size + np.arange(capped.size)]),
+        np.concatenate([k[sel], np.ones(capped.size)]),
+    )
 
 
 def _mix64(x: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 import simpy
 
 from simulator.network.clock import call_later
-from simulator.network.maxmin import compact_ids, distinct_constraints, maxmin_rates, maxmin_rates_csr
+from simulator.network.maxmin import compact_ids, distinct_columns, filling_with_caps, maxmin_rates
 from simulator.network.models.base import CollectiveRequest, NetworkModel, PhaseCache, RoutedPhase
 from simulator.registry import NETWORK_MODELS
 
@@ -77,8 +77,15 @@ class FlowNetwork(NetworkModel):
         self._iso_owner = np.full(cache.capacity.size, -1, dtype=np.int64)
         self._rates: dict[tuple[int, ...], np.ndarray] = {}
         self._fits: dict[int, bool] = {}  # id(phase) → _private_fits (phases kept alive by _phase_refs)
+        self._unfit = 0  # contending transfers whose phase fails _private_fits
         self._phase_keys: dict[int, int] = {}
         self._phase_refs: list[RoutedPhase] = []
+        self._own_levels: list[np.ndarray] = []  # per phase key: capacity / load on each of its links
+        # scratch of the shared-link compaction, one slot per link, reset after each use: no temporaries
+        # the size of the network per reallocation (allocations of that size fault fresh pages every time)
+        self._marked = np.zeros(cache.capacity.size, dtype=bool)
+        self._slot = np.zeros(cache.capacity.size, dtype=np.int64)
+        self._cap_tol = cache.capacity * (1.0 + _FEASIBLE_RTOL)
         self._by_request: dict[int, tuple[CollectiveRequest, tuple[RoutedPhase, ...]]] = {}
 
     def run(self, req: CollectiveRequest, on_done: Callable[[], None]) -> None:
@@ -119,8 +126,7 @@ class FlowNetwork(NetworkModel):
             return
         link_users[ids] += 1
         users = link_users[ids]
-        self._contended[tr.ident] = tr
-        tr.contended = True
+        self._contend(tr)
         tr.rate = 0.0  # no timer for this phase yet: no max-min rate is 0, so it gets one below
         for ident in sorted(set(self._iso_owner[ids[users > 1]].tolist())):
             other = self._active.get(ident)  # an isolated phase whose links the newcomer now shares
@@ -130,8 +136,7 @@ class FlowNetwork(NetworkModel):
                 and self._link_users[other.current.link_ids].max() > 1
             ):
                 other.catch_up(now)
-                other.contended = True
-                self._contended[other.ident] = other
+                self._contend(other)
         self._reallocate()
 
     def _finish(self, tr: _Transfer) -> None:
@@ -140,10 +145,16 @@ class FlowNetwork(NetworkModel):
             self._link_users[tr.current.link_ids] -= 1
             del self._contended[tr.ident]
             tr.contended = False
+            self._unfit -= not self._private_fits(tr.current)
             self._reallocate()
         else:  # an isolated phase's links are its own (a newcomer on one of them would have made it contended)
             self._link_users[tr.current.link_ids] = 0
         self._next_phase(tr)
+
+    def _contend(self, tr: _Transfer) -> None:
+        tr.contended = True
+        self._contended[tr.ident] = tr
+        self._unfit += not self._private_fits(tr.current)
 
     def _next_phase(self, tr: _Transfer) -> None:
         tr.index += 1
@@ -160,6 +171,7 @@ class FlowNetwork(NetworkModel):
             k = len(self._phase_refs)
             self._phase_keys[id(p)] = k
             self._phase_refs.append(p)  # keeps the phase alive so that its id() stays unique
+            self._own_levels.append(self.cache.capacity[p.link_ids] / p.load)
         return k
 
     def _reallocate(self) -> None:
@@ -198,10 +210,10 @@ class FlowNetwork(NetworkModel):
         search confirmation (tp8 pp7 dp90) has ~130 contending phases of ~170 links each, ~40 shared
         after the distinct columns, so filling on the shared links alone is ~30x smaller than on every
         link, and a per-phase split would cost more numpy calls than it saves (issue #11)."""
-        cur = [t.current for t in trs]
-        if not all(self._private_fits(p) for p in cur):
+        if self._unfit:
             return self._whole_link_rates(trs)
         cap = self.cache.capacity
+        cur = [t.current for t in trs]
         sizes = np.array([p.link_ids.size for p in cur], dtype=np.int64)
         rows = np.repeat(np.arange(len(cur)), sizes)
         at = np.concatenate([p.link_ids for p in cur])
@@ -209,15 +221,30 @@ class FlowNetwork(NetworkModel):
         shared = self._link_users[at] > 1
         alone = np.array([p.alone_rate for p in cur])
         s_rows, s_at, s_k = rows[shared], at[shared], k[shared]
-        if self._fit_alone(s_at, alone[s_rows] * s_k):
+        used, col = self._compact(s_at)
+        # the alone test on the shared links (private ones fit: _private_fits), as _fit_alone sums them
+        if not np.any(
+            np.bincount(col, weights=alone[s_rows] * s_k, minlength=used.size) > self._cap_tol[used]
+        ):
             return alone
-        # each phase's private links act as one at their smallest level (min is exact in any order)
-        private = np.full(len(cur), np.inf)
-        own = ~shared
-        np.minimum.at(private, rows[own], cap[at[own]] / k[own])
-        keep = distinct_constraints(s_rows, s_at, s_k, cap)  # the shared links' distinct columns
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(s_rows[keep], minlength=len(cur)))])
-        return maxmin_rates_csr(cap, indptr, s_at[keep], s_k[keep], private)
+        if len(cur) == 1:
+            return self._whole_link_rates(trs)
+        # each phase's private links act as one at their smallest level (min is exact in any order; a phase
+        # has at least one link, and one whose links are all shared gets inf, as ``initial=np.inf``)
+        levels = np.concatenate([self._own_levels[t.key] for t in trs])
+        levels[shared] = np.inf
+        private = np.minimum.reduceat(levels, np.cumsum(sizes) - sizes)
+        first = distinct_columns(s_rows, col, s_k, cap[used])  # the shared links' distinct columns
+        return filling_with_caps(cap[used[first]], len(cur), s_rows, col, s_k, first, private)
+
+    def _compact(self, links: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``compact_ids(links, n_links)`` on the scratch arrays: the sorted distinct ids and the inverse."""
+        marked, slot = self._marked, self._slot
+        marked[links] = True
+        used = np.flatnonzero(marked)
+        marked[used] = False
+        slot[used] = np.arange(used.size)
+        return used, slot[links]
 
     def _private_fits(self, p: RoutedPhase) -> bool:
         """Whether ``p`` at its uncontended rate fits each of its links (true of ``RouteMemo``'s phases)."""
