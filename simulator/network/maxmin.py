@@ -99,11 +99,12 @@ def maxmin_rates_csr(
 
 
 def _progressive_filling(
-    cap: np.ndarray, num: int, rows: np.ndarray, cols: np.ndarray, k: np.ndarray
+    cap: np.ndarray, num: int, rows: np.ndarray, cols: np.ndarray, k: np.ndarray, unique: bool = False
 ) -> np.ndarray:
-    """Progressive filling; coflow ``rows[i]`` loads compacted link ``cols[i]`` by ``k[i]``."""
+    """Progressive filling; coflow ``rows[i]`` loads compacted link ``cols[i]`` by ``k[i]`` (``unique``:
+    no (coflow, link) pair twice, so nothing to sum)."""
     nlinks = cap.size
-    load = _Csr.build(rows, cols, k, num, nlinks)  # coflow → links, duplicates summed
+    load = _Csr.build(rows, cols, k, num, nlinks, known_unique=unique)  # coflow → links, duplicates summed
     by_link = _Csr.build(load.indices, load.row_of_entry(), load.data, nlinks, num, transpose=True)
     rates = np.full(num, np.inf)
     frozen = np.diff(load.indptr) == 0
@@ -146,12 +147,20 @@ class _Csr:
 
     @staticmethod
     def build(
-        rows: np.ndarray, cols: np.ndarray, data: np.ndarray, nrows: int, ncols: int, transpose: bool = False
+        rows: np.ndarray,
+        cols: np.ndarray,
+        data: np.ndarray,
+        nrows: int,
+        ncols: int,
+        transpose: bool = False,
+        known_unique: bool = False,
     ) -> _Csr:
-        """From (row, col, value) triplets; duplicates summed (``transpose``: known unique, just sorted)."""
+        """From (row, col, value) triplets; duplicates summed (``transpose`` or ``known_unique``: there are
+        none, the entries are only sorted: distinct keys, so any sort gives the order a stable one would,
+        and the values are those a sum of one term gives)."""
         key = rows * ncols + cols
-        if transpose:
-            order = np.argsort(key, kind="stable")
+        if transpose or known_unique:
+            order = np.argsort(key)
             key, data = key[order], data[order]
         elif key.size and not np.all(key[1:] > key[:-1]):  # already sorted and unique: nothing to sum
             key, inv = np.unique(key, return_inverse=True)
@@ -205,9 +214,14 @@ def distinct_columns(rows: np.ndarray, col: np.ndarray, k: np.ndarray, capacity:
     )
     column = _mix64(capacity.astype(np.float64).view(np.uint64))
     np.add.at(column, col, tag)  # wraps modulo 2**64 by design
-    _, first = np.unique(column, return_index=True)
+    # the first link of each run of equal hashes: ``np.unique(column, return_index=True)``'s, by the
+    # smallest index of each run after an unstable sort (a stable one was most of this function's cost)
+    order = np.argsort(column)
+    ordered = column[order]
+    starts = np.flatnonzero(np.concatenate(([True], ordered[1:] != ordered[:-1])))
     is_first = np.zeros(capacity.size, dtype=bool)
-    is_first[first] = True
+    if order.size:
+        is_first[np.minimum.reduceat(order, starts)] = True
     return is_first
 
 
@@ -232,6 +246,7 @@ def filling_with_caps(
         np.concatenate([rows[sel], capped]),
         np.concatenate([index[col[sel]], cap.size + np.arange(capped.size)]),
         np.concatenate([k[sel], np.ones(capped.size)]),
+        unique=True,
     )
 
 
