@@ -7,7 +7,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from simulator.network.maxmin import coflow_link_loads, distinct_constraints, maxmin_rates, maxmin_rates_csr
+from simulator.network.maxmin import (
+    coflow_link_loads,
+    compact_ids,
+    distinct_columns,
+    distinct_constraints,
+    filling_with_caps,
+    maxmin_rates,
+    maxmin_rates_csr,
+)
 
 C = 100e9
 
@@ -176,3 +184,30 @@ def test_dropping_duplicate_links_keeps_random_rates_bit_for_bit(seed):
     kept = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=4))])
     full = maxmin_rates_csr(cap, indptr, links, k)
     assert np.array_equal(maxmin_rates_csr(cap, kept, links[keep], k[keep]), full)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31))
+def test_filling_on_compacted_distinct_links_with_caps_is_maxmin_rates_csr_bit_for_bit(seed):
+    """The flow model's path (links compacted once, ``distinct_columns`` on them, ``filling_with_caps``)
+    gives ``maxmin_rates_csr``'s rates after ``distinct_constraints``, with private rate caps, bit for bit."""
+    rng = np.random.default_rng(seed)
+    num = int(rng.integers(2, 7))
+    base = rng.integers(1, 6, size=(num, 6)) * (rng.random((num, 6)) < 0.6)
+    copies = rng.integers(1, 4, size=6)
+    a = np.repeat(base, copies, axis=1)  # each column copied 1-3 times
+    ids = np.sort(rng.choice(1000, size=a.shape[1], replace=False))  # spread over a network's link ids
+    capacity = np.full(1000, 3 * C)
+    capacity[ids] = np.repeat(rng.choice([C, 2 * C], size=6), copies)
+    rows, j = np.nonzero(a)
+    links, k = ids[j], a[rows, j] / rng.choice([1.0, 0.9, 0.85])
+    private = np.where(rng.random(num) < 0.7, rng.choice([C / 4, C / 2, C, 3 * C], size=num), np.inf)
+    keep = distinct_constraints(rows, links, k, capacity)
+    kept = np.concatenate([[0], np.cumsum(np.bincount(rows[keep], minlength=num))])
+    expected = maxmin_rates_csr(capacity, kept, links[keep], k[keep], private)
+    used, col = compact_ids(links, capacity.size)
+    first = distinct_columns(rows, col, k, capacity[used])
+    assert np.array_equal(first[col], keep)
+    assert np.array_equal(
+        filling_with_caps(capacity[used[first]], num, rows, col, k, first, private), expected
+    )

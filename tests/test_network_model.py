@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import networkx as nx
 import numpy as np
@@ -23,7 +24,7 @@ from simulator.hardware.gpu import get_gpu
 from simulator.network.bench import bench, time_request
 from simulator.network.models.analytical import AnalyticalNetwork
 from simulator.network.models.base import CollectiveRequest, PhaseCache, alone_time
-from simulator.network.models.flow import FlowNetwork
+from simulator.network.models.flow import FlowNetwork, _Transfer
 from simulator.parallel.plan import ParallelDims, ParallelPlan
 from simulator.scenario import scenario_from_dict
 from simulator.simulate import simulate
@@ -341,3 +342,25 @@ def test_a_transfer_finishes_when_the_clock_is_far_past_float_nanoseconds():
             break
         env.step()
     assert len(done) == 1
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(0, 2**31))
+def test_contending_phases_get_the_whole_link_rates_bit_for_bit(seed):
+    """The flow model fills contending phases on their shared links only (private links folded into one
+    rate cap per phase, copies of a shared column dropped, the alone test on the shared links): the rates
+    are those of progressive filling on every link, bit for bit, whether or not the phases fit alone."""
+    rng = np.random.default_rng(seed)
+    capacity = rng.choice([25e9, 50e9, 300e9], size=60)
+    net = FlowNetwork(simpy.Environment(), SimpleNamespace(capacity=capacity))  # type: ignore[arg-type]
+    trs = []
+    for ident in range(int(rng.integers(2, 9))):
+        links = np.sort(rng.choice(60 if ident % 2 else 12, size=int(rng.integers(1, 12)), replace=False))
+        load = rng.choice([0.5, 1.0, 2.0], size=links.size) / rng.choice([1.0, 0.93, 0.8])
+        alone = float(np.min(capacity[links] / load))
+        phase = SimpleNamespace(link_ids=links, load=load, alone_rate=alone, max_flow_bytes=1.0)
+        tr = _Transfer((phase,), lambda: None, ident, phase)  # type: ignore[arg-type]
+        tr.key = net._key_of(phase)  # type: ignore[arg-type]
+        net._link_users[links] += 1
+        trs.append(tr)
+    assert np.array_equal(net._rates_on_shared_links(trs), net._whole_link_rates(trs))
