@@ -684,9 +684,9 @@ def unfused_grad_accumulation(ctx: BuildContext, param_count: float) -> list[Ste
 
 
 def grad_accumulation(ctx: BuildContext, param_count: float) -> KernelStep:
-    """Adding this micro-batch's weight gradients into the main-gradient buffer: Megatron-LM's
-    ``param.main_grad.add_(grad)`` (or the same traffic inside the wgrad GEMM with gradient-accumulation
-    fusion): read the fresh 16-bit gradient, read and write the main gradient."""
+    """Adding this micro-batch's weight gradients into the main-gradient buffer as a kernel of its own (Megatron-LM
+    before gradient-accumulation fusion: ``param.main_grad.add_(grad)``; PyTorch's AccumulateGrad): read the fresh
+    16-bit gradient, read and write the main gradient. With fusion the wgrad GEMM does it (``accumulate_bytes``)."""
     nbytes = param_count * (ctx.e + 2 * grad_element_bytes(ctx))
     return _k("grad_accumulate", ctx.compute.elementwise(nbytes))
 
