@@ -202,9 +202,9 @@ class ExpertLoadConfig(_Strict):
 # layer norms, MLA up-projections, shared experts
 RECOMPUTE_MODULES = ("core_attn", "mlp", "moe", "moe_act", "layernorm", "mla_up_proj", "shared_experts")
 RecomputeModule = Literal["core_attn", "mlp", "moe", "moe_act", "layernorm", "mla_up_proj", "shared_experts"]
-# Megatron-Core --cuda-graph-scope: the whole iteration, or these parts of each layer captured as CUDA graphs
 # Fused attention implementations with a kernel model (simulator/hardware/attention.yaml)
 AttentionImpl = Literal["fa1", "fa2", "cudnn", "fa3"]
+# Megatron-Core --cuda-graph-scope: the whole iteration, or these parts of each layer captured as CUDA graphs
 CudaGraphScope = Literal["full_iteration", "attn", "mlp", "moe", "moe_router", "moe_preprocess"]
 
 

@@ -14,7 +14,7 @@ from simulator.build.memory import MemoryBreakdown, RankParams, memory_per_gpu
 from simulator.build.program_builder import WorkloadSpec
 from simulator.errors import InfeasibleConfig
 from simulator.frameworks.profile import FrameworkProfile, profile_for
-from simulator.hardware.attention import attention_impls, attention_kernel
+from simulator.hardware.attention import attention_impls
 from simulator.hardware.calibration import ComputeCalibration, compute_calibration, link_calibration
 from simulator.hardware.compute import ComputeModel
 from simulator.models.params import parameter_count
@@ -148,13 +148,14 @@ class Setup:
                 f"{self.gpu.name} has no end-to-end calibration of its own; its GEMM constants are "
                 f"{calib.transferred_from}'s scaled by published kernel measurements (calibrate transfer)"
             )
-        impl = self.scenario.config.framework.attention_impl or self.framework.attention_impl
-        if attention_kernel(self.gpu.name, impl, "fwd") is None and self.scenario.config.framework.attention_impl:
+        chosen = self.scenario.config.framework.attention_impl
+        if chosen is not None and chosen not in attention_impls(self.gpu.name):
             raise InfeasibleConfig(
-                f"attention_impl {impl} has no kernel model on {self.gpu.name}; valid there: "
+                f"attention_impl {chosen} has no kernel model on {self.gpu.name}; valid there: "
                 + ", ".join(attention_impls(self.gpu.name)),
                 field="framework.attention_impl",
             )
+        impl = chosen or self.framework.attention_impl
         launch = self.framework.kernel_launch_s if self.host_launch_s is None else self.host_launch_s
         if "full_iteration" in self.scenario.config.framework.cuda_graph_scope:
             # the whole step replays as CUDA graphs: no host launch per kernel (layer.py _graphed for scopes)

@@ -70,16 +70,19 @@ def _doc() -> dict[str, Any]:
 def attention_kernel(gpu: str, impl: str, direction: str) -> AttentionKernel | None:
     """The fitted kernel of ``impl`` (``fa2``, ``cudnn``, ``fa3``) for ``direction`` (``fwd``/``bwd``) on
     ``gpu``'s architecture, or None where nothing was measured."""
-    for arch in _doc()["architectures"].values():
-        if gpu in arch["gpus"]:
-            k = arch["kernels"].get(impl, {}).get(direction)
-            return None if k is None else AttentionKernel(**k)
-    return None
+    k = _arch_kernels(gpu).get(impl, {}).get(direction)
+    return None if k is None else AttentionKernel(**k)
 
 
 def attention_impls(gpu: str) -> tuple[str, ...]:
     """The implementations with a kernel model on ``gpu``'s architecture."""
+    return tuple(_arch_kernels(gpu))
+
+
+def _arch_kernels(gpu: str) -> dict[str, Any]:
+    """The kernels of ``gpu``'s architecture in attention.yaml (empty where none is modelled)."""
     for arch in _doc()["architectures"].values():
         if gpu in arch["gpus"]:
-            return tuple(arch["kernels"])
-    return ()
+            kernels: dict[str, Any] = arch["kernels"]
+            return kernels
+    return {}

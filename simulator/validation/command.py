@@ -121,7 +121,7 @@ def _suite_rows(rows: list[dict[str, object]]) -> list[dict[str, object]]:
     return [_group_stats("suite", name, [r for r in rows if r["suite"] == name]) for name in names]
 
 
-def _class_table(classes: list[dict[str, object]], key: str = "class") -> Table:
+def _group_table(classes: list[dict[str, object]], key: str = "class") -> Table:
     t = Table(title=f"by {key}: |error| of predicted step time")
     for col in (key, "rows", "median", "max", "outside tol.", "memory fail", "do not run"):
         t.add_column(col, justify="left" if col == key else "right")
@@ -212,9 +212,9 @@ def validate_command(args: argparse.Namespace) -> int:
         for r in failures:  # the reason in full, one line each (a table cell would wrap or be cut)
             console.print(f"does not run: {r['suite']} {r['run']}: {r['failure']}", soft_wrap=True)
         if by_suite:
-            console.print(_class_table(by_suite, "suite"))
+            console.print(_group_table(by_suite, "suite"))
         if by_class:
-            console.print(_class_table(by_class))
+            console.print(_group_table(by_class))
         if nccl:
             console.print(_busbw_table(nccl))
         console.print(_summary(everything) if everything else "0 rows")
