@@ -116,16 +116,19 @@ class FlowNetwork(NetworkModel):
         tr.remaining, tr.since, tr.key = p.max_flow_bytes, now, self._key_of(p)
         self._active[tr.ident] = tr
         ids, link_users = p.link_ids, self._link_users
+        # one gather of the phase's users serves both branches (a data-parallel phase at 65,536 GPUs
+        # crosses ~25,000 links: each pass over them counts, issue #11)
+        users = link_users[ids]
         # every link free (most phases): alone, at its uncontended rate (count_nonzero: a third of the cost
         # of .any() on a phase's few dozen links, numpy's reduction set-up dominating)
-        if not np.count_nonzero(link_users[ids]):
+        if not np.count_nonzero(users):
             link_users[ids] = 1
             tr.rate = p.alone_rate
             self._iso_owner[ids] = tr.ident
             self._schedule(tr)
             return
-        link_users[ids] += 1
-        users = link_users[ids]
+        users += 1  # as ``link_users[ids] += 1`` (numpy's fancy ``+=`` is this gather, add and scatter)
+        link_users[ids] = users
         self._contend(tr)
         tr.rate = 0.0  # no timer for this phase yet: no max-min rate is 0, so it gets one below
         for ident in sorted(set(self._iso_owner[ids[users > 1]].tolist())):
