@@ -144,6 +144,49 @@ class Router:
         inner = np.flatnonzero(self._internal & (src < dst))
         inner = inner[np.argsort(self.host[src[inner]], kind="stable")]
         split = np.searchsorted(self.host[src[inner]], np.arange(n_hosts + 1))
+        first, self.host_template = self._host_layouts(inner, split)
+        for h in first.tolist():
+            nodes = self.blocks[h][self.blocks[h] >= 0]
+            self.templates.append(self._template(nodes, inner[split[h] : split[h + 1]]))
+        self.width = max(t.path.shape[2] for t in self.templates)
+
+    def _host_layouts(self, inner: np.ndarray, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(first host of each layout, layout of each host), layouts numbered in order of first host.
+
+        A host's layout is its nodes' kind, GPU local index and NIC rail, then its internal links' local
+        ends, type and capacity, all in node and link order: one row per host, compared as a whole (the
+        signatures ``_host_layouts_slow`` builds as tuples host by host, without the Python loop over
+        16,384 hosts, issue #11). Padding (-2 after the nodes, -1 after the links; every value is >= -1,
+        a link's local ends >= 0) keeps hosts of different sizes apart; capacities are compared by their
+        bits (positive and finite: equal bits exactly when equal values)."""
+        blocks, n_hosts = self.blocks, self.blocks.shape[0]
+        present = blocks >= 0
+        at = np.where(present, blocks, 0)
+        cols = [np.where(present, a[at], -2) for a in (self.kind, self.gpu_local, self.rail)]
+        src, dst = self.cluster.link_src, self.cluster.link_dst
+        counts = np.diff(split)
+        if inner.size:
+            slot = np.arange(inner.size) - np.repeat(split[:-1], counts)
+            host_of = np.repeat(np.arange(n_hosts), counts)
+            _, type_code = self.cluster.link_type_codes
+            cap_bits = self.cluster.link_capacity_bytes_per_s.view(np.int64)
+            for values in (self.local[src[inner]], self.local[dst[inner]], type_code[inner], cap_bits[inner]):
+                col = np.full((n_hosts, int(counts.max())), -1, dtype=np.int64)
+                col[host_of, slot] = values
+                cols.append(col)
+        rows = np.concatenate(cols, axis=1)
+        _, first, which = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+        order = np.argsort(first, kind="stable")
+        rank = np.empty(order.size, dtype=np.int64)
+        rank[order] = np.arange(order.size)
+        return first[order], rank[which.ravel()]
+
+    def _host_layouts_slow(self, inner: np.ndarray, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``_host_layouts`` host by host, with each layout as a tuple (the reference its test compares)."""
+        src, dst = self.cluster.link_src, self.cluster.link_dst
+        n_hosts = self.blocks.shape[0]
+        layout = np.zeros(n_hosts, dtype=np.int64)
+        first: list[int] = []
         types = self.cluster.link_type
         seen: dict[tuple, int] = {}
         for h in range(n_hosts):
@@ -162,10 +205,10 @@ class Router:
             )
             t = seen.get(sig)
             if t is None:
-                t = seen[sig] = len(self.templates)
-                self.templates.append(self._template(nodes, links))
-            self.host_template[h] = t
-        self.width = max(t.path.shape[2] for t in self.templates)
+                t = seen[sig] = len(first)
+                first.append(h)
+            layout[h] = t
+        return np.asarray(first, dtype=np.int64), layout
 
     def _template(self, nodes: np.ndarray, links: np.ndarray) -> _Template:
         """All-pairs preferred paths inside one host, and its GPU/NIC/rail tables."""
