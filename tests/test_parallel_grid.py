@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from test_symmetry import assert_same_step
 
 from simulator.errors import InfeasibleConfig
+from simulator.hardware.gpu import get_gpu
 from simulator.report.schema import StepReport
 from simulator.scenario import scenario_from_dict
 from simulator.simulate import simulate
@@ -139,8 +140,9 @@ def _kernels_s(report: StepReport) -> float:
 @pytest.mark.parametrize("fuse", [True, False])
 def test_tp_comm_overlap_hides_tensor_parallel_time(make_doc, fuse):
     """tp 4 with sequence parallelism: TP overlap hides most of the exposed TP time (each collective runs
-    under the GEMM that produces or consumes it), the kernels take as long, the step gets shorter; the same
-    whether TP collectives are folded into compute ops or run by the engine."""
+    under the GEMM that produces or consumes it), the step gets shorter; the same whether TP collectives are
+    folded into compute ops or run by the engine. The kernels take longer, by no more than the GEMMs that lend
+    16 SMs to Transformer Engine's overlap kernels would (tests/test_tp_overlap_sms.py)."""
     base = dict(
         gpus_per_host=4, model={**DENSE, "hidden": 2048, "heads": 16}, tp=4, micro_batches=2, seq_len=2048,
         parallelism__sequence_parallel=True, engine__fuse_local_comm=fuse,
@@ -148,7 +150,8 @@ def test_tp_comm_overlap_hides_tensor_parallel_time(make_doc, fuse):
     off = run(make_doc, **base)
     on = run(make_doc, **base, parallelism__tp_comm_overlap=True)
     assert isinstance(off, StepReport) and isinstance(on, StepReport)
-    assert _kernels_s(on) == pytest.approx(_kernels_s(off), rel=1e-9)
+    sms = get_gpu(scenario_from_dict(make_doc(**base)).topology["host"]["gpu"]).sm_count
+    assert _kernels_s(off) < _kernels_s(on) <= _kernels_s(off) * sms / (sms - 16) * (1 + 1e-9)
     assert on.exposed_comm.tp_s < 0.5 * off.exposed_comm.tp_s
     assert on.comm.tp_s == pytest.approx(off.comm.tp_s, rel=1e-6)
     assert on.step_time_s < off.step_time_s - 0.5 * (off.exposed_comm.tp_s - on.exposed_comm.tp_s)

@@ -89,6 +89,8 @@ class LayerBuilder:
         self.e = ctx.e
         self._acc = wgrad_accumulate_bytes(ctx)
         self._hidden_mask = 1 if m.hidden_dropout > 0 else 0  # bytes per element of a dropout mask
+        # SMs the TP communication overlapped inside each GEMM takes from it (tp_comm_overlap)
+        self._overlap = ctx.framework.tp_overlap_sms if strategies.tensor.output_overlapped(ctx) else {}
         self.window = window if window is not None and window < ctx.training.seq_len else None
         # Per-head widths of Q/K and of V/O, and this rank's Q, K, V and attention-output widths. MLA has one K
         # and V head per query head, split over TP by heads (Megatron-Core MLASelfAttention), Q/K heads of
@@ -231,8 +233,15 @@ class LayerBuilder:
         n = self.Tn * self.h
         return [_k(name, self.cm.elementwise((2 * self.e + 1) * n))] if self._hidden_mask else []
 
+    def _tp_gemm(self, name: str, m: int, n: int, k: int, accumulate_bytes: int = 0) -> KernelTime:
+        """A linear layer's GEMM; under ``tp_comm_overlap`` on the SMs the communication kernel the framework
+        runs beside it leaves (``FrameworkProfile.tp_overlap_sms``)."""
+        comm_sms = self._overlap.get(name, 0)
+        sms = self.cm.gpu.sm_count - comm_sms if comm_sms else None
+        return self.cm.gemm(m, n, k, accumulate_bytes=accumulate_bytes, sms=sms)
+
     def _linear(self, name: str, n_out: int, k_in: int) -> KernelStep:
-        t = self.cm.gemm(self.T, n_out, k_in)
+        t = self._tp_gemm(name, self.T, n_out, k_in)
         if self.cm.fp8 and name not in _NORM_FUSED_FP8:  # the input arrives 16-bit: cast_transpose it
             t = _plus(t, self.cm.fp8_cast(self.T * k_in, transpose=True))
         return _k(name, t)
@@ -241,8 +250,8 @@ class LayerBuilder:
         """Input-gradient GEMM [T, n]·[n, k] and weight-gradient GEMM [k, T]·[T, n]; under FP8 the incoming
         gradient is cast (with its transpose for the weight gradient) before them, and an input that a fused
         norm emitted as FP8 without its transpose is transposed for the weight gradient."""
-        dgrad = self.cm.gemm(self.T, k_in, n_out)
-        wgrad = self.cm.gemm(k_in, n_out, self.T, accumulate_bytes=self._acc)
+        dgrad = self._tp_gemm(f"{name}_dgrad", self.T, k_in, n_out)
+        wgrad = self._tp_gemm(f"{name}_wgrad", k_in, n_out, self.T, accumulate_bytes=self._acc)
         if self.cm.fp8:
             dgrad = _plus(dgrad, self.cm.fp8_cast(self.T * n_out, transpose=True))
             if name in _NORM_FUSED_FP8:  # FP8 transpose of the saved input: read 1 byte, write 1 byte

@@ -63,6 +63,9 @@ class FrameworkProfile:
     # fusion) instead of a separate main_grad.add_ kernel per micro-batch
     fused_grad_accumulation: bool = False
     kernel_launch_s: float = 0.0  # host seconds per kernel launch in this execution mode (host.yaml)
+    # GEMM name (``build/layer.py``: qkv, attn_proj, fc1, fc2 and their _dgrad/_wgrad) → SMs taken by the
+    # communication kernel that runs beside it under ``parallelism.tp_comm_overlap`` (the GEMM gets the rest)
+    tp_overlap_sms: dict[str, int] = field(default_factory=dict)
 
     def cast_kernels(self, recipe: str) -> int:
         """Kernels per tensor quantised under ``recipe``."""
@@ -106,7 +109,14 @@ def framework_profile(name: str) -> FrameworkProfile:
         fp8_saves_inputs=bool(raw.get("fp8_saves_inputs", False)),
         fused_grad_accumulation=bool(raw.get("fused_grad_accumulation", False)),
         kernel_launch_s=host_costs()[name]["kernel_launch_us"] * 1e-6,
+        tp_overlap_sms=_tp_overlap(raw.get("tp_comm_overlap", {})),
     )
+
+
+def _tp_overlap(raw: dict[str, Any]) -> dict[str, int]:
+    """``tp_comm_overlap`` of a profile file: per overlap method, its GEMMs and the SMs its communication
+    kernel takes from them."""
+    return {str(g): int(method["comm_sms"]) for method in raw.values() for g in method["gemms"]}
 
 
 @cache

@@ -154,13 +154,24 @@ class ComputeModel:
         return self.gpu.hbm_bytes_per_s * self.calib.memory_efficiency
 
     def gemm(
-        self, m: int, n: int, k: int, batch: int = 1, *, linear: bool = True, accumulate_bytes: int = 0
+        self,
+        m: int,
+        n: int,
+        k: int,
+        batch: int = 1,
+        *,
+        linear: bool = True,
+        accumulate_bytes: int = 0,
+        sms: int | None = None,
     ) -> KernelTime:
         """``batch`` independent ``[m, k] × [k, n]`` GEMMs in one kernel; ``linear=False`` for GEMMs that stay
         16-bit under FP8 training (attention core, output layer, router). ``accumulate_bytes``: the output is
         added into a buffer of that element size in the epilogue (C read, D written: Megatron's gradient-
         accumulation fusion, beta = 1) instead of written 16-bit; the epilogue's traffic overlaps the main loop
-        of the next tiles, so it counts in the kernel's memory bound, not as a kernel of its own."""
+        of the next tiles, so it counts in the kernel's memory bound, not as a kernel of its own. ``sms``: the
+        GEMM may use only that many SMs (cuBLAS's SM count target, which Transformer Engine's userbuffers set
+        to leave SMs to a communication kernel running beside it): its tiles run in waves over those SMs, each
+        SM at the rate it always has."""
         g = self.calib.gemm
         fp8 = self.fp8 and linear
         if fp8:
@@ -171,7 +182,7 @@ class ComputeModel:
         eff *= self.calib.clock_scale  # a power-limited GPU sustains lower tensor-core clocks
         flops = 2.0 * m * n * k * batch
         tiles = math.ceil(m / g.tile_m) * math.ceil(n / g.tile_n) * batch
-        waves = math.ceil(tiles / self.gpu.sm_count)
+        waves = math.ceil(tiles / (self.gpu.sm_count if sms is None else sms))
         iterations = math.ceil(k / g.tile_k) + g.k_overhead_tiles
         per_sm_flops = peak * eff / self.gpu.sm_count
         tile_s = 2.0 * g.tile_m * g.tile_n * g.tile_k * iterations / per_sm_flops
