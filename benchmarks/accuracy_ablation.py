@@ -25,7 +25,9 @@ go in docs/accuracy.md. Effects:
   ``--suite heldout-training-runs --only "without flex dispatcher"``;
 * ``fa1``: llm-foundry's Triton FlashAttention (``framework.attention_impl: fa1``) run as FlashAttention-2;
 * ``fused-accumulation``: Megatron-Core's wgrad GEMMs write a 16-bit gradient that a separate kernel adds into
-  the main gradient (as before gradient-accumulation fusion was modelled), with the constants refitted with it.
+  the main gradient (as before gradient-accumulation fusion was modelled), with the constants refitted with it;
+* ``userbuffers-sms``: under ``tp_comm_overlap`` every GEMM keeps all its SMs (no 16-SM margin for Transformer
+  Engine's pipelined and bulk overlap kernels), with the constants refitted with the margin.
 """
 
 from __future__ import annotations
@@ -169,6 +171,17 @@ def _no_fused_accumulation() -> Iterator[None]:
 
 
 @contextmanager
+def _no_userbuffers_sms() -> Iterator[None]:
+    profile_for = fw.profile_for
+
+    def every_sm(name: str, compile: bool) -> fw.FrameworkProfile:
+        return replace(profile_for(name, compile), tp_overlap_sms={})
+
+    with mock.patch.object(fw, "profile_for", every_sm):
+        yield
+
+
+@contextmanager
 def _nothing() -> Iterator[None]:
     yield
 
@@ -188,6 +201,7 @@ ABLATIONS: dict[str, Callable[[], object]] = {
     "without flex dispatcher": _no_flex_dispatcher,
     "without FA1 kernel": _no_fa1,
     "without fused grad accumulation": _no_fused_accumulation,
+    "without userbuffers SM margin": _no_userbuffers_sms,
 }
 
 
