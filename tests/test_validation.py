@@ -91,11 +91,11 @@ def test_suite_has_one_faithful_scenario_per_published_run(suite, count):
         assert row.name == case["id"] and row.measured_s == case["measured"]["step_time_s"]
         p, t, par = dict(case["parallelism"]), dict(case["training"]), sc.parallelism
         header = scenario_path(entry["scenario"]).read_text().split("\nname:")[0]
+        sections = {"parallelism": p, "training": t}
         for key, value in entry.get("as_run", {}).items():  # a documented misprint: the run's value, not the row's
             section, field = key.split(".")
-            row_value = {"parallelism": p, "training": t}[section][field]
-            assert value != row_value and "as_run" in header, (row.name, key)
-            {"parallelism": p, "training": t}[section][field] = value
+            assert value != sections[section][field] and "as_run" in header, (row.name, key)
+            sections[section][field] = value
         assert (par.tp, par.pp, par.dp, par.cp, par.ep, par.zero) == (p["tp"], p["pp"], p["dp"], p["cp"], p["ep"],
                                                                       p["zero"]), row.name  # fmt: skip
         assert (par.sequence_parallel, par.virtual_stages) == (p["sequence_parallel"], p["virtual_stages"]), row.name

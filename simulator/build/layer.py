@@ -90,7 +90,7 @@ class LayerBuilder:
         self._acc = wgrad_accumulate_bytes(ctx)
         self._hidden_mask = 1 if m.hidden_dropout > 0 else 0  # bytes per element of a dropout mask
         # SMs the TP communication overlapped inside each GEMM takes from it (tp_comm_overlap)
-        self._overlap = ctx.framework.tp_overlap_sms if strategies.tensor.output_overlapped(ctx) else {}
+        self._overlap_sms = ctx.framework.tp_overlap_sms if strategies.tensor.output_overlapped(ctx) else {}
         self.window = window if window is not None and window < ctx.training.seq_len else None
         # Per-head widths of Q/K and of V/O, and this rank's Q, K, V and attention-output widths. MLA has one K
         # and V head per query head, split over TP by heads (Megatron-Core MLASelfAttention), Q/K heads of
@@ -236,7 +236,7 @@ class LayerBuilder:
     def _tp_gemm(self, name: str, m: int, n: int, k: int, accumulate_bytes: int = 0) -> KernelTime:
         """A linear layer's GEMM; under ``tp_comm_overlap`` on the SMs the communication kernel the framework
         runs beside it leaves (``FrameworkProfile.tp_overlap_sms``)."""
-        comm_sms = self._overlap.get(name, 0)
+        comm_sms = self._overlap_sms.get(name, 0)
         sms = self.cm.gpu.sm_count - comm_sms if comm_sms else None
         return self.cm.gemm(m, n, k, accumulate_bytes=accumulate_bytes, sms=sms)
 
