@@ -134,17 +134,9 @@ def _groups(top: TopologyDoc, *, file: str) -> list[_Group]:
     return groups
 
 
-def _to_graph_slow(g: GraphBuilder) -> nx.Graph:
-    """``_to_graph`` through networkx's public API (the reference its test compares against)."""
-    graph = nx.Graph()
-    graph.add_nodes_from(g.nodes.items())
-    graph.add_edges_from((a, b, d) for (a, b), d in g.edges.items())
-    return graph
-
-
 def _to_graph(g: GraphBuilder) -> nx.Graph:
     """The networkx graph of ``g``, filled in bulk: the same node and adjacency dicts, in the same order, as
-    ``add_nodes_from`` then ``add_edges_from`` make (``_to_graph_slow``), without their per-item checks
+    ``add_nodes_from`` then ``add_edges_from`` make (tests/test_topology_bulk.py compares), without their per-item checks
     and attribute-dict copies (issue #11: 1.1 M directed links at 131,072 GPUs). The builder's attribute
     dicts become the graph's (the builder is dropped after the build); an edge's one dict is shared by
     both ends' adjacency entries, as networkx does. Safe because ``GraphBuilder`` already guarantees

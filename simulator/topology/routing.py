@@ -140,22 +140,28 @@ class Router:
         self.width = 1
         if self.direct or n_hosts == 0:
             return
-        src, dst = self.cluster.link_src, self.cluster.link_dst
-        inner = np.flatnonzero(self._internal & (src < dst))
-        inner = inner[np.argsort(self.host[src[inner]], kind="stable")]
-        split = np.searchsorted(self.host[src[inner]], np.arange(n_hosts + 1))
+        inner, split = self._host_links()
         first, self.host_template = self._host_layouts(inner, split)
         for h in first.tolist():
             nodes = self.blocks[h][self.blocks[h] >= 0]
             self.templates.append(self._template(nodes, inner[split[h] : split[h + 1]]))
         self.width = max(t.path.shape[2] for t in self.templates)
 
+    def _host_links(self) -> tuple[np.ndarray, np.ndarray]:
+        """(each host's internal links, one direction each, grouped host by host; where each host's run starts,
+        with the end appended)."""
+        src, dst = self.cluster.link_src, self.cluster.link_dst
+        inner = np.flatnonzero(self._internal & (src < dst))
+        inner = inner[np.argsort(self.host[src[inner]], kind="stable")]
+        split = np.searchsorted(self.host[src[inner]], np.arange(self.blocks.shape[0] + 1))
+        return inner, split
+
     def _host_layouts(self, inner: np.ndarray, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(first host of each layout, layout of each host), layouts numbered in order of first host.
 
         A host's layout is its nodes' kind, GPU local index and NIC rail, then its internal links' local
         ends, type and capacity, all in node and link order: one row per host, compared as a whole (the
-        signatures ``_host_layouts_slow`` builds as tuples host by host, without the Python loop over
+        signatures that tests/test_routing_layouts.py builds as tuples host by host, without the Python loop over
         16,384 hosts, issue #11). Padding (-2 after the nodes, -1 after the links; every value is >= -1,
         a link's local ends >= 0) keeps hosts of different sizes apart; capacities are compared by their
         bits (positive and finite: equal bits exactly when equal values)."""
@@ -180,35 +186,6 @@ class Router:
         rank = np.empty(order.size, dtype=np.int64)
         rank[order] = np.arange(order.size)
         return first[order], rank[which.ravel()]
-
-    def _host_layouts_slow(self, inner: np.ndarray, split: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``_host_layouts`` host by host, with each layout as a tuple (the reference its test compares)."""
-        src, dst = self.cluster.link_src, self.cluster.link_dst
-        n_hosts = self.blocks.shape[0]
-        layout = np.zeros(n_hosts, dtype=np.int64)
-        first: list[int] = []
-        types = self.cluster.link_type
-        seen: dict[tuple, int] = {}
-        for h in range(n_hosts):
-            links = inner[split[h] : split[h + 1]]
-            nodes = self.blocks[h][self.blocks[h] >= 0]
-            sig = (
-                tuple(self.kind[nodes]),
-                tuple(self.gpu_local[nodes]),
-                tuple(self.rail[nodes]),
-                tuple(
-                    zip(
-                        self.local[src[links]], self.local[dst[links]], (types[i] for i in links), strict=True
-                    )
-                ),
-                tuple(self.cluster.link_capacity_bytes_per_s[links]),
-            )
-            t = seen.get(sig)
-            if t is None:
-                t = seen[sig] = len(first)
-                first.append(h)
-            layout[h] = t
-        return np.asarray(first, dtype=np.int64), layout
 
     def _template(self, nodes: np.ndarray, links: np.ndarray) -> _Template:
         """All-pairs preferred paths inside one host, and its GPU/NIC/rail tables."""
